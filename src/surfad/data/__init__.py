@@ -1,0 +1,1 @@
+"""Data layer: files -> samples (layouts, splits) -> arrays (io, transforms) -> tensors (datasets)."""
