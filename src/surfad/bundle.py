@@ -1,0 +1,82 @@
+"""The run folder ("bundle"): what a training run writes and what inference loads.
+
+    RUN/config.yaml          resolved RunConfig (channels, score and model params filled in)
+    RUN/meta.json            package version, model, input size/channels, parameters, data summary
+    RUN/splits.json          the exact train/val/test file lists
+    RUN/model.safetensors    the weights to ship (best by validation)
+    RUN/calibration.json     image and pixel thresholds, normal-score statistics
+    RUN/history.csv          per-epoch losses and validation figures
+    RUN/grids/               input / reconstruction / map grids during training
+    RUN/checkpoints/         last.safetensors + last_state.pt (optimiser, scheduler, RNG) for --resume
+    RUN/model.onnx           after `surfad export`
+
+Weights are safetensors, so loading a bundle never unpickles anything.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from surfad.config import RunConfig
+from surfad.errors import SurfadError
+from surfad.models import AnomalyModel, ImageScorer, InferenceGraph, build_model
+from surfad.utils import atomic_write
+
+CONFIG = "config.yaml"
+META = "meta.json"
+SPLITS = "splits.json"
+WEIGHTS = "model.safetensors"
+CALIBRATION = "calibration.json"
+HISTORY = "history.csv"
+ONNX = "model.onnx"
+
+
+def require_run(run: str | Path) -> Path:
+    """The run folder, or a clear error when it is not a trained run."""
+    run = Path(run)
+    for name in (CONFIG, WEIGHTS):
+        if not (run / name).is_file():
+            raise SurfadError(f"{run}: not a trained run folder (missing {name}); train one with `surfad train`")
+    return run
+
+
+def save_weights(model: torch.nn.Module, path: str | Path) -> None:
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    atomic_write(path, lambda tmp: save_file(state, str(tmp)))
+
+
+def load_weights(model: torch.nn.Module, path: str | Path) -> None:
+    try:
+        state = load_file(str(path))
+    except Exception as err:  # safetensors raises several types for corrupt files
+        raise SurfadError(f"{path}: cannot read weights ({err})") from None
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise SurfadError(f"{path}: weights do not match the model (missing {missing[:3]}, unexpected {unexpected[:3]})")
+
+
+def build_from_config(config: RunConfig) -> tuple[AnomalyModel, InferenceGraph]:
+    """The model and its inference graph (model + scorer) as the resolved config describes them."""
+    assert config.data.channels is not None and config.score is not None, "config must be resolved"
+    model = build_model(config.model, config.model_params, config.data.channels, config.data.image_size)
+    return model, InferenceGraph(model, ImageScorer(config.score))
+
+
+def load_graph(run: str | Path, weights: str = WEIGHTS) -> tuple[RunConfig, InferenceGraph]:
+    """Resolved config and the inference graph with the bundle's weights, in eval mode."""
+    run = require_run(run)
+    config = RunConfig.load(run / CONFIG)
+    model, graph = build_from_config(config)
+    load_weights(model, run / weights)
+    graph.eval()
+    return config, graph
+
+
+def read_meta(run: str | Path) -> dict[str, Any]:
+    path = Path(run) / META
+    return json.loads(path.read_text()) if path.is_file() else {}

@@ -1,0 +1,206 @@
+"""Command line: parses arguments and calls the library; every verb is also a Python call."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from surfad import __version__
+from surfad.errors import SurfadError
+
+# train flag -> (config section, field); a YAML config uses the same sections and field names.
+TRAIN_FLAGS = {
+    "data": ("data", "path"),
+    "layout": ("data", "layout"),
+    "image_size": ("data", "image_size"),
+    "channels": ("data", "channels"),
+    "train_list": ("data", "train_list"),
+    "val_ratio": ("data", "val_ratio"),
+    "skip_bad": ("data", "skip_bad"),
+    "epochs": ("train", "epochs"),
+    "batch_size": ("train", "batch_size"),
+    "lr": ("train", "lr"),
+    "seed": ("train", "seed"),
+    "threads": ("train", "threads"),
+    "device": ("train", "device"),
+    "val_every": ("train", "val_every"),
+    "time_budget": ("train", "time_budget_min"),
+}
+
+
+def parse_param(text: str) -> tuple[str, Any]:
+    """`name=value` with a YAML value (numbers, booleans, lists like [8,16])."""
+    if "=" not in text:
+        raise SurfadError(f"--param {text!r}: expected name=value, e.g. --param beta=0.01")
+    name, value = text.split("=", 1)
+    return name.strip(), yaml.safe_load(value)
+
+
+def build_run_config(args: argparse.Namespace):
+    """Defaults <- YAML file (--config) <- command-line flags."""
+    from surfad.config import RunConfig, load_yaml
+
+    raw: dict[str, Any] = load_yaml(args.config) if args.config else {}
+    if args.model:
+        raw["model"] = args.model
+    for flag, (section, name) in TRAIN_FLAGS.items():
+        value = getattr(args, flag)
+        if value is not None and value is not False:
+            raw.setdefault(section, {})[name] = value
+    params = raw.setdefault("model_params", {})
+    if args.preset:
+        params["preset"] = args.preset
+    for item in args.param or []:
+        key, value = parse_param(item)
+        params[key] = value
+    config = RunConfig.from_dict(raw)
+    if not config.data.path:
+        raise SurfadError("no dataset: give --data PATH (or data.path in the --config file)")
+    return config
+
+
+def cmd_synth(args: argparse.Namespace) -> None:
+    from surfad.data.synth import write_synthetic_dataset
+
+    root = write_synthetic_dataset(Path(args.out), seed=args.seed, size=args.size, n_train=args.n_train,
+                                   n_test_good=args.n_test_good, n_test_defect=args.n_test_defect, progress=True)
+    print(f"synthetic dataset written to {root}")
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    from surfad.config import RunConfig
+    from surfad.train import train
+
+    config = RunConfig() if args.resume else build_run_config(args)
+    run = train(config, args.out, resume=args.resume, progress=not args.quiet)
+    print(f"run folder: {run}")
+
+
+def cmd_calibrate(args: argparse.Namespace) -> None:
+    from surfad.evaluate import calibrate_run
+
+    c = calibrate_run(args.run, data=args.data, split=args.split, strategy=args.strategy)
+    print(f"threshold {c.threshold:.6g} ({c.strategy} on {c.split}: {c.n_good} good, {c.n_defect} defective); "
+          f"pixel threshold {c.pixel_threshold:.6g}; saved in {Path(args.run) / 'calibration.json'}")
+
+
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    from surfad.evaluate import evaluate_run, summary_line
+
+    out = Path(args.out) if args.out else Path(args.run) / f"eval_{args.split}"
+    metrics = evaluate_run(args.run, data=args.data, split=args.split, out=out, runtime=args.runtime)
+    print(summary_line(metrics))
+    print(f"report: {out / 'report.html'}")
+
+
+def cmd_predict(args: argparse.Namespace) -> None:
+    from surfad.inference import Detector
+    from surfad.predict import predict_files
+
+    detector = Detector.load(args.run, runtime=args.runtime, min_area=args.min_area)
+    out = Path(args.out) if args.out else Path(args.run) / "predictions"
+    counts = predict_files(detector, args.inputs, out, threshold=args.threshold, batch_size=args.batch_size,
+                           progress=not args.quiet)
+    print(f"{counts['done']} predicted ({counts['ng']} NG), {counts['already_done']} already done, "
+          f"{counts['failed']} unreadable; results in {out / 'predictions.jsonl'}")
+
+
+def cmd_demo(args: argparse.Namespace) -> None:
+    from surfad.demo import run_demo
+
+    run_demo(Path(args.out), progress=not args.quiet)
+
+
+def make_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="surfad", description="Unsupervised visual surface-defect detection.")
+    parser.add_argument("--version", action="version", version=f"surfad {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("synth", help="write a procedural MVTec-layout dataset (built-in data)")
+    p.add_argument("out")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--size", type=int, default=256)
+    p.add_argument("--n-train", type=int, default=80)
+    p.add_argument("--n-test-good", type=int, default=30)
+    p.add_argument("--n-test-defect", type=int, default=30)
+    p.set_defaults(func=cmd_synth)
+
+    p = sub.add_parser("train", help="train a model on good images")
+    p.add_argument("--data", help="dataset folder")
+    p.add_argument("--layout", choices=["auto", "mvtec", "mt", "folder", "dagm"])
+    p.add_argument("--model", help="model name (unet_vae, recondiff)")
+    p.add_argument("--preset", help="a named preset of the model's parameters")
+    p.add_argument("--param", action="append", metavar="NAME=VALUE", help="a model parameter (repeatable)")
+    p.add_argument("--config", help="YAML file with any of the settings")
+    p.add_argument("--image-size", type=int)
+    p.add_argument("--channels", type=int, choices=[1, 3])
+    p.add_argument("--train-list", help="file listing the training good images")
+    p.add_argument("--val-ratio", type=float)
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--threads", type=int)
+    p.add_argument("--device")
+    p.add_argument("--val-every", type=int)
+    p.add_argument("--time-budget", type=float, help="stop after this many minutes (at an epoch end)")
+    p.add_argument("--skip-bad", action="store_true", help="skip unreadable images instead of stopping")
+    p.add_argument("--out", required=True, help="run folder")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out exactly where it stopped")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("calibrate", help="choose the decision threshold on a split")
+    p.add_argument("run")
+    p.add_argument("--data", help="dataset (default: the one the run was trained on)")
+    p.add_argument("--split", default="val", help="train | val | test | test_a | test_b | all")
+    p.add_argument("--strategy", default="f1", help="f1 | youden | recall:X | fpr:X")
+    p.set_defaults(func=cmd_calibrate)
+
+    p = sub.add_parser("evaluate", help="metrics and an HTML report on a split")
+    p.add_argument("run")
+    p.add_argument("--data")
+    p.add_argument("--split", default="test")
+    p.add_argument("--out")
+    p.add_argument("--runtime", default="torch", choices=["torch", "onnx"])
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("predict", help="inspect images: verdict, score, heatmap, mask, regions")
+    p.add_argument("run")
+    p.add_argument("inputs", nargs="+", help="image files, folders or glob patterns")
+    p.add_argument("--out")
+    p.add_argument("--threshold", type=float, help="override the calibrated threshold")
+    p.add_argument("--runtime", default="torch", choices=["torch", "onnx"])
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--min-area", type=int, default=16, help="smallest region kept, in pixels")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("demo", help="synth -> train -> calibrate -> evaluate -> predict on built-in data")
+    p.add_argument("--out", default="demo_out")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = make_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except SurfadError as err:
+        print(f"surfad {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        hint = " (continue with --resume)" if args.command == "train" else ""
+        print(f"surfad {args.command}: interrupted{hint}", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,138 @@
+"""Calibrate and evaluate a trained run on a split of a dataset.
+
+Splits are taken from the run's own splits.json when the data path is the one it was trained on
+(so the test set is exactly the one held out), or rebuilt with the run's data settings for another
+dataset. Split names: train, val, test, all (every image of the dataset), and for small datasets
+test_a / test_b: two seeded, label-stratified halves of test (calibrate on one, report on the other).
+"""
+
+from __future__ import annotations
+
+import csv
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from surfad import bundle
+from surfad.calibrate import Calibration, calibrate
+from surfad.data.dataset import ImageDataset
+from surfad.data.io import read_image
+from surfad.data.samples import Sample
+from surfad.config import RunConfig
+from surfad.data.splits import Splits, make_splits
+from surfad.data.transforms import resize_map
+from surfad.errors import SurfadError
+from surfad.inference import Detector
+from surfad.metrics import image_metrics, pixel_metrics
+from surfad.report import write_report
+from surfad.scoring import ScoreFn, ScoredSet, score_dataset, torch_score_fn
+from surfad.utils import atomic_write, atomic_write_json
+from surfad.visualize import encode_png, overlay
+
+HALVES = {"test_a": 0, "test_b": 1}
+
+
+def run_splits(config: RunConfig, run: Path, data: str | None) -> Splits:
+    """The run's saved splits, or splits of another dataset built with the run's data settings."""
+    saved = Splits.load(run / bundle.SPLITS)
+    if data is None or Path(data).resolve() == Path(saved.root).resolve():
+        return saved
+    return make_splits(replace(config.data, path=str(data), train_list=None, layout="auto"))
+
+
+def select_split(splits: Splits, name: str, seed: int = 0) -> list[Sample]:
+    """Samples of split `name` (see the module docstring for the names)."""
+    if name == "all":
+        return splits.train + splits.val + splits.test
+    if name in HALVES:
+        test = splits.get("test")
+        rng = np.random.default_rng(seed)
+        half: list[Sample] = []
+        for label in (0, 1):
+            members = [s for s in test if s.label == label]
+            order = rng.permutation(len(members))
+            half += [members[i] for i in order if (i % 2 == HALVES[name])]
+        return sorted(half, key=lambda s: str(s.path))
+    return splits.get(name)
+
+
+def score_samples(score: ScoreFn, config: RunConfig, samples: list[Sample], batch_size: int = 16) -> tuple[ScoredSet, float]:
+    """Scores/maps of samples at model resolution, and the inference rate in images/s."""
+    if not samples:
+        raise SurfadError("no images to score in the chosen split")
+    dataset = ImageDataset(samples, config.data.image_size, int(config.data.channels or 3))
+    for i in range(len(dataset)):  # decode first, so the rate measures the model alone
+        dataset.load(i)
+    start = time.perf_counter()
+    scored = score_dataset(score, dataset, batch_size)
+    return scored, len(samples) / (time.perf_counter() - start)
+
+
+def calibrate_run(run: str | Path, data: str | None = None, split: str = "val", strategy: str = "f1") -> Calibration:
+    """Choose thresholds on a split and store them in the run's calibration.json."""
+    run = Path(run)
+    config, graph = bundle.load_graph(run)
+    samples = select_split(run_splits(config, run, data), split, config.data.split_seed)
+    scored, _ = score_samples(torch_score_fn(graph, torch.device("cpu")), config, samples)
+    calibration = calibrate(scored.scores, scored.labels, scored.maps, scored.masks, strategy, split=split)
+    calibration.save(run / bundle.CALIBRATION)
+    return calibration
+
+
+def evaluate_run(run: str | Path, data: str | None = None, split: str = "test", out: str | Path | None = None,
+                 runtime: str = "torch", threshold: float | None = None) -> dict[str, Any]:
+    """Metrics, per-image scores and an HTML report for a split; returns the metrics."""
+    detector = Detector.load(run, runtime=runtime)
+    out = Path(out) if out is not None else Path(run) / f"eval_{split}"
+    samples = select_split(run_splits(detector.config, detector.run, data), split, detector.config.data.split_seed)
+    scored, rate = score_samples(detector.score_batch, detector.config, samples)
+    t = detector.threshold if threshold is None else threshold
+    metrics: dict[str, Any] = image_metrics(scored.scores, scored.labels, t)
+    if scored.masks.any():
+        metrics.update(pixel_metrics(scored.maps, scored.masks))
+    metrics.update(split=split, n_images=len(samples), images_per_s=rate, runtime=runtime, model=detector.config.model)
+    records = [
+        {"path": str(s.path), "label": int(s.label), "defect_type": s.defect_type, "score": float(score),
+         "verdict": "NG" if score > t else "OK"}
+        for s, score in zip(samples, scored.scores)
+    ]
+    atomic_write_json(out / "metrics.json", metrics)
+    _write_csv(out / "per_image.csv", records)
+    write_report(out, records, metrics, title=f"{detector.config.model} on {split} ({len(samples)} images)",
+                 overlays=_worst_overlays(detector, records, scored, samples))
+    return metrics
+
+
+def summary_line(metrics: dict[str, Any]) -> str:
+    """One line with the headline metrics, for terminals and logs."""
+    keys = ("image_auroc", "image_ap", "pixel_auroc", "aupro", "accuracy", "recall", "fpr")
+    shown = ", ".join(f"{k} {metrics[k]:.3f}" for k in keys if k in metrics)
+    return f"{metrics.get('split', '')}: {metrics.get('n_images', '?')} images: {shown}"
+
+
+def _worst_overlays(detector: Detector, records: list[dict], scored: ScoredSet, samples: list[Sample], n: int = 6) -> dict[str, bytes]:
+    """Overlays of the highest-scored good images and the lowest-scored defective ones."""
+    good = [i for i, r in enumerate(records) if r["label"] == 0]
+    bad = [i for i, r in enumerate(records) if r["label"] == 1]
+    picks = sorted(good, key=lambda i: -scored.scores[i])[:n] + sorted(bad, key=lambda i: scored.scores[i])[:n]
+    scale = 2 * detector.calibration.pixel_threshold or float(scored.maps.max()) or 1.0
+    result = {}
+    for i in picks:
+        image = read_image(samples[i].path, detector.channels)
+        amap = resize_map(scored.maps[i], image.shape[0], image.shape[1])
+        result[records[i]["path"]] = encode_png(overlay(image, amap, scale))
+    return result
+
+
+def _write_csv(path: Path, records: list[dict]) -> None:
+    def write(tmp: Path) -> None:
+        with tmp.open("w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=["path", "label", "defect_type", "score", "verdict"])
+            writer.writeheader()
+            writer.writerows(records)
+
+    atomic_write(path, write)

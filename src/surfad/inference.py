@@ -1,0 +1,185 @@
+"""Load a bundle and inspect images: score, verdict, anomaly map, defect mask and regions.
+
+    from surfad import Detector
+    detector = Detector.load("runs/wood")            # or runtime="onnx" after `surfad export`
+    result = detector.predict("board.png")           # a path or a uint8 HxW(xC) array
+    result.verdict, result.score, result.regions
+
+The verdict is NG iff score > threshold. The defect mask is the anomaly map (resized to the
+original image) above the calibrated pixel threshold; regions are its connected components of at
+least `min_area` pixels. Localisation is reported for NG images only: an OK image has an empty mask
+and no regions, so an inspector never sees boxes on a part that passed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from surfad import bundle
+from surfad.calibrate import Calibration
+from surfad.config import RunConfig
+from surfad.data.io import read_image
+from surfad.data.transforms import preprocess, resize_map
+from surfad.errors import SurfadError
+from surfad.scoring import ScoreFn, torch_score_fn
+
+RUNTIMES = ("torch", "onnx")
+
+
+@dataclass
+class Region:
+    """A connected defect region; bbox = [x0, y0, x1, y1], inclusive, in original-image pixels."""
+
+    bbox: list[int]
+    area: int
+    max_score: float
+    mean_score: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"bbox": self.bbox, "area": self.area, "max_score": self.max_score, "mean_score": self.mean_score}
+
+
+@dataclass
+class Prediction:
+    """The inspection result for one image; maps and masks are at the original image size."""
+
+    score: float
+    threshold: float
+    verdict: str
+    anomaly_map: np.ndarray = field(repr=False)
+    mask: np.ndarray = field(repr=False)
+    regions: list[Region]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "score": self.score,
+            "threshold": self.threshold,
+            "verdict": self.verdict,
+            "regions": [r.to_dict() for r in self.regions],
+        }
+
+
+def find_regions(anomaly_map: np.ndarray, pixel_threshold: float, min_area: int) -> tuple[np.ndarray, list[Region]]:
+    """Mask (map > pixel_threshold, small components removed) and its 8-connected regions, largest first."""
+    above = (anomaly_map > pixel_threshold).astype(np.uint8)
+    count, labels, stats, _ = cv2.connectedComponentsWithStats(above, connectivity=8)
+    mask = np.zeros(anomaly_map.shape, dtype=bool)
+    regions = []
+    for k in range(1, count):
+        x, y, w, h, area = (int(v) for v in stats[k])
+        if area < min_area:
+            continue
+        inside = labels == k
+        mask |= inside
+        values = anomaly_map[inside]
+        regions.append(Region([x, y, x + w - 1, y + h - 1], area, float(values.max()), float(values.mean())))
+    regions.sort(key=lambda r: r.area, reverse=True)
+    return mask, regions
+
+
+class Detector:
+    """A trained, calibrated model ready to inspect images."""
+
+    def __init__(self, run: Path, config: RunConfig, score_fn: ScoreFn, calibration: Calibration, runtime: str, min_area: int = 16) -> None:
+        self.run = run
+        self.config = config
+        self.score_fn = score_fn
+        self.calibration = calibration
+        self.runtime = runtime
+        self.min_area = min_area
+
+    @classmethod
+    def load(cls, run: str | Path, runtime: str = "torch", device: str = "cpu", min_area: int = 16) -> Detector:
+        run = bundle.require_run(run)
+        if runtime not in RUNTIMES:
+            raise SurfadError(f"runtime must be one of {', '.join(RUNTIMES)}, got {runtime!r}")
+        if not (run / bundle.CALIBRATION).is_file():
+            raise SurfadError(f"{run}: no {bundle.CALIBRATION}; run `surfad calibrate {run} --data PATH`")
+        calibration = Calibration.load(run / bundle.CALIBRATION)
+        if runtime == "torch":
+            import torch
+
+            config, graph = bundle.load_graph(run)
+            graph.to(device)
+            score_fn = torch_score_fn(graph, torch.device(device))
+        else:
+            from surfad.export.onnx import onnx_score_fn
+
+            config = RunConfig.load(run / bundle.CONFIG)
+            if not (run / bundle.ONNX).is_file():
+                raise SurfadError(f"{run}: no {bundle.ONNX}; run `surfad export {run} --format onnx` first")
+            score_fn = onnx_score_fn(run / bundle.ONNX)
+        return cls(run, config, score_fn, calibration, runtime, min_area)
+
+    @property
+    def threshold(self) -> float:
+        return self.calibration.threshold
+
+    @property
+    def image_size(self) -> int:
+        return self.config.data.image_size
+
+    @property
+    def channels(self) -> int:
+        return int(self.config.data.channels or 3)
+
+    def info(self) -> dict[str, Any]:
+        """What the model is: name, input, threshold, training data summary, versions."""
+        meta = bundle.read_meta(self.run)
+        return {
+            "model": self.config.model,
+            "image_size": self.image_size,
+            "channels": self.channels,
+            "threshold": self.threshold,
+            "pixel_threshold": self.calibration.pixel_threshold,
+            "calibration_strategy": self.calibration.strategy,
+            "runtime": self.runtime,
+            "training_data": meta.get("data", {}),
+            "surfad_version": meta.get("surfad_version"),
+        }
+
+    def score_batch(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Preprocessed float32 (B, C, S, S) -> (maps (B, S, S), scores (B,))."""
+        return self.score_fn(np.ascontiguousarray(batch, dtype=np.float32))
+
+    def predict(self, image: np.ndarray | str | Path, threshold: float | None = None) -> Prediction:
+        """Inspect one image (a path or a uint8 array HxW, HxWx1 or HxWx3 RGB)."""
+        return self.predict_batch([image], threshold)[0]
+
+    def predict_batch(self, images: Sequence[np.ndarray | str | Path], threshold: float | None = None) -> list[Prediction]:
+        """Inspect several images in one forward pass."""
+        arrays = [as_image(im) for im in images]
+        batch = np.stack([preprocess(a, self.image_size, self.channels) for a in arrays])
+        maps, scores = self.score_batch(batch)
+        t = self.threshold if threshold is None else float(threshold)
+        return [self._result(a, m, float(s), t) for a, m, s in zip(arrays, maps, scores)]
+
+    def _result(self, image: np.ndarray, small_map: np.ndarray, score: float, threshold: float) -> Prediction:
+        h, w = image.shape[:2]
+        amap = resize_map(small_map, h, w)
+        verdict = "NG" if score > threshold else "OK"
+        if verdict == "NG":
+            mask, regions = find_regions(amap, self.calibration.pixel_threshold, self.min_area)
+        else:
+            mask, regions = np.zeros((h, w), dtype=bool), []
+        return Prediction(score, threshold, verdict, amap, mask, regions)
+
+
+def as_image(image: np.ndarray | str | Path) -> np.ndarray:
+    """A path or array -> uint8 HxWxC."""
+    if isinstance(image, (str, Path)):
+        return read_image(image)
+    array = np.asarray(image)
+    if array.dtype != np.uint8:
+        raise SurfadError(f"image array must be uint8, got {array.dtype}")
+    if array.ndim == 2:
+        array = array[:, :, None]
+    if array.ndim != 3 or array.shape[2] not in (1, 3):
+        raise SurfadError(f"image array must be HxW, HxWx1 or HxWx3, got shape {array.shape}")
+    return array

@@ -1,0 +1,132 @@
+"""Batch prediction to files: heatmap, overlay and mask PNGs plus predictions.jsonl/.csv.
+
+Inputs are files, folders (searched recursively for images) or glob patterns. Re-running into the
+same output folder skips images already in predictions.jsonl, so an interrupted batch resumes.
+Unreadable files are reported in errors.jsonl and skipped; the batch goes on.
+"""
+
+from __future__ import annotations
+
+import csv
+import glob
+import hashlib
+import json
+import sys
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from surfad.data.io import IMAGE_SUFFIXES, read_image
+from surfad.errors import BadInputError, SurfadError
+from surfad.inference import Detector
+from surfad.utils import atomic_write
+from surfad.visualize import heatmap, overlay, write_png
+
+JSONL = "predictions.jsonl"
+CSV = "predictions.csv"
+ERRORS = "errors.jsonl"
+
+
+def expand_inputs(inputs: Iterable[str]) -> list[Path]:
+    """Files, folders (recursive) and glob patterns -> a sorted, de-duplicated list of image files."""
+    found: list[Path] = []
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            found += [p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
+        elif path.is_file():
+            found.append(path)
+        else:
+            matches = [Path(m) for m in glob.glob(item, recursive=True)]
+            if not matches:
+                raise SurfadError(f"{item}: no such file, folder or matching pattern")
+            found += [m for m in matches if m.is_file() and m.suffix.lower() in IMAGE_SUFFIXES]
+    unique = sorted({p.resolve() for p in found})
+    if not unique:
+        raise SurfadError(f"no images found in {', '.join(inputs)}")
+    return unique
+
+
+def output_stem(path: Path) -> str:
+    """A file stem unique per input path (images of the same name in different folders do not clash)."""
+    return f"{path.stem}-{hashlib.sha1(str(path).encode()).hexdigest()[:8]}"
+
+
+def predict_files(detector: Detector, inputs: Iterable[str], out: str | Path, threshold: float | None = None,
+                  batch_size: int = 8, progress: bool = True) -> dict[str, int]:
+    """Inspect every input image, writing results under `out`; returns counts (done, skipped, failed, ng)."""
+    out = Path(out)
+    paths = expand_inputs(inputs)
+    done = _done_paths(out / JSONL)
+    todo = [p for p in paths if str(p) not in done]
+    for sub in ("heatmaps", "overlays", "masks"):
+        (out / sub).mkdir(parents=True, exist_ok=True)
+    counts = {"images": len(paths), "already_done": len(paths) - len(todo), "done": 0, "failed": 0, "ng": 0}
+    scale = 2 * detector.calibration.pixel_threshold
+    bar = tqdm(total=len(todo), disable=not progress, unit="img", desc="predict", dynamic_ncols=True)
+    with (out / JSONL).open("a") as results, (out / ERRORS).open("a") as errors:
+        for start in range(0, len(todo), batch_size):
+            chunk, images = [], []
+            for path in todo[start:start + batch_size]:
+                try:
+                    images.append(read_image(path))
+                    chunk.append(path)
+                except BadInputError as err:
+                    counts["failed"] += 1
+                    errors.write(json.dumps({"path": str(path), "error": str(err)}) + "\n")
+                    bar.write(f"skipped: {err}", file=sys.stderr)
+                    bar.update()
+            if not chunk:
+                continue
+            for path, image, pred in zip(chunk, images, detector.predict_batch(images, threshold)):
+                stem = output_stem(path)
+                files = {k: str(out / k / f"{stem}.png") for k in ("heatmaps", "overlays", "masks")}
+                amap_scale = scale if scale > 0 else float(pred.anomaly_map.max()) or 1.0
+                write_png(files["heatmaps"], heatmap(pred.anomaly_map, amap_scale))
+                write_png(files["overlays"], overlay(image, pred.anomaly_map, amap_scale, pred.regions))
+                write_png(files["masks"], (pred.mask * 255).astype(np.uint8))
+                record = {"path": str(path), **pred.to_dict(), "heatmap": files["heatmaps"],
+                          "overlay": files["overlays"], "mask": files["masks"]}
+                results.write(json.dumps(record) + "\n")
+                results.flush()
+                counts["done"] += 1
+                counts["ng"] += pred.verdict == "NG"
+                bar.update()
+    bar.close()
+    _write_csv(out)
+    return counts
+
+
+def _done_paths(jsonl: Path) -> set[str]:
+    """Paths already predicted; a last line cut off by an interruption is ignored (and redone)."""
+    if not jsonl.is_file():
+        return set()
+    done = set()
+    lines = jsonl.read_text().splitlines()
+    good_lines = []
+    for line in lines:
+        try:
+            done.add(json.loads(line)["path"])
+            good_lines.append(line)
+        except (json.JSONDecodeError, KeyError):
+            continue
+    if len(good_lines) != len(lines):
+        atomic_write(jsonl, lambda tmp: tmp.write_text("".join(l + "\n" for l in good_lines)))
+    return done
+
+
+def _write_csv(out: Path) -> None:
+    """predictions.csv from predictions.jsonl (one row per image; regions as a count and JSON)."""
+    rows = [json.loads(line) for line in (out / JSONL).read_text().splitlines() if line.strip()]
+
+    def write(tmp: Path) -> None:
+        with tmp.open("w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["path", "score", "threshold", "verdict", "n_regions", "regions", "heatmap", "overlay", "mask"])
+            for r in rows:
+                writer.writerow([r["path"], r["score"], r["threshold"], r["verdict"], len(r["regions"]),
+                                 json.dumps(r["regions"]), r["heatmap"], r["overlay"], r["mask"]])
+
+    atomic_write(out / CSV, write)

@@ -1,0 +1,273 @@
+"""Training glue: splits -> datasets -> optimisation loop -> validated, calibrated bundle.
+
+Model-independent: a model supplies its loss (`training_loss`) and, if needed, its own training
+samples (`make_train_dataset`). Validation every `val_every` epochs scores the val split; when it
+has no real defects, synthetic defects pasted on the held-out good images stand in (never the test
+set). The best epoch by validation AUROC (or, without defects, by the lowest mean good score) is
+shipped as model.safetensors; `last` checkpoints allow exact resumption.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import random
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from surfad import __version__, bundle
+from surfad.calibrate import calibrate
+from surfad.config import RunConfig
+from surfad.data.dataset import ImageDataset
+from surfad.data.defects import DefectSynthesizer
+from surfad.data.io import read_image
+from surfad.data.samples import Sample
+from surfad.data.splits import Splits, make_splits
+from surfad.errors import SurfadError
+from surfad.metrics import image_metrics
+from surfad.models import default_score, resolve_params
+from surfad.scoring import ScoredSet, score_dataset, torch_score_fn
+from surfad.utils import atomic_write, atomic_write_json, resolve_device, seed_everything, set_threads
+from surfad.visualize import training_grid
+
+LAST_WEIGHTS = "checkpoints/last.safetensors"
+LAST_STATE = "checkpoints/last_state.pt"
+
+
+def infer_channels(samples: list[Sample]) -> int:
+    """1 when every image is grayscale (or colour with equal channels), else 3."""
+    for sample in samples:
+        image = read_image(sample.path)
+        if image.shape[2] == 3 and not (np.array_equal(image[..., 0], image[..., 1]) and np.array_equal(image[..., 1], image[..., 2])):
+            return 3
+    return 1
+
+
+def resolve_config(config: RunConfig, splits: Splits) -> RunConfig:
+    """Fill in what the user left to defaults: channels, score, full model parameters."""
+    data = config.data
+    if data.channels is None:
+        data = replace(data, channels=infer_channels(splits.train))
+    elif data.channels not in (1, 3):
+        raise SurfadError(f"data.channels must be 1 or 3, got {data.channels}")
+    return replace(
+        config,
+        data=data,
+        model_params=resolve_params(config.model, config.model_params),
+        score=config.score or default_score(config.model),
+    )
+
+
+class ArrayDataset(Dataset):
+    """In-memory items in ImageDataset's format (used for synthetic validation defects)."""
+
+    def __init__(self, images: np.ndarray, masks: np.ndarray, labels: np.ndarray) -> None:
+        self.images, self.masks, self.labels = images, masks, labels
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        return {
+            "image": torch.from_numpy(self.images[i]),
+            "mask": torch.from_numpy(self.masks[i][None].astype(np.float32)),
+            "label": torch.tensor(int(self.labels[i])),
+            "index": torch.tensor(i),
+        }
+
+
+def validation_dataset(val: ImageDataset, synthetic: bool, seed: int) -> Dataset:
+    """The val split, plus one synthetic-defect copy of each good image when it has no real defects."""
+    has_defects = any(s.label == 1 for s in val.samples)
+    if has_defects or not synthetic:
+        return val
+    synthesizer = DefectSynthesizer("procedural", image_size=val.image_size, seed=seed)
+    rng = np.random.default_rng(seed)
+    images, masks = [], []
+    for i, sample in enumerate(val.samples):
+        if sample.label == 0:
+            image, mask = synthesizer(val[i]["image"].numpy(), rng)
+            images.append(image.astype(np.float32))
+            masks.append(mask > 0.5)
+    fake = ArrayDataset(np.stack(images), np.stack(masks), np.ones(len(images), dtype=np.int64))
+    return torch.utils.data.ConcatDataset([val, fake])
+
+
+def validate(graph: torch.nn.Module, dataset: Dataset, device: torch.device, batch_size: int) -> tuple[dict[str, float], ScoredSet]:
+    """Validation figures: AUROC/AP when defects exist, and the mean score of good images."""
+    graph.eval()
+    scored = score_dataset(torch_score_fn(graph, device), dataset, batch_size)
+    figures = {"val_good_score": float(scored.scores[scored.labels == 0].mean())}
+    if (scored.labels == 1).any() and (scored.labels == 0).any():
+        m = image_metrics(scored.scores, scored.labels, threshold=float(np.median(scored.scores)))
+        figures.update(val_auroc=m["image_auroc"], val_ap=m["image_ap"])
+    return figures, scored
+
+
+def selection_value(figures: dict[str, float]) -> float:
+    """Higher is better: validation AUROC when available, else minus the mean good score."""
+    return figures["val_auroc"] if "val_auroc" in figures else -figures["val_good_score"]
+
+
+def _rng_state() -> dict[str, Any]:
+    """RNG states as tensors and plain tuples, so the checkpoint loads with weights_only=True."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached),
+        "python": random.getstate(),
+    }
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    random.setstate(state["python"])
+
+
+def _write_history(path: Path, rows: list[dict[str, Any]]) -> None:
+    keys: list[str] = []
+    for row in rows:
+        keys += [k for k in row if k not in keys]
+
+    def write(tmp: Path) -> None:
+        with tmp.open("w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=keys)
+            writer.writeheader()
+            writer.writerows(rows)
+
+    atomic_write(path, write)
+
+
+def train(config: RunConfig, out: str | Path, resume: bool = False, progress: bool = True) -> Path:
+    """Train a model as `config` says into the run folder `out`; returns the run folder."""
+    out = Path(out)
+    if resume:
+        if not (out / LAST_STATE).is_file():
+            raise SurfadError(f"{out}: nothing to resume (no {LAST_STATE}); drop --resume to start a new run")
+        config = RunConfig.load(out / bundle.CONFIG)
+        splits = Splits.load(out / bundle.SPLITS)
+    else:
+        if (out / bundle.CONFIG).exists():
+            raise SurfadError(f"{out}: already holds a run; use --resume to continue it or choose another --out")
+        splits = make_splits(config.data)
+        config = resolve_config(config, splits)
+    tc, dc = config.train, config.data
+    set_threads(tc.threads)
+    seed_everything(tc.seed)
+    device = resolve_device(tc.device)
+    print(splits.summary())
+
+    model, graph = bundle.build_from_config(config)
+    model.to(device)
+    graph.to(device)
+    train_images = ImageDataset(splits.train, dc.image_size, dc.channels)
+    train_set = model.make_train_dataset(train_images, tc.seed)
+    val_set = validation_dataset(ImageDataset(splits.val, dc.image_size, dc.channels), tc.val_synthetic, tc.seed + 1)
+    batch_size = min(tc.batch_size, len(train_set))
+    steps_per_epoch = len(train_set) // batch_size
+    optimizer, scheduler = model.configure_optimizer(tc, steps_per_epoch)
+
+    n_params = sum(p.numel() for p in model.parameters())
+    history: list[dict[str, Any]] = []
+    start_epoch, best, elapsed_before = 0, -math.inf, 0.0
+    if resume:
+        bundle.load_weights(model, out / LAST_WEIGHTS)
+        state = torch.load(out / LAST_STATE, weights_only=True)
+        optimizer.load_state_dict(state["optimizer"])
+        if scheduler is not None:
+            scheduler.load_state_dict(state["scheduler"])
+        _set_rng_state(state["rng"])
+        start_epoch, best, history = state["epoch"], state["best"], state["history"]
+        elapsed_before = state["elapsed"]
+        print(f"resuming {out} at epoch {start_epoch + 1}/{tc.epochs}")
+    else:
+        out.mkdir(parents=True, exist_ok=True)
+        config.save(out / bundle.CONFIG)
+        splits.save(out / bundle.SPLITS)
+        atomic_write_json(out / bundle.META, {
+            "surfad_version": __version__,
+            "model": config.model,
+            "image_size": dc.image_size,
+            "channels": dc.channels,
+            "parameters": n_params,
+            "data": {"path": dc.path, "layout": splits.layout, "train": len(splits.train), "val": len(splits.val)},
+        })
+    print(f"model {config.model}: {n_params / 1e6:.2f} M parameters, {dc.image_size}x{dc.image_size}x{dc.channels}, device {device}")
+
+    started = time.monotonic()
+    total_steps = tc.epochs * steps_per_epoch
+    bar = tqdm(total=total_steps, initial=start_epoch * steps_per_epoch, disable=not progress, unit="step", dynamic_ncols=True)
+    for epoch in range(start_epoch, tc.epochs):
+        bar.set_description(f"epoch {epoch + 1}/{tc.epochs}")
+        model.train()
+        if hasattr(train_set, "set_epoch"):
+            train_set.set_epoch(epoch)
+        loader = DataLoader(
+            train_set, batch_size=batch_size, shuffle=True, drop_last=True,
+            generator=torch.Generator().manual_seed(tc.seed * 1000 + epoch),
+        )
+        sums: dict[str, float] = {}
+        for step, batch in enumerate(loader):
+            batch = {k: v.to(device) for k, v in batch.items()}
+            progress_frac = (epoch + step / steps_per_epoch) / tc.epochs
+            losses = model.training_loss(batch, progress_frac)
+            optimizer.zero_grad(set_to_none=True)
+            losses["loss"].backward()
+            optimizer.step()
+            for k, v in losses.items():
+                sums[k] = sums.get(k, 0.0) + float(v.detach())
+            bar.set_postfix({k: f"{v / (step + 1):.4f}" for k, v in sums.items()}, refresh=False)
+            bar.update()
+        if scheduler is not None:
+            scheduler.step()
+        row: dict[str, Any] = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"]}
+        row.update({k: v / steps_per_epoch for k, v in sums.items()})
+        is_last = epoch + 1 == tc.epochs
+        elapsed = elapsed_before + time.monotonic() - started
+        over_budget = tc.time_budget_min > 0 and elapsed > tc.time_budget_min * 60
+        if (epoch + 1) % tc.val_every == 0 or is_last or over_budget:
+            figures, scored = validate(graph, val_set, device, batch_size)
+            row.update(figures)
+            if selection_value(figures) > best:
+                best = selection_value(figures)
+                bundle.save_weights(model, out / bundle.WEIGHTS)
+                row["best"] = 1
+            if tc.grid_every and ((epoch + 1) % tc.grid_every == 0 or is_last):
+                training_grid(model, graph, val_set, device, out / "grids" / f"epoch_{epoch + 1:04d}.png")
+        row["seconds"] = round(elapsed, 1)
+        history.append(row)
+        _write_history(out / bundle.HISTORY, history)
+        bundle.save_weights(model, out / LAST_WEIGHTS)
+        state = {
+            "epoch": epoch + 1, "best": best, "history": history, "elapsed": elapsed, "rng": _rng_state(),
+            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict() if scheduler else None,
+        }
+        atomic_write(out / LAST_STATE, lambda tmp: torch.save(state, tmp))
+        shown = {k: round(v, 4) for k, v in row.items() if k.startswith("val_")}
+        bar.write(f"epoch {epoch + 1}: loss {row.get('loss', float('nan')):.4f} {shown}{' *best' if row.get('best') else ''}")
+        if over_budget and not is_last:
+            bar.write(f"time budget of {tc.time_budget_min} min reached after epoch {epoch + 1}")
+            break
+    bar.close()
+
+    # Ship the best epoch and calibrate it on the validation split right away, so the bundle is
+    # usable; synthetic defects choose epochs but not thresholds: without real defects, fpr:0.01.
+    bundle.load_weights(model, out / bundle.WEIGHTS)
+    _, scored = validate(graph, val_set, device, batch_size)
+    real = np.arange(len(scored.labels)) < len(splits.val)
+    strategy = "f1" if any(s.label == 1 for s in splits.val) else "fpr:0.01"
+    calibration = calibrate(
+        scored.scores[real], scored.labels[real], scored.maps[real], scored.masks[real], strategy, split="val"
+    )
+    calibration.save(out / bundle.CALIBRATION)
+    print(f"trained {out}: best epoch shipped, calibrated on val ({strategy}): threshold {calibration.threshold:.5g}")
+    return out

@@ -1,0 +1,75 @@
+"""Pictures: heatmaps, overlays with regions, and the training grid. All RGB uint8 arrays."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import cv2
+import numpy as np
+import torch
+
+from surfad.utils import atomic_write
+
+if TYPE_CHECKING:
+    from surfad.inference import Region
+
+
+def heatmap(amap: np.ndarray, scale: float) -> np.ndarray:
+    """Colour a float HxW map; `scale` maps to the top of the colour range (e.g. 2x the pixel threshold)."""
+    norm = np.clip(amap / max(scale, 1e-12), 0.0, 1.0)
+    bgr = cv2.applyColorMap((norm * 255).astype(np.uint8), cv2.COLORMAP_JET)
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
+def to_rgb(image: np.ndarray) -> np.ndarray:
+    """uint8 HxWx1 or HxWx3 -> HxWx3."""
+    return np.repeat(image, 3, axis=2) if image.shape[2] == 1 else image
+
+
+def overlay(image: np.ndarray, amap: np.ndarray, scale: float, regions: Sequence[Region] = (), alpha: float = 0.45) -> np.ndarray:
+    """The image with its heatmap blended in and each region's box drawn in white with its index."""
+    base = to_rgb(image)
+    out = cv2.addWeighted(base, 1 - alpha, heatmap(amap, scale), alpha, 0)
+    thickness = max(1, round(min(out.shape[:2]) / 200))
+    for i, region in enumerate(regions):
+        x0, y0, x1, y1 = region.bbox
+        cv2.rectangle(out, (x0, y0), (x1, y1), (255, 255, 255), thickness)
+        cv2.putText(out, str(i + 1), (x0 + 2, max(y0 - 3, 10)), cv2.FONT_HERSHEY_SIMPLEX, 0.4 * thickness, (255, 255, 255), thickness)
+    return out
+
+
+def encode_png(rgb: np.ndarray) -> bytes:
+    """RGB (or single-channel) uint8 array -> PNG bytes."""
+    array = rgb if rgb.ndim == 2 else cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
+    ok, buffer = cv2.imencode(".png", array)
+    if not ok:  # pragma: no cover - OpenCV only fails on invalid arrays
+        raise ValueError("PNG encoding failed")
+    return buffer.tobytes()
+
+
+def write_png(path: str | Path, rgb: np.ndarray) -> None:
+    data = encode_png(rgb)
+    atomic_write(path, lambda tmp: tmp.write_bytes(data))
+
+
+def training_grid(model: torch.nn.Module, graph: torch.nn.Module, dataset, device: torch.device, path: Path, n: int = 8) -> None:
+    """A PNG with one column per validation image: input, the model's visuals, the anomaly map."""
+    picks = _spread_indices(dataset, n)
+    x = torch.stack([dataset[i]["image"] for i in picks]).to(device)
+    graph.eval()
+    with torch.inference_mode():
+        visuals = model.visuals(x)
+        amap, _ = graph(x)
+    scale = float(amap.max()) or 1.0
+    rows = [x] + list(visuals.values())
+    tiles = [[to_rgb((row[i].permute(1, 2, 0).clamp(0, 1).cpu().numpy() * 255).astype(np.uint8)) for i in range(len(picks))] for row in rows]
+    tiles.append([heatmap(amap[i, 0].cpu().numpy(), scale) for i in range(len(picks))])
+    write_png(path, np.vstack([np.hstack(row) for row in tiles]))
+
+
+def _spread_indices(dataset, n: int) -> list[int]:
+    """Up to n indices spread over the dataset (so good and defective items both show)."""
+    size = len(dataset)
+    return sorted({round(i * (size - 1) / max(n - 1, 1)) for i in range(min(n, size))})
