@@ -1,0 +1,195 @@
+"""Threshold calibration: turn validation scores into the image and pixel thresholds of a bundle.
+
+The verdict rule is the project's: NG iff ``score > threshold`` (strictly greater). A
+:class:`Calibration` is saved as calibration.json next to the model weights.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from surfad.config import from_dict
+from surfad.errors import SurfadError
+from surfad.metrics import check_labels, check_maps, check_maps_masks, check_scores, f1_max, operating_points
+from surfad.utils import atomic_write_json
+
+STRATEGIES_HELP = 'valid strategies: "f1", "youden", "recall:X" with 0 < X <= 1, "fpr:X" with 0 <= X < 1'
+NO_DEFECTS_HINT = 'use --strategy fpr:0.01 (needs only good images)'
+PIXEL_SAMPLE = 2_000_000  # pixels used to choose the pixel threshold (seeded subsample above this)
+GOOD_PIXEL_QUANTILE = 0.999  # pixel threshold without defect masks: this quantile of good pixels
+
+
+@dataclass
+class Calibration:
+    """Thresholds chosen on one split, with the statistics of its good-image scores."""
+
+    threshold: float  # image score threshold: NG iff score > threshold
+    strategy: str  # as given, e.g. "f1", "youden", "recall:0.99", "fpr:0.01"
+    pixel_threshold: float  # threshold for defect masks/regions in anomaly maps
+    split: str  # which split/data it came from (free text)
+    n_good: int
+    n_defect: int
+    normal_stats: dict[str, float]  # mean, std, min, max, p50, p90, p95, p99 of good scores ({} if none)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Calibration:
+        """Build from a dict as written by to_dict; errors name the missing or wrong field."""
+        if not isinstance(d, dict):
+            raise SurfadError(f"calibration: expected a mapping, got {type(d).__name__}")
+        missing = [f.name for f in dataclasses.fields(cls) if f.name not in d]
+        if missing:
+            raise SurfadError(f"calibration: missing field(s) {', '.join(missing)}")
+        return from_dict(cls, d, "calibration")
+
+    def save(self, path: str | Path) -> None:
+        """Write as JSON, atomically."""
+        atomic_write_json(path, self.to_dict())
+
+    @classmethod
+    def load(cls, path: str | Path) -> Calibration:
+        """Read a JSON file written by save; errors name the file."""
+        path = Path(path)
+        try:
+            raw = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise SurfadError(f"{path}: calibration file not found") from None
+        except json.JSONDecodeError as err:
+            raise SurfadError(f"{path}: not valid JSON ({err})") from None
+        try:
+            return cls.from_dict(raw)
+        except SurfadError as err:
+            raise SurfadError(f"{path}: {err}") from None
+
+
+def parse_strategy(text: str) -> tuple[str, float | None]:
+    """Split a strategy string into its name and parameter.
+
+    "f1" and "youden" have no parameter; "recall:X" needs 0 < X <= 1 and "fpr:X" needs
+    0 <= X < 1. Anything else raises SurfadError listing the valid forms.
+    """
+    name, sep, arg = text.strip().partition(":")
+    if not sep and name in ("f1", "youden"):
+        return name, None
+    if sep and name in ("recall", "fpr"):
+        try:
+            value = float(arg)
+        except ValueError:
+            value = math.nan
+        if (name == "recall" and 0 < value <= 1) or (name == "fpr" and 0 <= value < 1):
+            return name, value
+    raise SurfadError(f"strategy: {text!r} is not valid; {STRATEGIES_HELP}")
+
+
+def choose_threshold(scores: object, labels: object, strategy: str) -> float:
+    """Image score threshold for NG iff ``score > threshold``, chosen by `strategy`.
+
+    - "f1": the threshold of maximum F1 (:func:`surfad.metrics.f1_max`).
+    - "youden": maximum Youden's J = TPR - FPR (the highest threshold among ties).
+    - "recall:X": the highest operating point whose recall is at least X, i.e. the one with the
+      fewest NG verdicts that still catches a share X of the defects.
+    - "fpr:X": uses the good scores only: the lowest threshold that leaves at most floor(X * n_good)
+      good scores above it. That is a good score itself (an order statistic, no interpolation):
+      sorted ascending, the one at 0-based index n_good - 1 - floor(X * n_good); ties with it count
+      as OK, so with ties even fewer good scores are above it. "fpr:0" gives the highest good score.
+
+    f1, youden and recall thresholds lie midway between the lowest NG score and the next lower
+    score (see :func:`surfad.metrics.operating_points`). Raises SurfadError when the data cannot
+    support the strategy (no defects for f1/youden/recall, no good images for youden/fpr).
+    """
+    name, value = parse_strategy(strategy)
+    s = check_scores(scores)
+    y = check_labels(labels, s.size)
+    n_defect = int(y.sum())
+    n_good = s.size - n_defect
+    if name in ("youden", "fpr") and n_good == 0:
+        raise SurfadError(f"strategy {strategy}: needs good images, but the calibration data has none")
+    if name in ("f1", "youden", "recall") and n_defect == 0:
+        raise SurfadError(
+            f"strategy {strategy}: needs defective images, but the calibration data has only good ones; "
+            + NO_DEFECTS_HINT
+        )
+    if name == "fpr":
+        good = np.sort(s[~y])
+        allowed = min(math.floor(value * n_good + 1e-9), n_good - 1)  # tolerance: 0.29 * 100 is 28.999...
+        return float(good[n_good - 1 - allowed])
+    if name == "f1":
+        return f1_max(s, y)[1]
+    thresholds, tp, fp = operating_points(s, y)
+    if name == "youden":
+        return float(thresholds[int(np.argmax(tp / n_defect - fp / n_good))])
+    needed = math.ceil(value * n_defect - 1e-9)  # defects that must be above the threshold
+    return float(thresholds[int(np.argmax(tp >= needed))])
+
+
+def pixel_threshold(maps: object, masks: object | None, labels: object, seed: int = 0) -> float:
+    """Threshold on anomaly-map values that marks defect pixels (``map > threshold``).
+
+    With ground truth (any mask pixel set): the threshold of maximum pixel F1 over the pixels
+    of all images, on a seeded uniform subsample of 2,000,000 pixels when there are more.
+    Without (masks None or all empty, e.g. good-only data): the 99.9% quantile (linear
+    interpolation) of the good images' pixel values, i.e. about 0.1% of normal pixels exceed it.
+
+    maps: (N, H, W) floats; masks: (N, H, W) bools or None; labels: (N,) with 1 = defect.
+    """
+    map_list = check_maps(maps)
+    y = check_labels(labels, len(map_list))
+    if masks is not None:
+        _, mask_list = check_maps_masks(map_list, masks)
+        if any(k.any() for k in mask_list):
+            values = np.concatenate([m.ravel() for m in map_list])
+            truth = np.concatenate([k.ravel() for k in mask_list])
+            if values.size > PIXEL_SAMPLE:
+                keep = np.random.default_rng(seed).choice(values.size, size=PIXEL_SAMPLE, replace=False)
+                values, truth = values[keep], truth[keep]
+            return f1_max(values, truth)[1]
+    good = [m.ravel() for m, label in zip(map_list, y) if not label]
+    if not good:
+        raise SurfadError(
+            "pixel threshold: needs defect masks or good images, but the calibration data has neither"
+        )
+    return float(np.quantile(np.concatenate(good), GOOD_PIXEL_QUANTILE))
+
+
+def normal_stats(good_scores: np.ndarray) -> dict[str, float]:
+    """Summary of the good images' scores (empty dict without good images)."""
+    if good_scores.size == 0:
+        return {}
+    p50, p90, p95, p99 = np.percentile(good_scores, [50, 90, 95, 99])
+    return {
+        "mean": float(good_scores.mean()),
+        "std": float(good_scores.std()),
+        "min": float(good_scores.min()),
+        "max": float(good_scores.max()),
+        "p50": float(p50),
+        "p90": float(p90),
+        "p95": float(p95),
+        "p99": float(p99),
+    }
+
+
+def calibrate(
+    scores: object, labels: object, maps: object, masks: object | None, strategy: str, split: str
+) -> Calibration:
+    """Choose image and pixel thresholds on one split (see choose_threshold, pixel_threshold)."""
+    s = check_scores(scores)
+    y = check_labels(labels, s.size)
+    threshold = choose_threshold(s, y, strategy)
+    return Calibration(
+        threshold=threshold,
+        strategy=strategy,
+        pixel_threshold=pixel_threshold(maps, masks, y),
+        split=split,
+        n_good=int((~y).sum()),
+        n_defect=int(y.sum()),
+        normal_stats=normal_stats(s[~y].astype(np.float64)),
+    )

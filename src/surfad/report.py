@@ -1,0 +1,267 @@
+"""The evaluation report: one self-contained HTML page (plots embedded as base64 PNG).
+
+It shows the metrics, ROC and PR curves with the operating point, the score distributions of
+both classes against the threshold, the worst-scored images and a per-defect-type breakdown.
+Nothing is loaded from the internet, so the page can be archived or mailed as one file.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from matplotlib.figure import Figure
+from sklearn.metrics import precision_recall_curve, roc_curve
+
+from surfad import __version__
+from surfad.errors import SurfadError
+from surfad.utils import atomic_write_text
+
+REPORT_NAME = "report.html"
+WORST_K = 6  # images shown per class in the worst-cases section
+RECORD_KEYS = ("path", "label", "score", "verdict", "defect_type")
+GOOD_COLOR, DEFECT_COLOR, POINT_COLOR = "#2b7bba", "#d7301f", "#111111"
+
+STYLE = """
+body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 2em auto; max-width: 1100px;
+       color: #222; padding: 0 1em; }
+h1 { margin-bottom: 0.2em; } h2 { border-bottom: 1px solid #ddd; padding-bottom: 0.2em; margin-top: 1.6em; }
+table { border-collapse: collapse; margin: 0.5em 0; }
+th, td { border: 1px solid #ccc; padding: 0.25em 0.7em; text-align: right; }
+th:first-child, td:first-child { text-align: left; }
+th { background: #f3f3f3; }
+.plots img { max-width: 100%; margin-right: 1em; }
+.note { background: #fff6dd; border-left: 4px solid #e0b000; padding: 0.5em 0.8em; }
+.cards { display: flex; flex-wrap: wrap; gap: 1em; align-items: flex-start; }
+.card { border: 1px solid #ccc; border-radius: 4px; padding: 0.5em; width: 240px; font-size: 0.85em;
+        overflow-wrap: anywhere; }
+.card img { width: 100%; display: block; margin-bottom: 0.4em; }
+.wrong { color: #b00020; font-weight: bold; }
+.muted { color: #777; }
+"""
+
+
+def check_records(records: list[dict[str, Any]]) -> None:
+    """Raise SurfadError naming the record and key when a record lacks a field or has a bad one."""
+    for i, record in enumerate(records):
+        missing = [key for key in RECORD_KEYS if key not in record]
+        if missing:
+            raise SurfadError(f"records[{i}]: missing key(s) {', '.join(missing)}")
+        if record["label"] not in (0, 1):
+            raise SurfadError(f"records[{i}].label: expected 0 (good) or 1 (defect), got {record['label']!r}")
+        if not isinstance(record["score"], (int, float, np.number)) or not math.isfinite(record["score"]):
+            raise SurfadError(f"records[{i}].score: expected a finite number, got {record['score']!r}")
+
+
+def worst_cases(records: list[dict[str, Any]], k: int = WORST_K) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The k good images with the highest scores and the k defects with the lowest scores.
+
+    These are the report's worst false positives / false negatives (or, when the threshold
+    separates them, the closest calls); callers make overlays for exactly these records.
+    """
+    good = sorted((r for r in records if r["label"] == 0), key=lambda r: -r["score"])
+    defect = sorted((r for r in records if r["label"] == 1), key=lambda r: r["score"])
+    return good[:k], defect[:k]
+
+
+def write_report(
+    out_dir: Path, records: list[dict[str, Any]], metrics: dict[str, float], title: str,
+    overlays: dict[str, bytes] | None = None,
+) -> Path:
+    """Write out_dir/report.html (atomically) and return its path.
+
+    records: one per image with path, label (0 good / 1 defect), score, verdict ("OK"/"NG") and
+    defect_type. metrics: from surfad.metrics.image_metrics (plus pixel metrics if any); its
+    "threshold" is the operating point (NG iff score > threshold). overlays: PNG bytes by record
+    path for the images of :func:`worst_cases`; records without one are listed without image.
+    Degenerate data (one class only, no images) gives a page that says what cannot be shown.
+    """
+    check_records(records)
+    if "threshold" not in metrics:
+        raise SurfadError("metrics: missing 'threshold' (the operating point the report shows)")
+    threshold = float(metrics["threshold"])
+    scores = np.array([float(r["score"]) for r in records])
+    labels = np.array([int(r["label"]) for r in records])
+    n_defect = int(labels.sum())
+    n_good = labels.size - n_defect
+
+    parts = [
+        f"<h1>{html.escape(title)}</h1>",
+        f'<p class="muted">{labels.size} images ({n_good} good, {n_defect} defective); '
+        f"verdict NG iff score &gt; {_fmt(threshold)}.</p>",
+        "<h2>Metrics</h2>",
+        _table(["metric", "value"], [[html.escape(str(k)), _fmt(v)] for k, v in metrics.items()]),
+    ]
+    if labels.size == 0:
+        parts.append('<p class="note">No images were evaluated: nothing to plot.</p>')
+    else:
+        parts.append("<h2>ROC and precision-recall curves</h2>")
+        if n_good and n_defect:
+            parts.append(
+                '<div class="plots">'
+                + _img(_roc_plot(scores, labels, threshold), "ROC curve")
+                + _img(_pr_plot(scores, labels, threshold), "Precision-recall curve")
+                + "</div>"
+            )
+        else:
+            only = "good" if n_defect == 0 else "defective"
+            parts.append(
+                f'<p class="note">ROC and PR curves need both good and defective images; this set has only '
+                f"{only} images.</p>"
+            )
+        parts += [
+            "<h2>Score distributions</h2>",
+            '<div class="plots">' + _img(_histogram(scores, labels, threshold), "Score histograms") + "</div>",
+        ]
+    parts += _worst_section(records, threshold, overlays or {})
+    parts += ["<h2>Per defect type</h2>", _per_type_table(records, threshold)]
+    parts.append(f'<p class="muted">Generated by surfad {__version__}.</p>')
+
+    page = (
+        "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
+        f"<title>{html.escape(title)}</title>\n<style>{STYLE}</style>\n</head>\n<body>\n"
+        + "\n".join(parts)
+        + "\n</body>\n</html>\n"
+    )
+    path = Path(out_dir) / REPORT_NAME
+    atomic_write_text(path, page)
+    return path
+
+
+def _fmt(value: Any) -> str:
+    """Numbers for tables: ints as is, floats with 4 significant digits, NaN as n/a."""
+    if isinstance(value, (bool, np.bool_)):
+        return str(value)
+    if isinstance(value, (int, np.integer)):
+        return str(value)
+    if isinstance(value, (float, np.floating)):
+        return "n/a" if math.isnan(value) else f"{value:.4g}"
+    return html.escape(str(value))
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    """An HTML table from already escaped/formatted cells."""
+    head = "".join(f"<th>{h}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" for row in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _img(png: bytes, alt: str) -> str:
+    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{base64.b64encode(png).decode("ascii")}">'
+
+
+def _png(fig: Figure) -> bytes:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100)  # Figure without pyplot renders with Agg
+    return buffer.getvalue()
+
+
+def _operating_point(scores: np.ndarray, labels: np.ndarray, threshold: float) -> tuple[float, float, float]:
+    """(FPR, recall, precision) at threshold; precision is nan with no NG verdict."""
+    ng = scores > threshold
+    tp = int(np.sum(ng & (labels == 1)))
+    precision = tp / int(ng.sum()) if ng.any() else math.nan
+    return float(np.mean(ng[labels == 0])), tp / int(labels.sum()), precision
+
+
+def _roc_plot(scores: np.ndarray, labels: np.ndarray, threshold: float) -> bytes:
+    fpr, tpr, _ = roc_curve(labels, scores)
+    op_fpr, op_tpr, _ = _operating_point(scores, labels, threshold)
+    fig = Figure(figsize=(5, 4.4), layout="constrained")
+    ax = fig.add_subplot()
+    ax.plot([0, 1], [0, 1], ls=":", color="#999999", label="chance")
+    ax.plot(fpr, tpr, color=DEFECT_COLOR, lw=2, label="ROC")
+    ax.plot(op_fpr, op_tpr, "o", ms=9, color=POINT_COLOR,
+            label=f"threshold {threshold:.4g}\n(FPR {op_fpr:.3f}, recall {op_tpr:.3f})")
+    ax.set(xlim=(-0.02, 1.02), ylim=(-0.02, 1.02), xlabel="false-positive rate (good called NG)",
+           ylabel="recall (defects called NG)", title="ROC curve")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right")
+    return _png(fig)
+
+
+def _pr_plot(scores: np.ndarray, labels: np.ndarray, threshold: float) -> bytes:
+    precision, recall, _ = precision_recall_curve(labels, scores)
+    _, op_recall, op_precision = _operating_point(scores, labels, threshold)
+    fig = Figure(figsize=(5, 4.4), layout="constrained")
+    ax = fig.add_subplot()
+    ax.axhline(labels.mean(), ls=":", color="#999999", label="chance (defect share)")
+    ax.step(recall, precision, where="post", color=DEFECT_COLOR, lw=2, label="PR")
+    if math.isnan(op_precision):
+        ax.plot([], [], " ", label=f"threshold {threshold:.4g}: nothing NG")
+    else:
+        ax.plot(op_recall, op_precision, "o", ms=9, color=POINT_COLOR,
+                label=f"threshold {threshold:.4g}\n(recall {op_recall:.3f}, precision {op_precision:.3f})")
+    ax.set(xlim=(-0.02, 1.02), ylim=(-0.02, 1.02), xlabel="recall (defects called NG)",
+           ylabel="precision (NG that are defects)", title="Precision-recall curve")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower left")
+    return _png(fig)
+
+
+def _histogram(scores: np.ndarray, labels: np.ndarray, threshold: float) -> bytes:
+    edges = np.histogram_bin_edges(np.append(scores, threshold), bins=min(50, max(10, scores.size // 4)))
+    fig = Figure(figsize=(8, 3.8), layout="constrained")
+    ax = fig.add_subplot()
+    for label, name, color in ((0, "good", GOOD_COLOR), (1, "defect", DEFECT_COLOR)):
+        part = scores[labels == label]
+        if part.size:
+            ax.hist(part, bins=edges, color=color, alpha=0.55, label=f"{name} ({part.size})")
+    ax.axvline(threshold, color=POINT_COLOR, ls="--", lw=2, label=f"threshold {threshold:.4g}")
+    ax.set(xlabel="image score (NG if > threshold)", ylabel="images", title="Score distribution per class")
+    ax.grid(alpha=0.3, axis="y")
+    ax.legend()
+    return _png(fig)
+
+
+def _worst_section(records: list[dict[str, Any]], threshold: float, overlays: dict[str, bytes]) -> list[str]:
+    worst_good, worst_defect = worst_cases(records)
+    parts = ["<h2>Worst cases</h2>"]
+    for heading, chosen, empty in (
+        ("Highest-scoring good images (false positives when above the threshold)", worst_good, "No good images."),
+        ("Lowest-scoring defective images (false negatives when not above the threshold)", worst_defect,
+         "No defective images."),
+    ):
+        parts.append(f"<h3>{heading}</h3>")
+        if not chosen:
+            parts.append(f'<p class="muted">{empty}</p>')
+            continue
+        cards = []
+        for r in chosen:
+            wrong = (r["score"] > threshold) != (r["label"] == 1)
+            outcome = ("false positive" if r["label"] == 0 else "false negative") if wrong else "correct"
+            image = _img(overlays[r["path"]], f"overlay of {r['path']}") if r["path"] in overlays else ""
+            cards.append(
+                f'<div class="card">{image}<div>{html.escape(str(r["path"]))}</div>'
+                f"<div>score {_fmt(float(r['score']))} &middot; verdict {html.escape(str(r['verdict']))}"
+                f" &middot; type {html.escape(str(r['defect_type']))}</div>"
+                f'<div class="{"wrong" if wrong else "muted"}">{outcome}</div></div>'
+            )
+        parts.append('<div class="cards">' + "".join(cards) + "</div>")
+    return parts
+
+
+def _per_type_table(records: list[dict[str, Any]], threshold: float) -> str:
+    groups: dict[tuple[int, str], list[float]] = {}
+    for r in records:
+        name = str(r["defect_type"]) if r["defect_type"] not in (None, "") else ("good" if r["label"] == 0 else "?")
+        groups.setdefault((int(r["label"]), name), []).append(float(r["score"]))
+    if not groups:
+        return '<p class="muted">No images.</p>'
+    rows = []
+    for (label, name), values in sorted(groups.items()):
+        s = np.array(values)
+        rows.append([
+            html.escape(name), "defect" if label else "good", str(s.size), _fmt(float(s.mean())),
+            _fmt(float(s.min())), _fmt(float(s.max())), _fmt(float(np.mean(s > threshold))),
+        ])
+    note = (
+        '<p class="muted">NG share = share with score &gt; threshold: the recall for defect types, '
+        "the false-positive rate for good images.</p>"
+    )
+    return _table(["type", "class", "count", "mean score", "min", "max", "NG share"], rows) + note
