@@ -68,7 +68,8 @@ def cmd_synth(args: argparse.Namespace) -> None:
     from surfad.data.synth import write_synthetic_dataset
 
     root = write_synthetic_dataset(Path(args.out), seed=args.seed, size=args.size, n_train=args.n_train,
-                                   n_test_good=args.n_test_good, n_test_defect=args.n_test_defect, progress=True)
+                                   n_test_good=args.n_test_good, n_test_defect=args.n_test_defect,
+                                   n_val_good=args.n_val_good, n_val_defect=args.n_val_defect, progress=True)
     print(f"synthetic dataset written to {root}")
 
 
@@ -84,7 +85,7 @@ def cmd_train(args: argparse.Namespace) -> None:
 def cmd_calibrate(args: argparse.Namespace) -> None:
     from surfad.evaluate import calibrate_run
 
-    c = calibrate_run(args.run, data=args.data, split=args.split, strategy=args.strategy)
+    c = calibrate_run(args.run, data=args.data, split=args.split, strategy=args.strategy, layout=args.layout)
     print(f"threshold {c.threshold:.6g} ({c.strategy} on {c.split}: {c.n_good} good, {c.n_defect} defective); "
           f"pixel threshold {c.pixel_threshold:.6g}; saved in {Path(args.run) / 'calibration.json'}")
 
@@ -93,7 +94,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     from surfad.evaluate import evaluate_run, summary_line
 
     out = Path(args.out) if args.out else Path(args.run) / f"eval_{args.split}"
-    metrics = evaluate_run(args.run, data=args.data, split=args.split, out=out, runtime=args.runtime)
+    metrics = evaluate_run(args.run, data=args.data, split=args.split, out=out, runtime=args.runtime, layout=args.layout)
     print(summary_line(metrics))
     print(f"report: {out / 'report.html'}")
 
@@ -128,6 +129,8 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-train", type=int, default=80)
     p.add_argument("--n-test-good", type=int, default=30)
     p.add_argument("--n-test-defect", type=int, default=30)
+    p.add_argument("--n-val-good", type=int, default=10)
+    p.add_argument("--n-val-defect", type=int, default=10)
     p.set_defaults(func=cmd_synth)
 
     p = sub.add_parser("train", help="train a model on good images")
@@ -158,14 +161,16 @@ def make_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("calibrate", help="choose the decision threshold on a split")
     p.add_argument("run")
     p.add_argument("--data", help="dataset (default: the one the run was trained on)")
+    p.add_argument("--layout", choices=["auto", "mvtec", "mt", "folder", "dagm"], help="layout of --data (default: the run's)")
     p.add_argument("--split", default="val", help="train | val | test | test_a | test_b | all")
     p.add_argument("--strategy", default="f1", help="f1 | youden | recall:X | fpr:X")
     p.set_defaults(func=cmd_calibrate)
 
     p = sub.add_parser("evaluate", help="metrics and an HTML report on a split")
     p.add_argument("run")
-    p.add_argument("--data")
-    p.add_argument("--split", default="test")
+    p.add_argument("--data", help="dataset (default: the one the run was trained on)")
+    p.add_argument("--layout", choices=["auto", "mvtec", "mt", "folder", "dagm"], help="layout of --data (default: the run's)")
+    p.add_argument("--split", default="test", help="train | val | test | test_a | test_b | all")
     p.add_argument("--out")
     p.add_argument("--runtime", default="torch", choices=["torch", "onnx"])
     p.set_defaults(func=cmd_evaluate)

@@ -28,7 +28,7 @@ from surfad.data.transforms import resize_map
 from surfad.errors import SurfadError
 from surfad.inference import Detector
 from surfad.metrics import image_metrics, pixel_metrics
-from surfad.report import write_report
+from surfad.report import worst_cases, write_report
 from surfad.scoring import ScoreFn, ScoredSet, score_dataset, torch_score_fn
 from surfad.utils import atomic_write, atomic_write_json
 from surfad.visualize import encode_png, overlay
@@ -36,12 +36,13 @@ from surfad.visualize import encode_png, overlay
 HALVES = {"test_a": 0, "test_b": 1}
 
 
-def run_splits(config: RunConfig, run: Path, data: str | None) -> Splits:
-    """The run's saved splits, or splits of another dataset built with the run's data settings."""
+def run_splits(config: RunConfig, run: Path, data: str | None, layout: str | None = None) -> Splits:
+    """The run's saved splits, or splits of another dataset built with the run's data settings
+    (its layout unless `layout` is given; no train list, which names the training dataset's files)."""
     saved = Splits.load(run / bundle.SPLITS)
     if data is None or Path(data).resolve() == Path(saved.root).resolve():
         return saved
-    return make_splits(replace(config.data, path=str(data), train_list=None, layout="auto"))
+    return make_splits(replace(config.data, path=str(data), train_list=None, layout=layout or config.data.layout))
 
 
 def select_split(splits: Splits, name: str, seed: int = 0) -> list[Sample]:
@@ -72,11 +73,12 @@ def score_samples(score: ScoreFn, config: RunConfig, samples: list[Sample], batc
     return scored, len(samples) / (time.perf_counter() - start)
 
 
-def calibrate_run(run: str | Path, data: str | None = None, split: str = "val", strategy: str = "f1") -> Calibration:
+def calibrate_run(run: str | Path, data: str | None = None, split: str = "val", strategy: str = "f1",
+                  layout: str | None = None) -> Calibration:
     """Choose thresholds on a split and store them in the run's calibration.json."""
     run = Path(run)
     config, graph = bundle.load_graph(run)
-    samples = select_split(run_splits(config, run, data), split, config.data.split_seed)
+    samples = select_split(run_splits(config, run, data, layout), split, config.data.split_seed)
     scored, _ = score_samples(torch_score_fn(graph, torch.device("cpu")), config, samples)
     calibration = calibrate(scored.scores, scored.labels, scored.maps, scored.masks, strategy, split=split)
     calibration.save(run / bundle.CALIBRATION)
@@ -84,11 +86,11 @@ def calibrate_run(run: str | Path, data: str | None = None, split: str = "val", 
 
 
 def evaluate_run(run: str | Path, data: str | None = None, split: str = "test", out: str | Path | None = None,
-                 runtime: str = "torch", threshold: float | None = None) -> dict[str, Any]:
+                 runtime: str = "torch", threshold: float | None = None, layout: str | None = None) -> dict[str, Any]:
     """Metrics, per-image scores and an HTML report for a split; returns the metrics."""
     detector = Detector.load(run, runtime=runtime)
     out = Path(out) if out is not None else Path(run) / f"eval_{split}"
-    samples = select_split(run_splits(detector.config, detector.run, data), split, detector.config.data.split_seed)
+    samples = select_split(run_splits(detector.config, detector.run, data, layout), split, detector.config.data.split_seed)
     scored, rate = score_samples(detector.score_batch, detector.config, samples)
     t = detector.threshold if threshold is None else threshold
     metrics: dict[str, Any] = image_metrics(scored.scores, scored.labels, t)
@@ -114,17 +116,17 @@ def summary_line(metrics: dict[str, Any]) -> str:
     return f"{metrics.get('split', '')}: {metrics.get('n_images', '?')} images: {shown}"
 
 
-def _worst_overlays(detector: Detector, records: list[dict], scored: ScoredSet, samples: list[Sample], n: int = 6) -> dict[str, bytes]:
-    """Overlays of the highest-scored good images and the lowest-scored defective ones."""
-    good = [i for i, r in enumerate(records) if r["label"] == 0]
-    bad = [i for i, r in enumerate(records) if r["label"] == 1]
-    picks = sorted(good, key=lambda i: -scored.scores[i])[:n] + sorted(bad, key=lambda i: scored.scores[i])[:n]
+def _worst_overlays(detector: Detector, records: list[dict], scored: ScoredSet, samples: list[Sample]) -> dict[str, bytes]:
+    """Overlays for exactly the records the report shows as worst cases."""
+    good, defect = worst_cases(records)
+    index = {r["path"]: i for i, r in enumerate(records)}
     scale = 2 * detector.calibration.pixel_threshold or float(scored.maps.max()) or 1.0
     result = {}
-    for i in picks:
+    for record in good + defect:
+        i = index[record["path"]]
         image = read_image(samples[i].path, detector.channels)
         amap = resize_map(scored.maps[i], image.shape[0], image.shape[1])
-        result[records[i]["path"]] = encode_png(overlay(image, amap, scale))
+        result[record["path"]] = encode_png(overlay(image, amap, scale))
     return result
 
 
