@@ -1,0 +1,130 @@
+"""The whole CLI path on a tiny synthetic dataset: train -> calibrate -> evaluate -> predict."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from safetensors.numpy import load_file
+
+import surfad.train
+from surfad.cli import main
+
+TINY_MODEL = ["--param", "base_width=4", "--param", "depth=2", "--param", "skip_levels=[1]", "--param", "latent_channels=4"]
+
+
+def train_args(data: Path, out: Path, epochs: int = 2) -> list[str]:
+    return ["train", "--data", str(data), "--image-size", "32", "--epochs", str(epochs), "--batch-size", "4",
+            "--threads", "1", "--out", str(out), "--quiet", *TINY_MODEL]
+
+
+@pytest.fixture(scope="module")
+def trained_run(tiny_mvtec: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    run = tmp_path_factory.mktemp("runs") / "run"
+    assert main(train_args(tiny_mvtec, run)) == 0
+    return run
+
+
+def test_train_writes_a_complete_bundle(trained_run: Path):
+    for name in ("config.yaml", "meta.json", "splits.json", "model.safetensors", "calibration.json", "history.csv",
+                 "checkpoints/last.safetensors", "checkpoints/last_state.pt"):
+        assert (trained_run / name).is_file(), name
+    history = (trained_run / "history.csv").read_text().splitlines()
+    assert history[0].startswith("epoch,lr,loss,recon,kl") and len(history) == 3
+    assert "val_auroc" in history[0]
+    assert list((trained_run / "grids").glob("*.png"))
+
+
+def test_calibrate_evaluate_predict(trained_run: Path, tiny_mvtec: Path, tmp_path: Path, capsys):
+    assert main(["calibrate", str(trained_run), "--strategy", "youden"]) == 0
+    calibration = json.loads((trained_run / "calibration.json").read_text())
+    assert calibration["strategy"] == "youden" and calibration["split"] == "val"
+
+    out = tmp_path / "eval"
+    assert main(["evaluate", str(trained_run), "--out", str(out)]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    for key in ("image_auroc", "image_ap", "image_f1_max", "threshold", "accuracy", "precision", "recall", "fpr",
+                "pixel_auroc", "pixel_ap", "aupro"):
+        assert key in metrics
+    assert metrics["threshold"] == pytest.approx(calibration["threshold"])
+    rows = (out / "per_image.csv").read_text().splitlines()
+    assert rows[0] == "path,label,defect_type,score,verdict" and len(rows) == 1 + 12
+    assert "<img" in (out / "report.html").read_text()
+
+    preds = tmp_path / "preds"
+    assert main(["predict", str(trained_run), str(tiny_mvtec / "test"), "--out", str(preds), "--quiet", "--threshold", "0"]) == 0
+    records = [json.loads(line) for line in (preds / "predictions.jsonl").read_text().splitlines()]
+    assert len(records) == 12
+    for r in records:
+        assert set(r) >= {"path", "score", "threshold", "verdict", "regions", "heatmap", "overlay", "mask"}
+        assert r["verdict"] == "NG" and r["threshold"] == 0  # --threshold overrides the calibration
+        assert Path(r["overlay"]).is_file()
+        for region in r["regions"]:
+            x0, y0, x1, y1 = region["bbox"]
+            assert 0 <= x0 <= x1 < 64 and 0 <= y0 <= y1 < 64  # original-image pixels (64 px), not model input (32)
+
+
+def test_detector_in_a_fresh_process(trained_run: Path, tiny_mvtec: Path):
+    from surfad import Detector
+
+    image = sorted((tiny_mvtec / "test" / "knot").iterdir())[0]
+    expected = Detector.load(trained_run).predict(image)
+    code = (f"import json; from surfad import Detector; p = Detector.load({str(trained_run)!r}).predict({str(image)!r}); "
+            "print(json.dumps(p.to_dict()))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    got = json.loads(done.stdout)
+    assert got["score"] == pytest.approx(expected.score, abs=1e-6)
+    assert got["verdict"] == expected.verdict
+
+
+def test_resume_continues_exactly(tiny_mvtec: Path, tmp_path: Path, monkeypatch):
+    straight = tmp_path / "straight"
+    assert main(train_args(tiny_mvtec, straight, epochs=3)) == 0
+
+    real_validate = surfad.train.validate
+    calls = {"n": 0}
+
+    def interrupted(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:  # during epoch 2, before its checkpoint is written
+            raise KeyboardInterrupt
+        return real_validate(*args, **kwargs)
+
+    resumed = tmp_path / "resumed"
+    monkeypatch.setattr(surfad.train, "validate", interrupted)
+    assert main(train_args(tiny_mvtec, resumed, epochs=3)) == 130
+    monkeypatch.setattr(surfad.train, "validate", real_validate)
+    assert main(["train", "--out", str(resumed), "--resume", "--quiet"]) == 0
+
+    a = load_file(straight / "checkpoints" / "last.safetensors")
+    b = load_file(resumed / "checkpoints" / "last.safetensors")
+    assert a.keys() == b.keys()
+    for key in a:
+        np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+    assert (straight / "history.csv").read_text().count("\n") == (resumed / "history.csv").read_text().count("\n")
+
+
+def test_bad_input_gets_a_clear_error(tiny_mvtec: Path, tmp_path: Path, capsys):
+    assert main(["train", "--data", str(tmp_path / "nowhere"), "--out", str(tmp_path / "r")]) == 2
+    assert "nowhere" in capsys.readouterr().err
+
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_mvtec, broken)
+    bad = sorted((broken / "train" / "good").iterdir())[0]
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    assert main(train_args(broken, tmp_path / "r1")) == 2
+    err = capsys.readouterr().err
+    assert bad.name in err and "Traceback" not in err
+
+    assert main(train_args(broken, tmp_path / "r2", epochs=1) + ["--skip-bad"]) == 0
+    assert "skipped bad files: 1" in capsys.readouterr().out
+
+
+def test_existing_run_is_not_overwritten(trained_run: Path, tiny_mvtec: Path, capsys):
+    assert main(train_args(tiny_mvtec, trained_run)) == 2
+    assert "--resume" in capsys.readouterr().err
