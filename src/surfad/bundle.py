@@ -67,12 +67,28 @@ def build_from_config(config: RunConfig) -> tuple[AnomalyModel, InferenceGraph]:
     return model, InferenceGraph(model, ImageScorer(config.score))
 
 
-def load_graph(run: str | Path, weights: str = WEIGHTS) -> tuple[RunConfig, InferenceGraph]:
-    """Resolved config and the inference graph with the bundle's weights, in eval mode."""
+LAST_STATE = "checkpoints/last_state.pt"  # optimiser, scheduler, RNG and history for --resume
+CHECKPOINTS = {
+    "best_detect": WEIGHTS,
+    "best_seg": "checkpoints/best_seg.safetensors",
+    "last": "checkpoints/last.safetensors",
+}
+
+
+def checkpoint_path(run: Path, checkpoint: str) -> Path:
+    """Weights file of a named checkpoint (best_detect, best_seg, last) or of a path given as is."""
+    path = run / CHECKPOINTS[checkpoint] if checkpoint in CHECKPOINTS else Path(checkpoint)
+    if not path.is_file():
+        raise SurfadError(f"{path}: no such checkpoint; use one of {', '.join(CHECKPOINTS)} or a .safetensors path")
+    return path
+
+
+def load_graph(run: str | Path, checkpoint: str = "best_detect") -> tuple[RunConfig, InferenceGraph]:
+    """Resolved config and the inference graph with a checkpoint's weights, in eval mode."""
     run = require_run(run)
     config = RunConfig.load(run / CONFIG)
     model, graph = build_from_config(config)
-    load_weights(model, run / weights)
+    load_weights(model, checkpoint_path(run, checkpoint))
     graph.eval()
     return config, graph
 

@@ -74,10 +74,10 @@ def score_samples(score: ScoreFn, config: RunConfig, samples: list[Sample], batc
 
 
 def calibrate_run(run: str | Path, data: str | None = None, split: str = "val", strategy: str = "f1",
-                  layout: str | None = None) -> Calibration:
+                  layout: str | None = None, checkpoint: str = "best_detect") -> Calibration:
     """Choose thresholds on a split and store them in the run's calibration.json."""
     run = Path(run)
-    config, graph = bundle.load_graph(run)
+    config, graph = bundle.load_graph(run, checkpoint)
     samples = select_split(run_splits(config, run, data, layout), split, config.data.split_seed)
     scored, _ = score_samples(torch_score_fn(graph, torch.device("cpu")), config, samples)
     calibration = calibrate(scored.scores, scored.labels, scored.maps, scored.masks, strategy, split=split)
@@ -86,9 +86,10 @@ def calibrate_run(run: str | Path, data: str | None = None, split: str = "val", 
 
 
 def evaluate_run(run: str | Path, data: str | None = None, split: str = "test", out: str | Path | None = None,
-                 runtime: str = "torch", threshold: float | None = None, layout: str | None = None) -> dict[str, Any]:
+                 runtime: str = "torch", threshold: float | None = None, layout: str | None = None,
+                 checkpoint: str = "best_detect") -> dict[str, Any]:
     """Metrics, per-image scores and an HTML report for a split; returns the metrics."""
-    detector = Detector.load(run, runtime=runtime)
+    detector = Detector.load(run, runtime=runtime, checkpoint=checkpoint)
     out = Path(out) if out is not None else Path(run) / f"eval_{split}"
     samples = select_split(run_splits(detector.config, detector.run, data, layout), split, detector.config.data.split_seed)
     scored, rate = score_samples(detector.score_batch, detector.config, samples)
@@ -96,7 +97,8 @@ def evaluate_run(run: str | Path, data: str | None = None, split: str = "test", 
     metrics: dict[str, Any] = image_metrics(scored.scores, scored.labels, t)
     if scored.masks.any():
         metrics.update(pixel_metrics(scored.maps, scored.masks))
-    metrics.update(split=split, n_images=len(samples), images_per_s=rate, runtime=runtime, model=detector.config.model)
+    metrics.update(split=split, n_images=len(samples), images_per_s=rate, runtime=runtime, model=detector.config.model,
+                   checkpoint=checkpoint)
     records = [
         {"path": str(s.path), "label": int(s.label), "defect_type": s.defect_type, "score": float(score),
          "verdict": "NG" if score > t else "OK"}

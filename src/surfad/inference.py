@@ -95,7 +95,9 @@ class Detector:
         self.min_area = min_area
 
     @classmethod
-    def load(cls, run: str | Path, runtime: str = "torch", device: str = "cpu", min_area: int = 16) -> Detector:
+    def load(cls, run: str | Path, runtime: str = "torch", device: str = "cpu", min_area: int = 16,
+             checkpoint: str = "best_detect") -> Detector:
+        """Load a run folder; checkpoint (torch runtime): best_detect (shipped), best_seg, last or a path."""
         run = bundle.require_run(run)
         if runtime not in RUNTIMES:
             raise SurfadError(f"runtime must be one of {', '.join(RUNTIMES)}, got {runtime!r}")
@@ -105,7 +107,7 @@ class Detector:
         if runtime == "torch":
             import torch
 
-            config, graph = bundle.load_graph(run)
+            config, graph = bundle.load_graph(run, checkpoint)
             graph.to(device)
             score_fn = torch_score_fn(graph, torch.device(device))
         else:

@@ -4,7 +4,8 @@ Model-independent: a model supplies its loss (`training_loss`) and, if needed, i
 samples (`make_train_dataset`). Validation every `val_every` epochs scores the val split; when it
 has no real defects, synthetic defects pasted on the held-out good images stand in (never the test
 set). The best epoch by validation AUROC (or, without defects, by the lowest mean good score) is
-shipped as model.safetensors; `last` checkpoints allow exact resumption.
+shipped as model.safetensors (the "best_detect" checkpoint); the best by validation AUPRO is kept
+as checkpoints/best_seg.safetensors when validation has masks; `last` allows exact resumption.
 """
 
 from __future__ import annotations
@@ -31,14 +32,15 @@ from surfad.data.io import read_image
 from surfad.data.samples import Sample
 from surfad.data.splits import Splits, make_splits
 from surfad.errors import SurfadError
-from surfad.metrics import image_metrics
+from surfad.metrics import image_metrics, pixel_metrics
 from surfad.models import default_score, resolve_params
 from surfad.scoring import ScoredSet, score_dataset, torch_score_fn
 from surfad.utils import atomic_write, atomic_write_json, resolve_device, seed_everything, set_threads
 from surfad.visualize import training_grid
 
-LAST_WEIGHTS = "checkpoints/last.safetensors"
-LAST_STATE = "checkpoints/last_state.pt"
+LAST_WEIGHTS = bundle.CHECKPOINTS["last"]
+BEST_SEG_WEIGHTS = bundle.CHECKPOINTS["best_seg"]
+LAST_STATE = bundle.LAST_STATE
 
 
 def infer_channels(samples: list[Sample]) -> int:
@@ -101,17 +103,21 @@ def validation_dataset(val: ImageDataset, synthetic: bool, seed: int) -> Dataset
 
 
 def validate(graph: torch.nn.Module, dataset: Dataset, device: torch.device, batch_size: int) -> tuple[dict[str, float], ScoredSet]:
-    """Validation figures: AUROC/AP when defects exist, and the mean score of good images."""
+    """Validation figures: image AUROC/AP when defects exist, pixel AUROC/AUPRO when masks
+    exist, and the mean score of good images."""
     graph.eval()
     scored = score_dataset(torch_score_fn(graph, device), dataset, batch_size)
     figures = {"val_good_score": float(scored.scores[scored.labels == 0].mean())}
     if (scored.labels == 1).any() and (scored.labels == 0).any():
         m = image_metrics(scored.scores, scored.labels, threshold=float(np.median(scored.scores)))
         figures.update(val_auroc=m["image_auroc"], val_ap=m["image_ap"])
+    if scored.masks.any():
+        m = pixel_metrics(scored.maps, scored.masks, max_pixels=500_000)
+        figures.update(val_pixel_auroc=m["pixel_auroc"], val_aupro=m["aupro"])
     return figures, scored
 
 
-def selection_value(figures: dict[str, float]) -> float:
+def detection_value(figures: dict[str, float]) -> float:
     """Higher is better: validation AUROC when available, else minus the mean good score."""
     return figures["val_auroc"] if "val_auroc" in figures else -figures["val_good_score"]
 
@@ -178,7 +184,7 @@ def train(config: RunConfig, out: str | Path, resume: bool = False, progress: bo
 
     n_params = sum(p.numel() for p in model.parameters())
     history: list[dict[str, Any]] = []
-    start_epoch, best, elapsed_before = 0, -math.inf, 0.0
+    start_epoch, best, best_seg, elapsed_before = 0, -math.inf, -math.inf, 0.0
     if resume:
         bundle.load_weights(model, out / LAST_WEIGHTS)
         state = torch.load(out / LAST_STATE, weights_only=True)
@@ -186,7 +192,7 @@ def train(config: RunConfig, out: str | Path, resume: bool = False, progress: bo
         if scheduler is not None:
             scheduler.load_state_dict(state["scheduler"])
         _set_rng_state(state["rng"])
-        start_epoch, best, history = state["epoch"], state["best"], state["history"]
+        start_epoch, best, best_seg, history = state["epoch"], state["best"], state["best_seg"], state["history"]
         elapsed_before = state["elapsed"]
         print(f"resuming {out} at epoch {start_epoch + 1}/{tc.epochs}")
     else:
@@ -237,10 +243,14 @@ def train(config: RunConfig, out: str | Path, resume: bool = False, progress: bo
         if (epoch + 1) % tc.val_every == 0 or is_last or over_budget:
             figures, scored = validate(graph, val_set, device, batch_size)
             row.update(figures)
-            if selection_value(figures) > best:
-                best = selection_value(figures)
+            if detection_value(figures) > best:
+                best = detection_value(figures)
                 bundle.save_weights(model, out / bundle.WEIGHTS)
                 row["best"] = 1
+            if figures.get("val_aupro", -math.inf) > best_seg:
+                best_seg = figures["val_aupro"]
+                bundle.save_weights(model, out / BEST_SEG_WEIGHTS)
+                row["best_seg"] = 1
             if tc.grid_every and ((epoch + 1) % tc.grid_every == 0 or is_last):
                 training_grid(model, graph, val_set, device, out / "grids" / f"epoch_{epoch + 1:04d}.png")
         row["seconds"] = round(elapsed, 1)
@@ -248,7 +258,7 @@ def train(config: RunConfig, out: str | Path, resume: bool = False, progress: bo
         _write_history(out / bundle.HISTORY, history)
         bundle.save_weights(model, out / LAST_WEIGHTS)
         state = {
-            "epoch": epoch + 1, "best": best, "history": history, "elapsed": elapsed, "rng": _rng_state(),
+            "epoch": epoch + 1, "best": best, "best_seg": best_seg, "history": history, "elapsed": elapsed, "rng": _rng_state(),
             "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict() if scheduler else None,
         }
         atomic_write(out / LAST_STATE, lambda tmp: torch.save(state, tmp))
