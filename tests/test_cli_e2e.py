@@ -128,3 +128,37 @@ def test_bad_input_gets_a_clear_error(tiny_mvtec: Path, tmp_path: Path, capsys):
 def test_existing_run_is_not_overwritten(trained_run: Path, tiny_mvtec: Path, capsys):
     assert main(train_args(tiny_mvtec, trained_run)) == 2
     assert "--resume" in capsys.readouterr().err
+
+
+def test_recondiff_cli_path_with_seed_flags(tiny_mvtec: Path, tmp_path: Path):
+    """Multi-category training with the seed's flags, then calibrate/evaluate/predict with --model recondiff."""
+    root = tmp_path / "mvtec"
+    root.mkdir()
+    (root / "wood").symlink_to(tiny_mvtec)
+    out = tmp_path / "runs"
+    args = ["train", "--data", str(root), "--category", "wood", "--model", "recondiff", "--image-size", "32",
+            "--epochs", "2", "--batch-size", "4", "--threads", "1", "--out", str(out), "--quiet",
+            "--validation-period", "1", "--mblock-size", "4,8", "--positive-aug-ratio", "1", "--negative-aug-ratio", "1",
+            "--segnet", "siamese", "--param", "base_width=4", "--param", "rec_depth=3", "--param", "seg_base_width=4",
+            "--param", "seg_depth=3"]
+    assert main(args) == 0
+    run = out / "wood"
+    config = (run / "config.yaml").read_text()
+    assert "segnet: siamese" in config and "mblock_sizes:\n  - 4\n  - 8" in config
+    assert "| wood |" in (out / "summary.md").read_text()
+    assert main(["calibrate", str(run), "--strategy", "f1"]) == 0
+    assert main(["evaluate", str(run), "--checkpoint", "last", "--out", str(tmp_path / "ev")]) == 0
+    assert json.loads((tmp_path / "ev" / "metrics.json").read_text())["checkpoint"] == "last"
+    assert main(["predict", str(run), str(tiny_mvtec / "test" / "good"), "--out", str(tmp_path / "p"), "--quiet"]) == 0
+    assert len((tmp_path / "p" / "predictions.jsonl").read_text().splitlines()) == 4
+
+
+def test_model_flags_belong_to_their_model(tiny_mvtec: Path, tmp_path: Path, capsys):
+    assert main(train_args(tiny_mvtec, tmp_path / "r") + ["--segnet", "siamese"]) == 2
+    assert "--segnet is an option of model recondiff" in capsys.readouterr().err
+
+
+def test_preview_defects(tiny_mvtec: Path, tmp_path: Path):
+    out = tmp_path / "preview.png"
+    assert main(["preview-defects", str(tiny_mvtec / "train" / "good"), "--out", str(out), "-n", "4", "--image-size", "32"]) == 0
+    assert out.stat().st_size > 0

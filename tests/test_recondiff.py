@@ -331,3 +331,18 @@ def test_onnx_export_matches_torch(tmp_path):
     (onnx_map,) = session.run(None, {"x": x3.numpy()})
     with torch.no_grad():
         np.testing.assert_allclose(onnx_map, model(x3).numpy(), atol=1e-5)
+
+
+@pytest.mark.parametrize("switch", [{"memory": False}, {"position_embedding": False}])
+def test_ablation_switches_build_train_and_export_shapes(switch):
+    torch.manual_seed(0)
+    params = {"base_width": 4, "rec_depth": 3, "seg_base_width": 4, "seg_depth": 3, "mblock_sizes": [4, 8], **switch}
+    model = build_model("recondiff", params, in_channels=1, image_size=32)
+    has_pos = any("pos" in name for name, _ in model.named_parameters())
+    assert has_pos == (switch.get("position_embedding", True) and switch.get("memory", True))
+    batch = {"image": torch.rand(2, 1, 32, 32), "mask": torch.zeros(2, 1, 32, 32)}
+    terms = model.training_loss(batch, 0.5)
+    terms["loss"].backward()
+    if not switch.get("memory", True):
+        assert terms["compact"].item() == 0.0 and terms["separate"].item() == 0.0
+    assert model.eval()(torch.rand(1, 1, 32, 32)).shape == (1, 1, 32, 32)

@@ -29,6 +29,7 @@ TRAIN_FLAGS = {
     "threads": ("train", "threads"),
     "device": ("train", "device"),
     "val_every": ("train", "val_every"),
+    "val_defect_source": ("train", "val_defect_source"),
     "time_budget": ("train", "time_budget_min"),
 }
 
@@ -58,6 +59,13 @@ def build_run_config(args: argparse.Namespace):
     for item in args.param or []:
         key, value = parse_param(item)
         params[key] = value
+    model = raw.get("model", RunConfig.model)
+    for dest, value in vars(args).items():
+        if dest.startswith(MODEL_FLAG) and value is not None:
+            owner, field, flag = dest[len(MODEL_FLAG):].split(":")
+            if owner != model:
+                raise SurfadError(f"--{flag} is an option of model {owner}, but this run trains {model}")
+            params[field] = value
     config = RunConfig.from_dict(raw)
     if not config.data.path:
         raise SurfadError("no dataset: give --data PATH (or data.path in the --config file)")
@@ -75,17 +83,29 @@ def cmd_synth(args: argparse.Namespace) -> None:
 
 def cmd_train(args: argparse.Namespace) -> None:
     from surfad.config import RunConfig
-    from surfad.train import train
+    from surfad.train import train, train_categories
 
-    config = RunConfig() if args.resume else build_run_config(args)
-    run = train(config, args.out, resume=args.resume, progress=not args.quiet)
+    if args.step not in (0, -1):
+        raise SurfadError(f"--step {args.step}: only -1 (resume from the last checkpoint) or 0 (start) are kept")
+    resume = args.resume or args.step == -1
+    if not (args.out or args.tag):
+        raise SurfadError("give --out RUN (or --tag NAME for runs/NAME)")
+    out = Path(args.out) if args.out else Path("runs") / args.tag
+    config = RunConfig() if resume else build_run_config(args)
+    if args.category:
+        table = train_categories(config, [c.strip() for c in args.category.split(",") if c.strip()], out,
+                                 resume=resume, progress=not args.quiet)
+        print(f"summary: {table}")
+        return
+    run = train(config, out, resume=resume, progress=not args.quiet)
     print(f"run folder: {run}")
 
 
 def cmd_calibrate(args: argparse.Namespace) -> None:
     from surfad.evaluate import calibrate_run
 
-    c = calibrate_run(args.run, data=args.data, split=args.split, strategy=args.strategy, layout=args.layout)
+    c = calibrate_run(args.run, data=args.data, split=args.split, strategy=args.strategy, layout=args.layout,
+                      checkpoint=args.checkpoint)
     print(f"threshold {c.threshold:.6g} ({c.strategy} on {c.split}: {c.n_good} good, {c.n_defect} defective); "
           f"pixel threshold {c.pixel_threshold:.6g}; saved in {Path(args.run) / 'calibration.json'}")
 
@@ -94,7 +114,8 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     from surfad.evaluate import evaluate_run, summary_line
 
     out = Path(args.out) if args.out else Path(args.run) / f"eval_{args.split}"
-    metrics = evaluate_run(args.run, data=args.data, split=args.split, out=out, runtime=args.runtime, layout=args.layout)
+    metrics = evaluate_run(args.run, data=args.data, split=args.split, out=out, runtime=args.runtime, layout=args.layout,
+                           checkpoint=args.checkpoint)
     print(summary_line(metrics))
     print(f"report: {out / 'report.html'}")
 
@@ -103,7 +124,7 @@ def cmd_predict(args: argparse.Namespace) -> None:
     from surfad.inference import Detector
     from surfad.predict import predict_files
 
-    detector = Detector.load(args.run, runtime=args.runtime, min_area=args.min_area)
+    detector = Detector.load(args.run, runtime=args.runtime, min_area=args.min_area, checkpoint=args.checkpoint)
     out = Path(args.out) if args.out else Path(args.run) / "predictions"
     counts = predict_files(detector, args.inputs, out, threshold=args.threshold, batch_size=args.batch_size,
                            progress=not args.quiet)
@@ -111,10 +132,79 @@ def cmd_predict(args: argparse.Namespace) -> None:
           f"{counts['failed']} unreadable; results in {out / 'predictions.jsonl'}")
 
 
+def cmd_export(args: argparse.Namespace) -> None:
+    from surfad.export.onnx import EXPORT_JSON, export_onnx
+
+    path = export_onnx(args.run, opset=args.opset)
+    parity = json.loads((Path(args.run) / EXPORT_JSON).read_text())["parity"]
+    print(f"exported {path} (opset {args.opset}); torch vs onnxruntime max abs diff: map "
+          f"{parity['max_abs_diff_map']:.2g}, score {parity['max_abs_diff_score']:.2g} "
+          f"({parity['random_inputs']} random + {parity['val_images']} val images)")
+
+
+def cmd_serve(args: argparse.Namespace) -> None:
+    import os
+
+    from surfad.serve.app import serve
+
+    if args.max_upload_mb <= 0 or args.max_pixels <= 0 or args.workers <= 0:
+        raise SurfadError("--max-upload-mb, --max-pixels and --workers must be positive")
+    api_key = args.api_key or os.environ.get("SURFAD_API_KEY") or None
+    serve(args.run, host=args.host, port=args.port, runtime=args.runtime, api_key=api_key,
+          max_upload_bytes=int(args.max_upload_mb * 1_000_000), max_pixels=args.max_pixels, workers=args.workers)
+
+
 def cmd_demo(args: argparse.Namespace) -> None:
     from surfad.demo import run_demo
 
     run_demo(Path(args.out), progress=not args.quiet)
+
+
+def cmd_preview_defects(args: argparse.Namespace) -> None:
+    from surfad.data.defects import DefectSynthesizer, write_defect_preview
+    from surfad.data.io import read_image
+    from surfad.data.transforms import preprocess
+    from surfad.predict import expand_inputs
+
+    paths = expand_inputs(args.inputs)[: args.n]
+    channels = 1 if all(read_image(p).shape[2] == 1 for p in paths) else 3
+    images = [preprocess(read_image(p), args.image_size, channels) for p in paths]
+    synthesizer = DefectSynthesizer(args.source, image_size=args.image_size, seed=args.seed)
+    out = write_defect_preview(images, synthesizer, Path(args.out), n=args.n, seed=args.seed)
+    print(f"preview of synthetic defects ({args.source}): {out}")
+
+
+MODEL_FLAG = "model_flag:"
+
+
+def add_model_flags(p: argparse.ArgumentParser) -> None:
+    """Each model's own flags (declared in its module as `cli_flags`), valid only with that model."""
+    import typing
+
+    from surfad.models import available_models, model_class
+
+    for name in available_models():
+        cls = model_class(name)
+        hints = typing.get_type_hints(cls.Config)
+        for flag, field in cls.cli_flags.items():
+            dest = f"{MODEL_FLAG}{name}:{field}:{flag}"
+            help_text = f"[{name}] model_params.{field}"
+            if hints[field] is bool:
+                p.add_argument(f"--{flag}", dest=dest, action="store_true", default=None, help=help_text)
+            elif typing.get_origin(hints[field]) is list:
+                p.add_argument(f"--{flag}", dest=dest, type=yaml_list, metavar="A,B", help=help_text)
+            else:
+                p.add_argument(f"--{flag}", dest=dest, type=yaml.safe_load, metavar=field.upper(), help=help_text)
+
+
+def yaml_list(text: str) -> list[Any]:
+    """'8,16' -> [8, 16]."""
+    return [yaml.safe_load(part) for part in text.split(",") if part.strip()]
+
+
+def add_checkpoint_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--checkpoint", "--cpt-path", dest="checkpoint", default="best_detect",
+                   help="best_detect (shipped), best_seg, last, or a .safetensors path (torch runtime)")
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -150,11 +240,16 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int)
     p.add_argument("--threads", type=int)
     p.add_argument("--device")
-    p.add_argument("--val-every", type=int)
+    p.add_argument("--val-every", "--validation-period", dest="val_every", type=int, help="validate every N epochs")
+    p.add_argument("--val-defect-source", help="synthetic validation defects: procedural | self | a texture folder")
     p.add_argument("--time-budget", type=float, help="stop after this many minutes (at an epoch end)")
     p.add_argument("--skip-bad", action="store_true", help="skip unreadable images instead of stopping")
-    p.add_argument("--out", required=True, help="run folder")
+    p.add_argument("--out", help="run folder (default: runs/TAG)")
+    p.add_argument("--tag", help="name of the run: --out defaults to runs/TAG")
+    p.add_argument("--category", help="a,b,c: train one model per category folder of --data, then a summary table")
     p.add_argument("--resume", action="store_true", help="continue the run in --out exactly where it stopped")
+    p.add_argument("--step", type=int, default=0, help="-1: same as --resume")
+    add_model_flags(p)
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_train)
 
@@ -164,6 +259,7 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--layout", choices=["auto", "mvtec", "mt", "folder", "dagm"], help="layout of --data (default: the run's)")
     p.add_argument("--split", default="val", help="train | val | test | test_a | test_b | all")
     p.add_argument("--strategy", default="f1", help="f1 | youden | recall:X | fpr:X")
+    add_checkpoint_flag(p)
     p.set_defaults(func=cmd_calibrate)
 
     p = sub.add_parser("evaluate", help="metrics and an HTML report on a split")
@@ -172,6 +268,7 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--layout", choices=["auto", "mvtec", "mt", "folder", "dagm"], help="layout of --data (default: the run's)")
     p.add_argument("--split", default="test", help="train | val | test | test_a | test_b | all")
     p.add_argument("--out")
+    add_checkpoint_flag(p)
     p.add_argument("--runtime", default="torch", choices=["torch", "onnx"])
     p.set_defaults(func=cmd_evaluate)
 
@@ -183,8 +280,36 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--runtime", default="torch", choices=["torch", "onnx"])
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--min-area", type=int, default=16, help="smallest region kept, in pixels")
+    add_checkpoint_flag(p)
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("export", help="export the model to ONNX (checked against torch) for CPU deployment")
+    p.add_argument("run")
+    p.add_argument("--format", default="onnx", choices=["onnx"])
+    p.add_argument("--opset", type=int, default=17)
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("serve", help="HTTP service and web page: POST /predict, GET / (see surfad.serve.app)")
+    p.add_argument("run")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--runtime", default="onnx", choices=["onnx", "torch"], help="onnx needs `surfad export` first")
+    p.add_argument("--api-key", help="require this key in the X-API-Key header on /model and /predict "
+                   "(default: $SURFAD_API_KEY, which keeps it out of the process list)")
+    p.add_argument("--max-upload-mb", type=float, default=10.0, help="largest upload, in MB (10^6 bytes)")
+    p.add_argument("--max-pixels", type=int, default=40_000_000, help="largest image, width x height")
+    p.add_argument("--workers", type=int, default=1, help="images inspected at once")
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("preview-defects", help="write a grid of synthetic defects on your images")
+    p.add_argument("inputs", nargs="+", help="image files, folders or glob patterns")
+    p.add_argument("--out", default="defect_preview.png")
+    p.add_argument("--source", default="procedural", help="procedural | self | a folder of texture images")
+    p.add_argument("--image-size", type=int, default=128)
+    p.add_argument("-n", type=int, default=8, help="number of images")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_preview_defects)
 
     p = sub.add_parser("demo", help="synth -> train -> calibrate -> evaluate -> predict on built-in data")
     p.add_argument("--out", default="demo_out")

@@ -40,7 +40,7 @@ class TrainConfig:
     epochs: int = 30
     batch_size: int = 16
     lr: float = 1e-3
-    weight_decay: float = 0.0
+    weight_decay: float = 1e-5
     seed: int = 0
     threads: int = 0  # torch CPU threads; 0 = all cores
     device: str = "auto"  # auto | cpu | cuda
@@ -48,6 +48,8 @@ class TrainConfig:
     grid_every: int = 5  # write an input/reconstruction/map grid every N epochs (0 = never)
     time_budget_min: float = 0.0  # stop after the epoch that passes this many minutes (0 = off)
     val_synthetic: bool = True  # add synthetic defects to validation when it has no real ones
+    val_defect_source: str = "self"  # their texture source: procedural | self | a folder (differs from
+    # recondiff's default training source, so validation does not reward fitting one defect style)
 
 
 @dataclass

@@ -35,7 +35,7 @@ from surfad.errors import SurfadError
 from surfad.metrics import image_metrics, pixel_metrics
 from surfad.models import default_score, resolve_params
 from surfad.scoring import ScoredSet, score_dataset, torch_score_fn
-from surfad.utils import atomic_write, atomic_write_json, resolve_device, seed_everything, set_threads
+from surfad.utils import atomic_write, atomic_write_json, atomic_write_text, resolve_device, seed_everything, set_threads
 from surfad.visualize import training_grid
 
 LAST_WEIGHTS = bundle.CHECKPOINTS["last"]
@@ -85,12 +85,12 @@ class ArrayDataset(Dataset):
         }
 
 
-def validation_dataset(val: ImageDataset, synthetic: bool, seed: int) -> Dataset:
+def validation_dataset(val: ImageDataset, synthetic: bool, source: str, seed: int) -> Dataset:
     """The val split, plus one synthetic-defect copy of each good image when it has no real defects."""
     has_defects = any(s.label == 1 for s in val.samples)
     if has_defects or not synthetic:
         return val
-    synthesizer = DefectSynthesizer("procedural", image_size=val.image_size, seed=seed)
+    synthesizer = DefectSynthesizer(source, image_size=val.image_size, seed=seed)
     rng = np.random.default_rng(seed)
     images, masks = [], []
     for i, sample in enumerate(val.samples):
@@ -177,7 +177,8 @@ def train(config: RunConfig, out: str | Path, resume: bool = False, progress: bo
     graph.to(device)
     train_images = ImageDataset(splits.train, dc.image_size, dc.channels)
     train_set = model.make_train_dataset(train_images, tc.seed)
-    val_set = validation_dataset(ImageDataset(splits.val, dc.image_size, dc.channels), tc.val_synthetic, tc.seed + 1)
+    val_set = validation_dataset(ImageDataset(splits.val, dc.image_size, dc.channels), tc.val_synthetic,
+                                 tc.val_defect_source, tc.seed + 1)
     batch_size = min(tc.batch_size, len(train_set))
     steps_per_epoch = len(train_set) // batch_size
     optimizer, scheduler = model.configure_optimizer(tc, steps_per_epoch)
@@ -281,3 +282,31 @@ def train(config: RunConfig, out: str | Path, resume: bool = False, progress: bo
     calibration.save(out / bundle.CALIBRATION)
     print(f"trained {out}: best epoch shipped, calibrated on val ({strategy}): threshold {calibration.threshold:.5g}")
     return out
+
+
+def train_categories(config: RunConfig, categories: list[str], out: str | Path, resume: bool = False,
+                     progress: bool = True) -> Path:
+    """Train and test one model per category folder of config.data.path (e.g. MVTec AD classes),
+    one after another, into out/<category>; write out/summary.csv and out/summary.md."""
+    from surfad.evaluate import evaluate_run
+
+    out, root = Path(out), Path(config.data.path)
+    rows = []
+    for category in categories:
+        run = out / category
+        print(f"=== {category} ===")
+        if not (run / bundle.CALIBRATION).is_file():  # finished categories are kept when resuming
+            per_category = replace(config, data=replace(config.data, path=str(root / category)))
+            train(per_category, run, resume=resume and (run / LAST_STATE).is_file(), progress=progress)
+        metrics = evaluate_run(run, split="test", out=run / "eval_test")
+        rows.append({"category": category, **{k: metrics.get(k, float("nan")) for k in SUMMARY_KEYS}})
+    mean = {"category": "mean", **{k: float(np.nanmean([r[k] for r in rows])) for k in SUMMARY_KEYS}}
+    _write_history(out / "summary.csv", rows + [mean])
+    lines = ["| category | " + " | ".join(SUMMARY_KEYS) + " |", "|---" * (len(SUMMARY_KEYS) + 1) + "|"]
+    lines += [f"| {r['category']} | " + " | ".join(f"{r[k]:.4f}" for k in SUMMARY_KEYS) + " |" for r in rows + [mean]]
+    atomic_write_text(out / "summary.md", "\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return out / "summary.md"
+
+
+SUMMARY_KEYS = ("image_auroc", "image_ap", "pixel_auroc", "pixel_ap", "aupro")

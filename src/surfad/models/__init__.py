@@ -56,12 +56,7 @@ def default_score(name: str) -> ScoreConfig:
 
 
 # Importing the model modules registers them.
-from surfad.models import unet_vae  # noqa: E402,F401
-
-try:  # recondiff is added by a later step; keep the registry importable until then
-    from surfad.models import recondiff  # noqa: E402,F401
-except ImportError:  # pragma: no cover
-    pass
+from surfad.models import recondiff, unet_vae  # noqa: E402,F401
 
 __all__ = [
     "AnomalyModel",

@@ -27,6 +27,7 @@ class AnomalyModel(nn.Module):
     Config: ClassVar[type]
     default_score: ClassVar[ScoreConfig] = ScoreConfig()
     presets: ClassVar[dict[str, dict[str, Any]]] = {}
+    cli_flags: ClassVar[dict[str, str]] = {}  # extra `surfad train --flag` -> Config field (seed-style names)
 
     def __init__(self, config: Any, in_channels: int, image_size: int) -> None:
         super().__init__()

@@ -57,6 +57,8 @@ class RecondiffConfig:
     mblock_sizes: list[int] = field(default_factory=lambda: [8, 16])  # memory scales (see module doc)
     n_prototypes: int = 50  # prototypes per DPU (M)
     memory_skip: bool = True  # DPU output = readout + Z (the paper's final model) instead of readout only
+    memory: bool = True  # False: no memory at all, the decoder takes the encoder output (ablation)
+    position_embedding: bool = True  # False: DPUs without the learned position embedding (plain DPU, ablation)
     # segmentation net
     segnet: str = "unet"  # unet: one U-Net on concat(rec, input) | siamese: shared encoder, per-scale fusion
     seg_base_width: int = 16  # paper: 64
@@ -141,9 +143,9 @@ class DPU(nn.Module):
     Prototypes are computed per image from its own features: no persistent memory bank.
     """
 
-    def __init__(self, channels: int, size: int, n_prototypes: int, skip: bool) -> None:
+    def __init__(self, channels: int, size: int, n_prototypes: int, skip: bool, position: bool = True) -> None:
         super().__init__()
-        self.pos = nn.Parameter(torch.randn(1, channels, size, size))
+        self.pos = nn.Parameter(torch.randn(1, channels, size, size)) if position else None
         self.assign = nn.Linear(channels, n_prototypes, bias=False)
         bound = 1.0 / math.sqrt(n_prototypes)
         nn.init.uniform_(self.assign.weight, -bound, bound)
@@ -151,7 +153,7 @@ class DPU(nn.Module):
 
     def forward(self, x: torch.Tensor, losses: list | None = None) -> torch.Tensor:
         """x (B, C, s, s) -> (B, C, s, s); appends (compactness, separateness) to `losses` if given."""
-        z = (x + self.pos).flatten(2).transpose(1, 2)  # (B, N, C); key = query = z
+        z = (x if self.pos is None else x + self.pos).flatten(2).transpose(1, 2)  # (B, N, C); key = query = z
         assignment = torch.softmax(self.assign(z), dim=1)  # over the N positions
         prototypes = F.normalize(assignment.transpose(1, 2) @ z, dim=-1)  # (B, M, C)
         weights = torch.softmax(z @ prototypes.transpose(1, 2), dim=-1)  # (B, N, M), over prototypes
@@ -191,11 +193,12 @@ def map_block_sizes(sizes: Sequence[int], feat_size: int) -> list[int]:
 class MultiScaleMemory(nn.Module):
     """mul-lcDPU: per scale, max-pool to s x s, DPU, bilinear back to F x F; concat on channels."""
 
-    def __init__(self, channels: int, feat_size: int, sizes: Sequence[int], n_prototypes: int, skip: bool) -> None:
+    def __init__(self, channels: int, feat_size: int, sizes: Sequence[int], n_prototypes: int, skip: bool,
+                 position: bool = True) -> None:
         super().__init__()
         self.feat_size = feat_size
         self.kernels = [feat_size // s for s in sizes]
-        self.units = nn.ModuleList(DPU(channels, s, n_prototypes, skip) for s in sizes)
+        self.units = nn.ModuleList(DPU(channels, s, n_prototypes, skip, position) for s in sizes)
 
     def forward(self, x: torch.Tensor, losses: list | None = None) -> torch.Tensor:
         outs = []
@@ -234,11 +237,15 @@ class ReconstructionNet(nn.Module):
         feat_size = image_size // 2 ** (c.rec_depth - 1)
         self.block_sizes = map_block_sizes(c.mblock_sizes, feat_size)
         self.encoder = Encoder(in_channels, widths)
-        self.memory = MultiScaleMemory(widths[-1], feat_size, self.block_sizes, c.n_prototypes, c.memory_skip)
-        self.decoder = Decoder(widths, len(self.block_sizes), in_channels)
+        self.memory = (
+            MultiScaleMemory(widths[-1], feat_size, self.block_sizes, c.n_prototypes, c.memory_skip, c.position_embedding)
+            if c.memory else None
+        )
+        self.decoder = Decoder(widths, len(self.block_sizes) if c.memory else 1, in_channels)
 
     def forward(self, x: torch.Tensor, losses: list | None = None) -> torch.Tensor:
-        return self.decoder(self.memory(self.encoder(x)[-1], losses))
+        features = self.encoder(x)[-1]
+        return self.decoder(features if self.memory is None else self.memory(features, losses))
 
 
 # --- segmentation ---------------------------------------------------------------------------------
@@ -350,6 +357,15 @@ class RecondiffModel(AnomalyModel):
     Config = RecondiffConfig
     # The paper pools 21 x 21 at 256 px and averages the top 5; 11 x 11 is that window at the default 128 px.
     default_score = ScoreConfig(reduce="topk", pool=11, topk=5)
+    cli_flags = {  # the seed's command-line names
+        "mblock-size": "mblock_sizes",
+        "positive-aug-ratio": "positive_aug_ratio",
+        "negative-aug-ratio": "negative_aug_ratio",
+        "detach-recon": "detach_recon",
+        "segnet": "segnet",
+        "seg-input": "seg_input",
+        "defect-source": "defect_source",
+    }
     presets: dict[str, dict[str, Any]] = {
         "paper": {  # the authors' configuration, for 256 x 256 input (about 79 M parameters, 252 GFLOPs)
             "base_width": 128,
@@ -396,10 +412,11 @@ class RecondiffModel(AnomalyModel):
         recon = self.recon(xn, mem_losses)
         seg_recon = recon.detach() if c.detach_recon else recon
         logits = self.seg(seg_recon, xn if c.seg_input == "anomalous" else tn)
+        zero = recon.new_zeros(())  # memory losses without a memory (ablation)
         terms = {
             "mse": F.mse_loss(recon, tn),
-            "compact": torch.stack([lc for lc, _ in mem_losses]).sum(),
-            "separate": torch.stack([ld for _, ld in mem_losses]).sum(),
+            "compact": sum((lc for lc, _ in mem_losses), zero),
+            "separate": sum((ld for _, ld in mem_losses), zero),
             "focal": focal_loss(logits, mask, c.focal_gamma),
         }
         loss = (
