@@ -19,6 +19,7 @@ import datetime
 import json
 import os
 import platform
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -34,6 +35,9 @@ from surfad.train import train
 
 HERE = Path(__file__).resolve().parent
 DATA = HERE.parent.parent / "shared" / "data"
+# Results go to the checkout named by SURFAD_BENCH_OUT (so a frozen snapshot of the code can run the
+# experiments while the working tree changes), else next to this script.
+RESULTS = Path(os.environ.get("SURFAD_BENCH_OUT", HERE)) / "results"
 DATASETS = {
     "mt": dict(path=DATA / "magnetic-tile", layout="mt", train_list=DATA / "magnetic-tile" / "splits" / "train_good.txt"),
     "wood": dict(path=DATA / "wood-vsb-256" / "wood", layout="mvtec", train_list=None),
@@ -81,7 +85,7 @@ def main() -> None:
         train=TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
                           val_every=args.val_every, time_budget_min=args.budget, grid_every=10),
     )
-    run = HERE / "runs" / args.name
+    run = RESULTS.parent / "runs" / args.name
     started = time.monotonic()
     train(config, run, progress=False)
     train_seconds = time.monotonic() - started
@@ -106,6 +110,7 @@ def main() -> None:
         "command": "python benchmarks/run.py " + " ".join(sys.argv[1:]),
         "config": resolved.to_dict(),
         "date": datetime.date.today().isoformat(),
+        "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=HERE, capture_output=True, text=True).stdout.strip(),
         "machine": f"{os.cpu_count()} CPU cores ({platform.processor() or platform.machine()}), no GPU, torch {torch.__version__}",
         "threads": torch.get_num_threads(),
         "parameters": json.loads((run / bundle.META).read_text())["parameters"],
@@ -119,7 +124,7 @@ def main() -> None:
         "calibration": calibration,
         "thresholded": {k: thresholded[k] for k in ("threshold", "accuracy", "precision", "recall", "fpr", "n_images")},
     }
-    out = HERE / "results" / f"{args.name}.json"
+    out = RESULTS / f"{args.name}.json"
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps({k: result[k] for k in ("name", "threshold_free", "thresholded", "epochs", "train_minutes")}, indent=1))
 
