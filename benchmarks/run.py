@@ -68,6 +68,7 @@ def main() -> None:
     parser.add_argument("--budget", type=float, required=True, help="training minutes")
     parser.add_argument("--val-every", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = all cores)")
     parser.add_argument("--fpr", type=float, default=0.05, help="magnetic-tile: fpr:X on validation good images")
     args = parser.parse_args()
 
@@ -83,7 +84,7 @@ def main() -> None:
         data=DataConfig(path=str(spec["path"]), layout=spec["layout"], image_size=args.image_size,
                         train_list=str(spec["train_list"]) if spec["train_list"] else None),
         train=TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-                          val_every=args.val_every, time_budget_min=args.budget, grid_every=10),
+                          val_every=args.val_every, time_budget_min=args.budget, grid_every=10, threads=args.threads),
     )
     run = RESULTS.parent / "runs" / args.name
     started = time.monotonic()
