@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-fast install clean
+.PHONY: demo test test-fast install clean chromium
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,7 +19,18 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/surfad demo --out demo_out
 
-test: $(STAMP)
+# tests/test_serve_browser.py drives Chromium; CI runs as root on a fresh Debian machine.
+chromium:
+	@if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then \
+		if [ "$$(id -u)" = 0 ]; then \
+			echo "installing chromium and chromium-driver for the browser test"; \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; \
+		else \
+			echo "note: not root, so chromium is not installed; the browser test will be skipped"; \
+		fi; \
+	fi
+
+test: $(STAMP) chromium
 	$(BIN)/python -m pytest -q
 
 test-fast: $(STAMP)

@@ -29,8 +29,14 @@ CSV = "predictions.csv"
 ERRORS = "errors.jsonl"
 
 
-def expand_inputs(inputs: Iterable[str]) -> list[Path]:
-    """Files, folders (recursive) and glob patterns -> a sorted, de-duplicated list of image files."""
+def expand_inputs(inputs: Iterable[str], exclude: str | Path | None = None) -> list[Path]:
+    """Files, folders (recursive) and glob patterns -> a sorted, de-duplicated list of image files.
+
+    Files named explicitly are kept whatever their suffix (decoding decides); folders and patterns
+    contribute files with an image suffix. Files under `exclude` (the output folder) are left out,
+    so outputs written inside an input folder are not inspected on the next run.
+    """
+    inputs = list(inputs)
     found: list[Path] = []
     for item in inputs:
         path = Path(item)
@@ -44,6 +50,8 @@ def expand_inputs(inputs: Iterable[str]) -> list[Path]:
                 raise SurfadError(f"{item}: no such file, folder or matching pattern")
             found += [m for m in matches if m.is_file() and m.suffix.lower() in IMAGE_SUFFIXES]
     unique = sorted({p.resolve() for p in found})
+    if exclude is not None:
+        unique = [p for p in unique if not p.is_relative_to(Path(exclude).resolve())]
     if not unique:
         raise SurfadError(f"no images found in {', '.join(inputs)}")
     return unique
@@ -56,15 +64,18 @@ def output_stem(path: Path) -> str:
 
 def predict_files(detector: Detector, inputs: Iterable[str], out: str | Path, threshold: float | None = None,
                   batch_size: int = 8, progress: bool = True) -> dict[str, int]:
-    """Inspect every input image, writing results under `out`; returns counts (done, skipped, failed, ng)."""
+    """Inspect every input image, writing results under `out`.
+
+    Returns counts: images (found), already_done (skipped on resume), done, failed (unreadable,
+    retried on the next run), ng (of those done now).
+    """
     out = Path(out)
-    paths = expand_inputs(inputs)
+    paths = expand_inputs(inputs, exclude=out)
     done = _done_paths(out / JSONL)
     todo = [p for p in paths if str(p) not in done]
     for sub in ("heatmaps", "overlays", "masks"):
         (out / sub).mkdir(parents=True, exist_ok=True)
     counts = {"images": len(paths), "already_done": len(paths) - len(todo), "done": 0, "failed": 0, "ng": 0}
-    scale = 2 * detector.calibration.pixel_threshold
     bar = tqdm(total=len(todo), disable=not progress, unit="img", desc="predict", dynamic_ncols=True)
     with (out / JSONL).open("a") as results, (out / ERRORS).open("a") as errors:
         for start in range(0, len(todo), batch_size):
@@ -83,7 +94,7 @@ def predict_files(detector: Detector, inputs: Iterable[str], out: str | Path, th
             for path, image, pred in zip(chunk, images, detector.predict_batch(images, threshold)):
                 stem = output_stem(path)
                 files = {k: str(out / k / f"{stem}.png") for k in ("heatmaps", "overlays", "masks")}
-                amap_scale = scale if scale > 0 else float(pred.anomaly_map.max()) or 1.0
+                amap_scale = display_scale(detector, pred.anomaly_map)
                 write_png(files["heatmaps"], heatmap(pred.anomaly_map, amap_scale))
                 write_png(files["overlays"], overlay(image, pred.anomaly_map, amap_scale, pred.regions))
                 write_png(files["masks"], (pred.mask * 255).astype(np.uint8))
@@ -99,21 +110,30 @@ def predict_files(detector: Detector, inputs: Iterable[str], out: str | Path, th
     return counts
 
 
+def display_scale(detector: Detector, amap: np.ndarray) -> float:
+    """The map value at the top of the heatmap colours: twice the pixel threshold, so colours
+    mean the same on every image (the map's own maximum when the pixel threshold is 0)."""
+    scale = 2 * detector.calibration.pixel_threshold
+    return scale if scale > 0 else float(amap.max()) or 1.0
+
+
 def _done_paths(jsonl: Path) -> set[str]:
-    """Paths already predicted; a last line cut off by an interruption is ignored (and redone)."""
+    """Paths already predicted. Lines that are not complete records (a last line cut off by an
+    interruption) are dropped from the file, so those images are redone and appending stays valid."""
     if not jsonl.is_file():
         return set()
+    text = jsonl.read_text()
     done = set()
-    lines = jsonl.read_text().splitlines()
     good_lines = []
-    for line in lines:
+    for line in text.splitlines():
         try:
             done.add(json.loads(line)["path"])
             good_lines.append(line)
-        except (json.JSONDecodeError, KeyError):
+        except (json.JSONDecodeError, KeyError, TypeError):
             continue
-    if len(good_lines) != len(lines):
-        atomic_write(jsonl, lambda tmp: tmp.write_text("".join(l + "\n" for l in good_lines)))
+    kept = "".join(line + "\n" for line in good_lines)
+    if kept != text:
+        atomic_write(jsonl, lambda tmp: tmp.write_text(kept))
     return done
 
 

@@ -1,0 +1,152 @@
+"""Load test of the inspection service on this machine: N POST /predict requests at concurrency C.
+
+    python benchmarks/loadtest.py --run runs/wood --runtime onnx --requests 500 --concurrency 8
+    python benchmarks/loadtest.py --url http://127.0.0.1:8000 --image board.png --api-key KEY
+
+With --run it starts `surfad serve` on a free port of 127.0.0.1 and stops it afterwards; with --url it
+targets a running service, which must be on 127.0.0.1 or localhost. The test is bounded: at most
+--requests requests and --max-seconds seconds. Reports requests/s, latency p50/p99/max and errors
+(transport failures and non-200 answers, by status).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+from urllib.parse import urlparse
+
+import cv2
+import httpx
+import numpy as np
+
+LOCAL_HOSTS = ("127.0.0.1", "localhost")
+
+
+async def run_load(url: str, payload: bytes, requests: int, concurrency: int, max_seconds: float,
+                   api_key: str | None, images: bool) -> dict[str, object]:
+    """Send up to `requests` uploads with `concurrency` clients; latencies of the 200 answers."""
+    latencies: list[float] = []
+    statuses: Counter[str] = Counter()
+    sent = 0
+    headers = {"X-API-Key": api_key} if api_key else {}
+    deadline = time.perf_counter() + max_seconds
+
+    async def client(http: httpx.AsyncClient) -> None:
+        nonlocal sent
+        while sent < requests and time.perf_counter() < deadline:
+            sent += 1
+            start = time.perf_counter()
+            try:
+                response = await http.post("predict", files={"file": ("load.png", payload, "image/png")},
+                                           params={"images": "true"} if images else None, headers=headers)
+                statuses[str(response.status_code)] += 1
+                if response.status_code == 200:
+                    latencies.append(time.perf_counter() - start)
+            except httpx.HTTPError as err:
+                statuses[type(err).__name__] += 1
+
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    timeout = httpx.Timeout(max(5.0, max_seconds))
+    started = time.perf_counter()
+    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=timeout) as http:
+        await asyncio.gather(*(client(http) for _ in range(concurrency)))
+    elapsed = time.perf_counter() - started
+    ok = np.array(latencies) * 1000
+    return {
+        "requests": sent,
+        "ok": len(latencies),
+        "errors": sent - len(latencies),
+        "statuses": dict(statuses),
+        "seconds": round(elapsed, 2),
+        "requests_per_s": round(len(latencies) / elapsed, 2) if elapsed > 0 else 0.0,
+        "p50_ms": round(float(np.percentile(ok, 50)), 2) if len(ok) else None,
+        "p99_ms": round(float(np.percentile(ok, 99)), 2) if len(ok) else None,
+        "max_ms": round(float(ok.max()), 2) if len(ok) else None,
+    }
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def start_service(args: argparse.Namespace) -> tuple[subprocess.Popen, str]:
+    """`surfad serve RUN` on a free local port; waits until /health answers."""
+    port = free_port()
+    command = [sys.executable, "-m", "surfad.cli", "serve", str(args.run), "--host", "127.0.0.1",
+               "--port", str(port), "--runtime", args.runtime, "--workers", str(args.workers)]
+    env = {**os.environ, "SURFAD_API_KEY": args.api_key or ""}  # not on the command line, where ps shows it
+    log = tempfile.TemporaryFile("w+")  # a file, not a pipe: a full pipe would stall the service
+    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=log, text=True)
+    url = f"http://127.0.0.1:{port}/"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            log.seek(0)
+            raise SystemExit(f"the service exited: {log.read().strip()}")
+        try:
+            if httpx.get(url + "health", timeout=1).status_code == 200:
+                return process, url
+        except httpx.HTTPError:
+            time.sleep(0.2)
+    process.terminate()
+    raise SystemExit("the service did not answer /health within 60 s")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    target = parser.add_mutually_exclusive_group(required=True)
+    target.add_argument("--run", type=Path, help="start `surfad serve RUN` locally for the test")
+    target.add_argument("--url", help="a running service on 127.0.0.1, e.g. http://127.0.0.1:8000")
+    parser.add_argument("--runtime", default="onnx", choices=["onnx", "torch"], help="with --run")
+    parser.add_argument("--workers", type=int, default=1, help="with --run: images inspected at once")
+    parser.add_argument("--image", type=Path, help="image to upload (default: seeded random 256x256 RGB PNG)")
+    parser.add_argument("--requests", type=int, default=500)
+    parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--max-seconds", type=float, default=120.0, help="stop sending after this long")
+    parser.add_argument("--api-key")
+    parser.add_argument("--images", action="store_true", help="ask for the heatmap/overlay PNGs too")
+    parser.add_argument("--json", type=Path, help="also write the figures to this JSON file")
+    args = parser.parse_args(argv)
+    if args.requests < 1 or args.concurrency < 1 or args.max_seconds <= 0:
+        parser.error("--requests, --concurrency and --max-seconds must be positive")
+    if args.url and urlparse(args.url).hostname not in LOCAL_HOSTS:
+        parser.error(f"--url must be on {' or '.join(LOCAL_HOSTS)}, got {args.url}")
+
+    if args.image:
+        payload = args.image.read_bytes()
+    else:
+        noise = np.random.default_rng(0).integers(0, 256, (256, 256, 3), dtype=np.uint8)
+        payload = cv2.imencode(".png", noise)[1].tobytes()
+    process = None
+    if args.run:
+        process, url = start_service(args)
+    else:
+        url = args.url.rstrip("/") + "/"
+    try:
+        result = asyncio.run(run_load(url, payload, args.requests, args.concurrency, args.max_seconds,
+                                      args.api_key, args.images))
+    finally:
+        if process is not None:
+            process.terminate()
+            process.wait(10)
+    print(f"{url}: {result['requests']} requests at concurrency {args.concurrency} in {result['seconds']} s: "
+          f"{result['requests_per_s']} req/s, p50 {result['p50_ms']} ms, p99 {result['p99_ms']} ms, "
+          f"max {result['max_ms']} ms, errors {result['errors']} {result['statuses']}")
+    if args.json:
+        args.json.write_text(json.dumps({"url": url, "concurrency": args.concurrency, **result}, indent=2) + "\n")
+    return 0 if result["errors"] == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,240 @@
+"""HTTP inspection service: POST an image, get the verdict; a web page for inspectors at /.
+
+    surfad serve runs/wood --runtime onnx --api-key SECRET
+    curl -H "X-API-Key: SECRET" -F file=@board.png "http://127.0.0.1:8000/predict?images=true"
+
+Routes:
+    GET  /          the web page (static, self-contained; holds no model data, so it needs no key)
+    GET  /health    {"status": "ok"}; never needs a key (for load balancers and monitoring)
+    GET  /model     Detector.info(): model, input size, thresholds, training data, versions, limits
+    POST /predict   multipart/form-data, the image in field "file"; `images=true` (query or form
+                    field) adds base64 PNGs of the heatmap and the overlay with the regions drawn
+
+API key: with `api_key` set, /model and /predict need the header ``X-API-Key``. The page asks for
+the key when the service answers 401 and keeps it in the browser's localStorage, then sends it as
+that header; it is never put in a URL. Use HTTPS (a reverse proxy) when the key crosses a network.
+
+Limits: uploads over `max_upload_bytes` get 413 (checked on the bytes received, so a client cannot
+get around it by omitting Content-Length); images over `max_pixels` get 413, checked on the file
+header before decoding when Pillow can read it, so a small file that inflates to a huge image is
+refused without decoding it. The content is judged by decoding it (surfad.data.io.decode_image),
+never by the file name: empty -> 400, not a readable image -> 415, no "file" field -> 422, not
+multipart -> 415. Every error is JSON {"detail": "<message>"}.
+
+Concurrency: decoding and inference run in worker threads, never on the event loop, and all
+requests share one Detector. Concurrent calls are safe for both runtimes (onnxruntime sessions
+allow concurrent `run`; the torch graph is in eval mode under inference_mode, which changes no
+state). At most `workers` images are inspected at once: each inference already uses every core,
+so more only adds contention and memory.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import secrets
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import anyio
+from fastapi import Depends, FastAPI, Request
+from fastapi.responses import HTMLResponse, JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from surfad import __version__
+from surfad.data.io import decode_image
+from surfad.errors import BadInputError
+from surfad.inference import Detector
+from surfad.predict import display_scale
+from surfad.visualize import encode_png, heatmap, overlay
+
+STATIC = Path(__file__).parent / "static"
+FORM_OVERHEAD = 64 * 1024  # multipart boundaries, part headers and small fields beside the file
+TRUE, FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off", "")
+PAGE_CSP = ("default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "
+            "img-src 'self' data: blob:; connect-src 'self'; base-uri 'none'; form-action 'none'")
+
+
+class RequestError(Exception):
+    """A client error answered as JSON {"detail": message} with `status`."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+class _BodyTooLarge(Exception):
+    """Raised from the receive channel when a request body passes its limit."""
+
+
+def create_app(detector: Detector, api_key: str | None = None, max_upload_bytes: int = 10_000_000,
+               max_pixels: int = 40_000_000, workers: int = 1) -> FastAPI:
+    """The service around one loaded Detector (see the module doc for routes, limits and keys)."""
+    if max_upload_bytes < 1 or max_pixels < 1 or workers < 1:
+        raise ValueError("max_upload_bytes, max_pixels and workers must be positive")
+    app = FastAPI(title="surfad", version=__version__, docs_url=None, redoc_url=None, openapi_url=None)
+    page = (STATIC / "index.html").read_text(encoding="utf-8")
+    limiter = anyio.CapacityLimiter(workers)
+    limits = {"max_upload_bytes": max_upload_bytes, "max_pixels": max_pixels}
+
+    @app.exception_handler(RequestError)
+    async def _request_error(request: Request, err: RequestError) -> JSONResponse:
+        return JSONResponse({"detail": err.message}, status_code=err.status)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, err: StarletteHTTPException) -> JSONResponse:
+        return JSONResponse({"detail": str(err.detail)}, status_code=err.status_code, headers=err.headers)
+
+    @app.exception_handler(Exception)
+    async def _internal_error(request: Request, err: Exception) -> JSONResponse:
+        # Logged with its traceback by the server; the client gets JSON without internals.
+        return JSONResponse({"detail": f"internal error ({type(err).__name__}); see the service log"}, status_code=500)
+
+    async def check_key(request: Request) -> None:
+        if api_key is None:
+            return
+        given = request.headers.get("x-api-key")
+        if given is None:
+            raise RequestError(401, "missing API key: send it in the X-API-Key header")
+        if not secrets.compare_digest(given.encode(), api_key.encode()):
+            raise RequestError(401, "wrong API key (X-API-Key header)")
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def index() -> HTMLResponse:
+        return HTMLResponse(page, headers={"Content-Security-Policy": PAGE_CSP, "X-Content-Type-Options": "nosniff"})
+
+    @app.get("/health")
+    async def health() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/model", dependencies=[Depends(check_key)])
+    async def model() -> dict[str, Any]:
+        return {**detector.info(), "service_version": __version__, "limits": limits}
+
+    @app.post("/predict", dependencies=[Depends(check_key)])
+    async def predict(request: Request, images: str | None = None) -> dict[str, Any]:
+        started = time.perf_counter()
+        data, name, form_images = await _read_upload(request, max_upload_bytes)
+        want_images = _flag(images if images is not None else form_images, "images")
+        result = await anyio.to_thread.run_sync(
+            _inspect, detector, data, name, max_pixels, want_images, limiter=limiter
+        )
+        result["timing_ms"]["total"] = round(1000 * (time.perf_counter() - started), 2)
+        return result
+
+    return app
+
+
+async def _read_upload(request: Request, max_upload_bytes: int) -> tuple[bytes, str, str | None]:
+    """(file bytes, file name, the "images" form field) of a multipart upload, within the size limit."""
+    content_type = request.headers.get("content-type", "")
+    if not content_type.lower().startswith("multipart/form-data"):
+        raise RequestError(415, f"expected multipart/form-data with the image in field 'file', got {content_type or 'no content type'!r}")
+    limit = max_upload_bytes + FORM_OVERHEAD
+    too_large = f"upload too large: the limit is {max_upload_bytes} bytes"
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise RequestError(413, too_large)
+    received = 0
+
+    async def receive() -> dict[str, Any]:
+        nonlocal received
+        message = await request.receive()
+        received += len(message.get("body", b""))
+        if received > limit:
+            raise _BodyTooLarge
+        return message
+
+    try:
+        form = await Request(request.scope, receive).form(max_files=1, max_fields=16)
+    except _BodyTooLarge:
+        raise RequestError(413, too_large) from None
+    try:
+        upload = form.get("file")
+        if upload is None:
+            raise RequestError(422, "missing form field 'file' (the image, sent as multipart/form-data)")
+        if isinstance(upload, str):
+            raise RequestError(422, "form field 'file' must be a file upload, not a text value")
+        data = await upload.read(max_upload_bytes + 1)
+        if len(data) > max_upload_bytes:
+            raise RequestError(413, too_large)
+        images = form.get("images")
+        return data, upload.filename or "upload", images if isinstance(images, str) else None
+    finally:
+        await form.close()
+
+
+def _flag(value: str | None, name: str) -> bool:
+    if value is None:
+        return False
+    text = value.strip().lower()
+    if text in TRUE:
+        return True
+    if text in FALSE:
+        return False
+    raise RequestError(422, f"{name}={value!r}: expected true or false")
+
+
+def _inspect(detector: Detector, data: bytes, name: str, max_pixels: int, want_images: bool) -> dict[str, Any]:
+    """Decode, check and inspect one upload (runs in a worker thread)."""
+    started = time.perf_counter()
+    if not data:
+        raise RequestError(400, f"{name}: empty file")
+    pixels = _header_pixels(data)
+    if pixels is not None and pixels > max_pixels:
+        raise RequestError(413, f"{name}: image too large ({pixels} pixels; the limit is {max_pixels})")
+    try:
+        image = decode_image(data, name=name)
+    except BadInputError as err:
+        raise RequestError(415, f"{err}; send a PNG, JPEG, BMP, TIFF or WebP image") from None
+    height, width = image.shape[:2]
+    if height * width > max_pixels:
+        raise RequestError(413, f"{name}: image too large ({width}x{height} pixels; the limit is {max_pixels})")
+    decoded = time.perf_counter()
+    pred = detector.predict(image)
+    inferred = time.perf_counter()
+    result: dict[str, Any] = {**pred.to_dict(), "width": width, "height": height, "filename": name}
+    if want_images:
+        scale = display_scale(detector, pred.anomaly_map)
+        result["heatmap_png"] = base64.b64encode(encode_png(heatmap(pred.anomaly_map, scale))).decode()
+        result["overlay_png"] = base64.b64encode(encode_png(overlay(image, pred.anomaly_map, scale, pred.regions))).decode()
+    result["timing_ms"] = {
+        "decode": round(1000 * (decoded - started), 2),
+        "inference": round(1000 * (inferred - decoded), 2),
+    }
+    if want_images:
+        result["timing_ms"]["images"] = round(1000 * (time.perf_counter() - inferred), 2)
+    return result
+
+
+def _header_pixels(data: bytes) -> int | None:
+    """Width x height read from the file header without decoding; None when Pillow cannot tell."""
+    from PIL import Image
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as im:
+                return int(im.size[0]) * int(im.size[1])
+    except Image.DecompressionBombError:
+        return 2 * Image.MAX_IMAGE_PIXELS + 1  # Pillow refuses above this: at least that many pixels
+    except Exception:  # Pillow raises many types for formats it does not know; decoding decides then
+        return None
+
+
+def serve(run: str | Path, host: str = "127.0.0.1", port: int = 8000, runtime: str = "onnx",
+          api_key: str | None = None, max_upload_bytes: int = 10_000_000, max_pixels: int = 40_000_000,
+          workers: int = 1) -> None:
+    """Load the run and serve it with uvicorn until interrupted."""
+    import uvicorn
+
+    detector = Detector.load(run, runtime=runtime)
+    app = create_app(detector, api_key=api_key, max_upload_bytes=max_upload_bytes, max_pixels=max_pixels,
+                     workers=workers)
+    if host not in ("127.0.0.1", "localhost", "::1") and not api_key:
+        print(f"warning: serving on {host} without --api-key: anyone who can reach it can use the model")
+    print(f"serving {run} ({detector.config.model}, runtime {runtime}) on http://{host}:{port}/")
+    uvicorn.run(app, host=host, port=port, log_level="info")

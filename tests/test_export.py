@@ -1,0 +1,195 @@
+"""ONNX export: torch and onnxruntime give the same maps, scores and verdicts for every model.
+
+Also home of `tiny_run`, the small trained bundles the predict and serve tests use.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import onnxruntime
+import pytest
+import torch
+
+from surfad import bundle
+from surfad.calibrate import Calibration
+from surfad.cli import main
+from surfad.config import RunConfig
+from surfad.errors import SurfadError
+from surfad.export import onnx as onnx_export
+from surfad.export.onnx import EXPORT_JSON, export_onnx, onnx_score_fn
+from surfad.inference import Detector
+from surfad.train import train
+
+REAL_DATA = Path(__file__).parents[1] / ".." / "shared" / "data"
+TOLERANCE = 1e-4
+# Tiny but complete configurations: recondiff with the Siamese segmentation net, whose batch
+# handling (cat/chunk on the batch axis) is the part most likely to break a dynamic-batch export.
+TINY_PARAMS = {
+    "unet_vae": {"base_width": 4, "depth": 2, "latent_channels": 4, "skip_levels": [1]},
+    "recondiff": {"base_width": 4, "rec_depth": 3, "seg_base_width": 2, "seg_depth": 3, "n_prototypes": 4,
+                  "segnet": "siamese"},
+}
+_RUNS: dict[str, Path] = {}
+
+
+def tiny_run(factory: pytest.TempPathFactory, data: Path, model: str = "unet_vae") -> Path:
+    """A 32 px run of `model` trained for one epoch on `data` and exported; built once per session.
+
+    Shared between test modules: copy it before changing anything in it.
+    """
+    if model not in _RUNS:
+        torch.set_num_threads(1)
+        config = RunConfig.from_dict({
+            "model": model,
+            "model_params": TINY_PARAMS[model],
+            "data": {"path": str(data), "image_size": 32},
+            "train": {"epochs": 1, "batch_size": 8, "threads": 1, "device": "cpu", "grid_every": 0},
+        })
+        run = train(config, factory.mktemp(f"run_{model}") / "run", progress=False)
+        export_onnx(run)
+        _RUNS[model] = run
+    return _RUNS[model]
+
+
+def copy_run(run: Path, dest: Path) -> Path:
+    return Path(shutil.copytree(run, dest / run.name))
+
+
+def synthetic_images(n: int, seed: int = 0) -> list[np.ndarray]:
+    """Random-texture uint8 images of assorted sizes and channel counts, some with a bright blob."""
+    rng = np.random.default_rng(seed)
+    images = []
+    for i in range(n):
+        h, w = int(rng.integers(24, 90)), int(rng.integers(24, 90))
+        image = (rng.random((h, w, 1 if i % 3 == 0 else 3)) * 120 + 60).astype(np.uint8)
+        if i % 2:
+            image[h // 4: h // 2, w // 4: w // 2] = 255
+        images.append(image)
+    return images
+
+
+def real_images() -> list[Path]:
+    wood = sorted((REAL_DATA / "wood-vsb-256" / "wood" / "test" / "defect").glob("*"))[:2]
+    tiles = sorted((REAL_DATA / "magnetic-tile" / "MT_Blowhole" / "Imgs").glob("*.jpg"))[:2]
+    return wood + tiles
+
+
+@pytest.fixture(params=sorted(TINY_PARAMS))
+def run(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, tiny_mvtec: Path) -> Path:
+    return tiny_run(tmp_path_factory, tiny_mvtec, request.param)
+
+
+def assert_same_predictions(run: Path, images: list) -> None:
+    """Detector with torch and with onnx: maps and scores within TOLERANCE, identical verdicts."""
+    torch_det, onnx_det = Detector.load(run, runtime="torch"), Detector.load(run, runtime="onnx")
+    expected, got = torch_det.predict_batch(images), onnx_det.predict_batch(images)
+    for a, b in zip(expected, got):
+        assert abs(a.score - b.score) <= TOLERANCE
+        assert np.abs(a.anomaly_map - b.anomaly_map).max() <= TOLERANCE
+        assert a.threshold == b.threshold and a.verdict == b.verdict
+
+
+def test_export_writes_model_and_parity_record(run: Path) -> None:
+    record = json.loads((run / EXPORT_JSON).read_text())
+    assert record["opset"] == 17 and record["torch_version"] == torch.__version__
+    assert record["onnxruntime_version"] == onnxruntime.__version__
+    parity = record["parity"]
+    assert parity["val_images"] > 0  # the run's own validation images were checked
+    assert parity["max_abs_diff_map"] <= TOLERANCE and parity["max_abs_diff_score"] <= TOLERANCE
+    session = onnxruntime.InferenceSession(str(run / bundle.ONNX), providers=["CPUExecutionProvider"])
+    (inp,) = session.get_inputs()
+    config = RunConfig.load(run / bundle.CONFIG)
+    assert inp.name == "image" and isinstance(inp.shape[0], str)  # dynamic batch
+    assert inp.shape[1:] == [config.data.channels, 32, 32]
+    assert [o.name for o in session.get_outputs()] == ["anomaly_map", "score"]
+    assert not [p for p in run.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_score_fn_matches_torch_on_raw_batches(run: Path) -> None:
+    config, graph = bundle.load_graph(run)
+    batch = np.random.default_rng(1).random((5, config.data.channels, 32, 32), dtype=np.float32)
+    with torch.inference_mode():
+        ref_map, ref_score = graph(torch.from_numpy(batch))
+    amap, score = onnx_score_fn(run / bundle.ONNX, threads=1)(batch)
+    assert amap.shape == (5, 32, 32) and score.shape == (5,)
+    assert np.abs(amap - ref_map[:, 0].numpy()).max() <= TOLERANCE
+    assert np.abs(score - ref_score.numpy()).max() <= TOLERANCE
+
+
+def test_runtimes_agree_on_synthetic_images(run: Path, tmp_path: Path) -> None:
+    images = synthetic_images(8)
+    run = copy_run(run, tmp_path)
+    # A threshold mid-way in the widest gap between the scores, so both verdicts occur.
+    scores = np.sort([p.score for p in Detector.load(run).predict_batch(images)])
+    gap = int(np.argmax(np.diff(scores)))
+    assert scores[gap + 1] - scores[gap] > 2 * TOLERANCE  # no score within TOLERANCE of the threshold
+    calibration = Calibration.load(run / bundle.CALIBRATION)
+    calibration.threshold = float((scores[gap] + scores[gap + 1]) / 2)
+    calibration.save(run / bundle.CALIBRATION)
+    assert_same_predictions(run, images)
+    verdicts = {p.verdict for p in Detector.load(run, runtime="onnx").predict_batch(images)}
+    assert verdicts == {"OK", "NG"}
+
+
+@pytest.mark.realdata
+def test_runtimes_agree_on_real_images(run: Path) -> None:
+    paths = real_images()
+    if len(paths) < 4:
+        pytest.skip(f"real data not found under {REAL_DATA.resolve()}")
+    assert_same_predictions(run, paths)
+
+
+def test_threshold_is_read_from_calibration_without_reexport(run: Path, tmp_path: Path) -> None:
+    run = copy_run(run, tmp_path)
+    calibration = Calibration.load(run / bundle.CALIBRATION)
+    calibration.threshold = -1.0
+    calibration.save(run / bundle.CALIBRATION)
+    result = Detector.load(run, runtime="onnx").predict(synthetic_images(1)[0])
+    assert result.threshold == -1.0 and result.verdict == "NG"
+
+
+def test_stale_export_is_refused(tiny_mvtec: Path, tmp_path_factory: pytest.TempPathFactory, tmp_path: Path) -> None:
+    run = copy_run(tiny_run(tmp_path_factory, tiny_mvtec), tmp_path)
+    _, graph = bundle.load_graph(run)
+    with torch.no_grad():
+        next(graph.parameters()).add_(1.0)
+    bundle.save_weights(graph.model, run / bundle.WEIGHTS)
+    with pytest.raises(SurfadError, match="re-run `surfad export"):
+        Detector.load(run, runtime="onnx")
+    export_onnx(run)
+    assert Detector.load(run, runtime="onnx").runtime == "onnx"
+
+
+def test_failed_parity_keeps_the_old_model(tiny_mvtec: Path, tmp_path_factory: pytest.TempPathFactory,
+                                           tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    run = copy_run(tiny_run(tmp_path_factory, tiny_mvtec), tmp_path)
+    before = (run / bundle.ONNX).read_bytes()
+    monkeypatch.setattr(onnx_export, "PARITY_TOLERANCE", -1.0)
+    with pytest.raises(SurfadError, match="disagrees with torch"):
+        export_onnx(run)
+    assert (run / bundle.ONNX).read_bytes() == before
+    assert not [p for p in run.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_errors_name_the_problem(tmp_path: Path) -> None:
+    with pytest.raises(SurfadError, match="not a trained run folder"):
+        export_onnx(tmp_path)
+    with pytest.raises(SurfadError, match="ONNX model not found"):
+        onnx_score_fn(tmp_path / "model.onnx")
+    (tmp_path / "model.onnx").write_bytes(b"not onnx")
+    with pytest.raises(SurfadError, match="not a loadable ONNX model"):
+        onnx_score_fn(tmp_path / "model.onnx")
+
+
+def test_cli_export(tiny_mvtec: Path, tmp_path_factory: pytest.TempPathFactory, tmp_path: Path,
+                    capsys: pytest.CaptureFixture[str]) -> None:
+    run = copy_run(tiny_run(tmp_path_factory, tiny_mvtec), tmp_path)
+    (run / bundle.ONNX).unlink()
+    assert main(["export", str(run), "--format", "onnx", "--opset", "17"]) == 0
+    assert "max abs diff" in capsys.readouterr().out and (run / bundle.ONNX).is_file()
+    assert main(["export", str(tmp_path / "missing")]) == 2
+    assert "not a trained run folder" in capsys.readouterr().err

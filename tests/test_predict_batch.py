@@ -1,0 +1,124 @@
+"""Batch prediction to files: inputs, outputs, corrupt files and resuming."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import cv2
+import pytest
+
+from surfad.cli import main
+from surfad.errors import SurfadError
+from surfad.inference import Detector
+from surfad.predict import CSV, ERRORS, JSONL, expand_inputs, predict_files
+from test_export import tiny_run
+
+KEYS = {"path", "score", "threshold", "verdict", "regions", "heatmap", "overlay", "mask"}
+
+
+@pytest.fixture(scope="module")
+def detector(tiny_mvtec: Path, tmp_path_factory: pytest.TempPathFactory) -> Detector:
+    return Detector.load(tiny_run(tmp_path_factory, tiny_mvtec))
+
+
+@pytest.fixture
+def images(tiny_mvtec: Path, tmp_path: Path) -> Path:
+    """A folder of 6 test images: 3 at the top, 3 in a sub-folder, plus a text file to ignore."""
+    root = tmp_path / "images"
+    (root / "sub").mkdir(parents=True)
+    sources = sorted((tiny_mvtec / "test").rglob("*.png"))[:6]
+    for i, src in enumerate(sources):
+        shutil.copy(src, root / ("sub" if i >= 3 else "") / f"img{i}.png")
+    (root / "notes.txt").write_text("not an image")
+    return root
+
+
+def records(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / JSONL).read_text().splitlines()]
+
+
+def test_outputs(detector: Detector, images: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    counts = predict_files(detector, [str(images)], out, batch_size=4, progress=False)
+    assert counts == {"images": 6, "already_done": 0, "done": 6, "failed": 0, "ng": counts["ng"]}
+    rows = records(out)
+    assert len(rows) == 6 and all(set(r) == KEYS for r in rows)
+    for r in rows:
+        source = cv2.imread(r["path"])
+        for key in ("heatmap", "overlay", "mask"):
+            written = cv2.imread(r[key], cv2.IMREAD_UNCHANGED)
+            assert written is not None and written.shape[:2] == source.shape[:2]
+        assert r["verdict"] == ("NG" if r["score"] > r["threshold"] else "OK")
+        assert r["threshold"] == detector.threshold
+    with (out / CSV).open() as f:
+        table = list(csv.DictReader(f))
+    assert [t["path"] for t in table] == [r["path"] for r in rows]
+    assert {"score", "verdict", "n_regions", "regions", "heatmap", "overlay", "mask"} <= set(table[0])
+    assert (out / ERRORS).read_text() == ""
+
+
+def test_resume_skips_done_images_after_a_truncated_line(detector: Detector, images: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    predict_files(detector, [str(images / "sub")], out, progress=False)
+    first = records(out)
+    assert len(first) == 3
+    text = (out / JSONL).read_text()
+    (out / JSONL).write_text(text[: text.rindex("\n", 0, -1) + 1] + text.splitlines()[-1][:25])  # cut the last record
+    counts = predict_files(detector, [str(images)], out, progress=False)
+    assert counts["already_done"] == 2 and counts["done"] == 4
+    rows = records(out)  # every line parses again
+    assert sorted(r["path"] for r in rows) == sorted(str(p.resolve()) for p in images.rglob("*.png"))
+    assert predict_files(detector, [str(images)], out, progress=False)["done"] == 0
+
+
+def test_resume_after_a_record_without_newline(detector: Detector, images: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    predict_files(detector, [str(images / "img0.png")], out, progress=False)
+    (out / JSONL).write_text((out / JSONL).read_text().rstrip("\n"))
+    counts = predict_files(detector, [str(images / "img0.png"), str(images / "img1.png")], out, progress=False)
+    assert counts["already_done"] == 1 and counts["done"] == 1
+    assert len(records(out)) == 2
+
+
+def test_corrupt_file_is_reported_and_the_batch_continues(detector: Detector, images: Path, tmp_path: Path) -> None:
+    good = (images / "img1.png").read_bytes()
+    (images / "broken.png").write_bytes(good[: len(good) // 2])
+    (images / "text.png").write_text("a text file named .png")
+    out = tmp_path / "out"
+    counts = predict_files(detector, [str(images)], out, batch_size=3, progress=False)
+    assert counts["done"] == 6 and counts["failed"] == 2
+    errors = [json.loads(line) for line in (out / ERRORS).read_text().splitlines()]
+    assert sorted(Path(e["path"]).name for e in errors) == ["broken.png", "text.png"]
+    assert all("not a readable image" in e["error"] for e in errors)
+    assert len(records(out)) == 6
+
+
+def test_inputs_expand_files_folders_and_globs(images: Path) -> None:
+    top = sorted(str(p.resolve()) for p in images.glob("*.png"))
+    assert [str(p) for p in expand_inputs([str(images / "*.png")])] == top
+    everything = expand_inputs([str(images), str(images / "**" / "*.png"), str(images / "img0.png")])
+    assert len(everything) == 6  # recursive, de-duplicated, notes.txt left out
+    assert len(expand_inputs([str(images / "**" / "img*.png")])) == 6
+    assert len(expand_inputs([str(images)], exclude=images / "sub")) == 3
+    with pytest.raises(SurfadError, match="no such file, folder or matching pattern"):
+        expand_inputs([str(images / "missing")])
+    with pytest.raises(SurfadError, match="no images found"):
+        expand_inputs([str(images / "*.txt")])
+
+
+def test_outputs_inside_the_input_folder_are_not_inputs(detector: Detector, images: Path) -> None:
+    out = images / "results"
+    predict_files(detector, [str(images)], out, progress=False)
+    counts = predict_files(detector, [str(images)], out, progress=False)
+    assert counts["images"] == 6 and counts["already_done"] == 6
+
+
+def test_cli_predict_with_onnx(tiny_mvtec: Path, tmp_path_factory: pytest.TempPathFactory, images: Path,
+                               tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    run = tiny_run(tmp_path_factory, tiny_mvtec)
+    out = tmp_path / "out"
+    assert main(["predict", str(run), str(images / "sub"), "--out", str(out), "--runtime", "onnx", "--quiet"]) == 0
+    assert "3 predicted" in capsys.readouterr().out and len(records(out)) == 3

@@ -1,0 +1,213 @@
+"""The HTTP service: every route, the API key, limits and each kind of bad upload."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import struct
+import zlib
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from surfad.inference import Detector
+from surfad.serve.app import create_app
+from test_export import tiny_run
+
+KEY = "s3cret-key"
+
+
+@pytest.fixture(scope="module")
+def detector(tiny_mvtec: Path, tmp_path_factory: pytest.TempPathFactory) -> Detector:
+    return Detector.load(tiny_run(tmp_path_factory, tiny_mvtec), runtime="onnx")
+
+
+@pytest.fixture(scope="module")
+def client(detector: Detector) -> TestClient:
+    app = create_app(detector, api_key=KEY, max_upload_bytes=200_000, max_pixels=100_000)
+    return TestClient(app, headers={"X-API-Key": KEY})
+
+
+@pytest.fixture(scope="module")
+def image(tiny_mvtec: Path) -> np.ndarray:
+    """A 64 x 64 RGB test image with a defect."""
+    path = sorted((tiny_mvtec / "test").glob("[!g]*/*.png"))[0]
+    return cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB)
+
+
+def png(rgb: np.ndarray) -> bytes:
+    return cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))[1].tobytes()
+
+
+def post(client: TestClient, upload: bytes, name: str = "part.png", **kwargs) -> tuple[int, dict]:
+    response = client.post("/predict", files={"file": (name, upload, "image/png")}, **kwargs)
+    return response.status_code, response.json()
+
+
+def png_header_only(width: int, height: int) -> bytes:
+    """A PNG that declares width x height in its header but holds almost no data (a 'pixel bomb')."""
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+
+
+def test_health_needs_no_key(detector: Detector) -> None:
+    bare = TestClient(create_app(detector, api_key=KEY))
+    response = bare.get("/health")
+    assert response.status_code == 200 and response.json() == {"status": "ok"}
+
+
+def test_page_is_self_contained(client: TestClient) -> None:
+    response = TestClient(client.app).get("/")  # no key: the page holds no model data
+    assert response.status_code == 200 and response.headers["content-type"].startswith("text/html")
+    page = response.text
+    assert 'id="file-input"' in page and 'id="verdict"' in page and "X-API-Key" in page
+    assert "http://" not in page and "https://" not in page  # no CDN, no external anything
+    assert "default-src 'none'" in response.headers["content-security-policy"]
+
+
+def test_model_info(client: TestClient, detector: Detector) -> None:
+    info = client.get("/model").json()
+    assert info["model"] == "unet_vae" and info["image_size"] == 32 and info["runtime"] == "onnx"
+    assert info["threshold"] == detector.threshold and info["training_data"]["train"] > 0
+    assert info["surfad_version"] and info["service_version"]
+    assert info["limits"] == {"max_upload_bytes": 200_000, "max_pixels": 100_000}
+
+
+def test_predict(client: TestClient, detector: Detector, image: np.ndarray) -> None:
+    status, body = post(client, png(image))
+    assert status == 200
+    expected = detector.predict(image)
+    assert body["score"] == pytest.approx(expected.score, abs=1e-6) and body["verdict"] == expected.verdict
+    assert body["threshold"] == detector.threshold and body["regions"] == [r.to_dict() for r in expected.regions]
+    assert (body["width"], body["height"]) == (64, 64)
+    assert {"decode", "inference", "total"} <= set(body["timing_ms"])
+    assert "overlay_png" not in body
+
+
+@pytest.mark.parametrize("how", ["query", "form"])
+def test_predict_with_images(client: TestClient, image: np.ndarray, how: str) -> None:
+    kwargs = {"params": {"images": "true"}} if how == "query" else {"data": {"images": "true"}}
+    status, body = post(client, png(image), **kwargs)
+    assert status == 200
+    for key in ("heatmap_png", "overlay_png"):
+        decoded = cv2.imdecode(np.frombuffer(base64.b64decode(body[key]), np.uint8), cv2.IMREAD_COLOR)
+        assert decoded.shape == (64, 64, 3)
+
+
+def test_grayscale_and_jpeg_uploads(client: TestClient, image: np.ndarray) -> None:
+    gray = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
+    jpeg = cv2.imencode(".jpg", gray)[1].tobytes()
+    status, body = post(client, jpeg, name="no-extension")  # content decides, not the name
+    assert status == 200 and body["width"] == 64
+
+
+@pytest.mark.parametrize("data, status, words", [
+    (b"", 400, "empty file"),
+    (b"this is text, not a picture", 415, "not a readable image"),
+])
+def test_bad_content(client: TestClient, data: bytes, status: int, words: str) -> None:
+    code, body = post(client, data)
+    assert code == status and words in body["detail"]
+
+
+def test_truncated_png(client: TestClient, image: np.ndarray) -> None:
+    data = png(image)
+    code, body = post(client, data[: len(data) // 2])
+    assert code == 415 and "part.png" in body["detail"]
+
+
+def test_oversized_upload(client: TestClient) -> None:
+    code, body = post(client, b"\0" * 300_000)
+    assert code == 413 and "200000 bytes" in body["detail"]
+
+
+def test_oversized_upload_without_content_length(client: TestClient) -> None:
+    boundary = "xyzBOUNDARY"
+
+    def body():  # a generator: sent chunked, with no Content-Length to check up front
+        yield f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="a.png"\r\n\r\n'.encode()
+        for _ in range(40):
+            yield b"\0" * 10_000
+        yield f"\r\n--{boundary}--\r\n".encode()
+
+    response = client.post("/predict", content=body(), headers={"content-type": f"multipart/form-data; boundary={boundary}"})
+    assert response.status_code == 413
+
+
+def test_too_many_pixels(client: TestClient) -> None:
+    big = np.zeros((400, 400, 3), dtype=np.uint8)  # 160,000 pixels > 100,000, a small file
+    code, body = post(client, png(big))
+    assert code == 413 and "160000 pixels" in body["detail"]
+    code, body = post(client, png_header_only(100_000, 100_000))  # refused from the header alone
+    assert code == 413 and "image too large" in body["detail"]
+
+
+def test_missing_or_wrong_field(client: TestClient, image: np.ndarray) -> None:
+    response = client.post("/predict", files={"image": ("a.png", png(image), "image/png")})
+    assert response.status_code == 422 and "missing form field 'file'" in response.json()["detail"]
+    response = client.post("/predict", data={"file": "not a file"})
+    assert response.status_code == 415  # a plain form, not multipart
+    response = client.post("/predict", files={"other": ("x", b"x")}, data={"file": "text"})
+    assert response.status_code == 422 and "must be a file upload" in response.json()["detail"]
+    response = client.post("/predict", content=png(image), headers={"content-type": "image/png"})
+    assert response.status_code == 415 and "multipart/form-data" in response.json()["detail"]
+    code, body = post(client, png(image), params={"images": "maybe"})
+    assert code == 422 and "images" in body["detail"]
+
+
+@pytest.mark.parametrize("headers", [{}, {"X-API-Key": "wrong"}])
+def test_api_key(client: TestClient, image: np.ndarray, headers: dict) -> None:
+    bare = TestClient(client.app)
+    for response in (bare.get("/model", headers=headers),
+                     bare.post("/predict", files={"file": ("a.png", png(image))}, headers=headers)):
+        assert response.status_code == 401 and "API key" in response.json()["detail"]
+
+
+def test_unknown_route_is_json(client: TestClient) -> None:
+    response = client.get("/nope")
+    assert response.status_code == 404 and response.json() == {"detail": "Not Found"}
+
+
+def test_inference_runs_off_the_event_loop(detector: Detector, image: np.ndarray) -> None:
+    loops = []
+
+    class Recording(Detector):
+        def predict(self, image, threshold=None):
+            try:
+                loops.append(asyncio.get_running_loop())
+            except RuntimeError:
+                loops.append(None)  # a worker thread: no event loop here
+            return super().predict(image, threshold)
+
+    spy = Recording(detector.run, detector.config, detector.score_fn, detector.calibration, detector.runtime)
+    code, _ = post(TestClient(create_app(spy, workers=2)), png(image))
+    assert code == 200 and loops == [None]
+
+
+def test_torch_runtime_gives_the_same_answer(tiny_mvtec: Path, tmp_path_factory: pytest.TempPathFactory,
+                                             client: TestClient, image: np.ndarray) -> None:
+    torch_client = TestClient(create_app(Detector.load(tiny_run(tmp_path_factory, tiny_mvtec), runtime="torch")))
+    _, expected = post(torch_client, png(image))
+    _, got = post(client, png(image))
+    assert got["score"] == pytest.approx(expected["score"], abs=1e-4) and got["verdict"] == expected["verdict"]
+
+
+def test_cli_serve_passes_the_options(monkeypatch: pytest.MonkeyPatch) -> None:
+    import surfad.serve.app as app_module
+    from surfad.cli import main
+
+    calls = []
+    monkeypatch.setattr(app_module, "serve", lambda run, **kwargs: calls.append((run, kwargs)))
+    monkeypatch.setenv("SURFAD_API_KEY", "from-env")
+    assert main(["serve", "RUN", "--port", "9001", "--runtime", "torch", "--max-upload-mb", "2.5", "--max-pixels", "5000"]) == 0
+    assert main(["serve", "RUN", "--api-key", "given", "--host", "0.0.0.0"]) == 0
+    assert calls[0] == ("RUN", {"host": "127.0.0.1", "port": 9001, "runtime": "torch", "api_key": "from-env",
+                                "max_upload_bytes": 2_500_000, "max_pixels": 5000, "workers": 1})
+    assert calls[1][1]["api_key"] == "given" and calls[1][1]["host"] == "0.0.0.0" and calls[1][1]["runtime"] == "onnx"
+    assert main(["serve", "RUN", "--max-pixels", "0"]) == 2
