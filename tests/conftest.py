@@ -4,9 +4,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
+from collections.abc import Callable
 
+import pytest
+import torch
+
+from surfad.config import RunConfig
 from surfad.data.synth import write_synthetic_dataset
+from surfad.export.onnx import export_onnx
+from surfad.train import train
 
 TINY = {"size": 64, "n_train": 12, "n_test_good": 4, "n_test_defect": 8, "n_val_good": 2, "n_val_defect": 4}
 
@@ -15,3 +21,34 @@ TINY = {"size": 64, "n_train": 12, "n_test_good": 4, "n_test_defect": 8, "n_val_
 def tiny_mvtec(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Category folder of a 64 px synthetic wood dataset (counts in TINY); shared: treat as read-only."""
     return write_synthetic_dataset(tmp_path_factory.mktemp("tiny_mvtec"), seed=0, **TINY)
+
+
+# Tiny but complete configurations: recondiff with the Siamese segmentation net, whose batch
+# handling (cat/chunk on the batch axis) is the part most likely to break a dynamic-batch export.
+TINY_PARAMS = {
+    "unet_vae": {"base_width": 4, "depth": 2, "latent_channels": 4, "skip_levels": [1]},
+    "recondiff": {"base_width": 4, "rec_depth": 3, "seg_base_width": 2, "seg_depth": 3, "n_prototypes": 4,
+                  "segnet": "siamese"},
+}
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory, tiny_mvtec: Path) -> Callable[..., Path]:
+    """tiny_run(model="unet_vae"): a 32 px run trained one epoch on tiny_mvtec and exported to ONNX,
+    built once per session and model. Shared: copy it before changing anything in it."""
+    runs: dict[str, Path] = {}
+
+    def get(model: str = "unet_vae") -> Path:
+        if model not in runs:
+            torch.set_num_threads(1)
+            config = RunConfig.from_dict({
+                "model": model,
+                "model_params": TINY_PARAMS[model],
+                "data": {"path": str(tiny_mvtec), "image_size": 32},
+                "train": {"epochs": 1, "batch_size": 8, "threads": 1, "device": "cpu", "grid_every": 0},
+            })
+            runs[model] = train(config, tmp_path_factory.mktemp(f"run_{model}") / "run", progress=False)
+            export_onnx(runs[model])
+        return runs[model]
+
+    return get

@@ -65,19 +65,22 @@ def test_recall_strategy(strategy: str, expected: float, recall: float) -> None:
     assert _rates(t)[0] == recall
 
 
-def test_fpr_strategy_is_an_order_statistic_of_good_scores() -> None:
+def test_fpr_strategy_lies_midway_above_an_order_statistic_of_good_scores() -> None:
     good = np.arange(1, 101) / 100  # 0.01 .. 1.00
     labels = np.zeros(100)
-    # fpr:0.01 allows 1 good score above: the second highest (0.99).
-    assert choose_threshold(good, labels, "fpr:0.01") == 0.99
-    assert choose_threshold(good, labels, "fpr:0") == 1.0
-    # 0.29 * 100 is 28.999... in floating point: still 29 allowed above -> 0.71.
+    # fpr:0.01 allows 1 good score above: the second highest (0.99) is kept OK, midway to 1.00.
+    assert choose_threshold(good, labels, "fpr:0.01") == pytest.approx(0.995)
+    # fpr:0: nothing above; the 0.01 gap below the top score is mirrored above it.
+    assert choose_threshold(good, labels, "fpr:0") == pytest.approx(1.005)
+    # 0.29 * 100 is 28.999... in floating point: still 29 allowed above -> midway 0.71 .. 0.72.
     t = choose_threshold(good, labels, "fpr:0.29")
-    assert t == 0.71 and np.sum(good > t) == 29
-    assert choose_threshold(good, labels, "fpr:0.999") == 0.01
-    # Defect scores are ignored; ties with the threshold count as OK.
+    assert t == pytest.approx(0.715) and np.sum(good > t) == 29
+    assert choose_threshold(good, labels, "fpr:0.999") == pytest.approx(0.015)
+    # Defect scores are ignored; ties with the kept score count as OK: good 0.1, 0.5, 0.5, 0.5 with
+    # 1 allowed above keeps 0.5 (index 2); nothing good is higher, so the gap 0.5 - 0.1 is mirrored.
     tied = np.array([0.1, 0.5, 0.5, 0.5, 9.0])
-    assert choose_threshold(tied, [0, 0, 0, 0, 1], "fpr:0.25") == 0.5  # 1 allowed, 0 above
+    t = choose_threshold(tied, [0, 0, 0, 0, 1], "fpr:0.25")
+    assert t == pytest.approx(0.7) and np.sum(tied[:4] > t) == 0
 
 
 def test_verdict_rule_is_consistent_with_the_chosen_thresholds() -> None:
@@ -93,8 +96,10 @@ def test_verdict_rule_is_consistent_with_the_chosen_thresholds() -> None:
 
     t = choose_threshold(scores, labels, "fpr:0.05")
     assert np.mean(good > t) <= 0.05
-    # Tight: the next lower good score as threshold would exceed the allowed 5%.
-    assert np.mean(good > good[good < t].max()) > 0.05
+    assert not np.any(good == t)  # no image sits on the threshold
+    # Tight: a threshold at the good score below the kept one would exceed the allowed 5%.
+    kept = good[good < t].max()
+    assert np.mean(good > good[good < kept].max()) > 0.05
 
 
 def test_strategies_that_need_defects_fail_clearly_on_good_only_data() -> None:
@@ -152,7 +157,7 @@ def test_calibrate_and_round_trip(tmp_path: Path) -> None:
 def test_calibrate_good_only_data_with_fpr() -> None:
     scores = np.linspace(0, 1, 11)
     cal = calibrate(scores, np.zeros(11), np.zeros((11, 4, 4)), None, "fpr:0.1", split="val")
-    assert cal.threshold == 0.9 and cal.n_defect == 0 and cal.pixel_threshold == 0.0
+    assert cal.threshold == pytest.approx(0.95) and cal.n_defect == 0 and cal.pixel_threshold == 0.0
 
 
 def test_load_errors_name_the_file_and_field(tmp_path: Path) -> None:

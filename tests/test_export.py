@@ -1,7 +1,4 @@
-"""ONNX export: torch and onnxruntime give the same maps, scores and verdicts for every model.
-
-Also home of `tiny_run`, the small trained bundles the predict and serve tests use.
-"""
+"""ONNX export: torch and onnxruntime give the same maps, scores and verdicts for every model."""
 
 from __future__ import annotations
 
@@ -22,39 +19,12 @@ from surfad.errors import SurfadError
 from surfad.export import onnx as onnx_export
 from surfad.export.onnx import EXPORT_JSON, export_onnx, onnx_score_fn
 from surfad.inference import Detector
-from surfad.train import train
+from surfad.models import available_models
 
 REAL_DATA = Path(__file__).parents[1] / ".." / "shared" / "data"
 TOLERANCE = 1e-4
 # Tiny but complete configurations: recondiff with the Siamese segmentation net, whose batch
 # handling (cat/chunk on the batch axis) is the part most likely to break a dynamic-batch export.
-TINY_PARAMS = {
-    "unet_vae": {"base_width": 4, "depth": 2, "latent_channels": 4, "skip_levels": [1]},
-    "recondiff": {"base_width": 4, "rec_depth": 3, "seg_base_width": 2, "seg_depth": 3, "n_prototypes": 4,
-                  "segnet": "siamese"},
-}
-_RUNS: dict[str, Path] = {}
-
-
-def tiny_run(factory: pytest.TempPathFactory, data: Path, model: str = "unet_vae") -> Path:
-    """A 32 px run of `model` trained for one epoch on `data` and exported; built once per session.
-
-    Shared between test modules: copy it before changing anything in it.
-    """
-    if model not in _RUNS:
-        torch.set_num_threads(1)
-        config = RunConfig.from_dict({
-            "model": model,
-            "model_params": TINY_PARAMS[model],
-            "data": {"path": str(data), "image_size": 32},
-            "train": {"epochs": 1, "batch_size": 8, "threads": 1, "device": "cpu", "grid_every": 0},
-        })
-        run = train(config, factory.mktemp(f"run_{model}") / "run", progress=False)
-        export_onnx(run)
-        _RUNS[model] = run
-    return _RUNS[model]
-
-
 def copy_run(run: Path, dest: Path) -> Path:
     return Path(shutil.copytree(run, dest / run.name))
 
@@ -78,9 +48,9 @@ def real_images() -> list[Path]:
     return wood + tiles
 
 
-@pytest.fixture(params=sorted(TINY_PARAMS))
-def run(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, tiny_mvtec: Path) -> Path:
-    return tiny_run(tmp_path_factory, tiny_mvtec, request.param)
+@pytest.fixture(params=available_models())
+def run(tiny_run, request: pytest.FixtureRequest) -> Path:
+    return tiny_run(request.param)
 
 
 def assert_same_predictions(run: Path, images: list) -> None:
@@ -152,8 +122,8 @@ def test_threshold_is_read_from_calibration_without_reexport(run: Path, tmp_path
     assert result.threshold == -1.0 and result.verdict == "NG"
 
 
-def test_stale_export_is_refused(tiny_mvtec: Path, tmp_path_factory: pytest.TempPathFactory, tmp_path: Path) -> None:
-    run = copy_run(tiny_run(tmp_path_factory, tiny_mvtec), tmp_path)
+def test_stale_export_is_refused(tiny_run, tmp_path: Path) -> None:
+    run = copy_run(tiny_run(), tmp_path)
     _, graph = bundle.load_graph(run)
     with torch.no_grad():
         next(graph.parameters()).add_(1.0)
@@ -164,9 +134,8 @@ def test_stale_export_is_refused(tiny_mvtec: Path, tmp_path_factory: pytest.Temp
     assert Detector.load(run, runtime="onnx").runtime == "onnx"
 
 
-def test_failed_parity_keeps_the_old_model(tiny_mvtec: Path, tmp_path_factory: pytest.TempPathFactory,
-                                           tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    run = copy_run(tiny_run(tmp_path_factory, tiny_mvtec), tmp_path)
+def test_failed_parity_keeps_the_old_model(tiny_run, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    run = copy_run(tiny_run(), tmp_path)
     before = (run / bundle.ONNX).read_bytes()
     monkeypatch.setattr(onnx_export, "PARITY_TOLERANCE", -1.0)
     with pytest.raises(SurfadError, match="disagrees with torch"):
@@ -185,9 +154,8 @@ def test_errors_name_the_problem(tmp_path: Path) -> None:
         onnx_score_fn(tmp_path / "model.onnx")
 
 
-def test_cli_export(tiny_mvtec: Path, tmp_path_factory: pytest.TempPathFactory, tmp_path: Path,
-                    capsys: pytest.CaptureFixture[str]) -> None:
-    run = copy_run(tiny_run(tmp_path_factory, tiny_mvtec), tmp_path)
+def test_cli_export(tiny_run, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    run = copy_run(tiny_run(), tmp_path)
     (run / bundle.ONNX).unlink()
     assert main(["export", str(run), "--format", "onnx", "--opset", "17"]) == 0
     assert "max abs diff" in capsys.readouterr().out and (run / bundle.ONNX).is_file()

@@ -14,14 +14,13 @@ from surfad.cli import main
 from surfad.errors import SurfadError
 from surfad.inference import Detector
 from surfad.predict import CSV, ERRORS, JSONL, expand_inputs, predict_files
-from test_export import tiny_run
 
 KEYS = {"path", "score", "threshold", "verdict", "regions", "heatmap", "overlay", "mask"}
 
 
 @pytest.fixture(scope="module")
-def detector(tiny_mvtec: Path, tmp_path_factory: pytest.TempPathFactory) -> Detector:
-    return Detector.load(tiny_run(tmp_path_factory, tiny_mvtec))
+def detector(tiny_run) -> Detector:
+    return Detector.load(tiny_run())
 
 
 @pytest.fixture
@@ -116,9 +115,8 @@ def test_outputs_inside_the_input_folder_are_not_inputs(detector: Detector, imag
     assert counts["images"] == 6 and counts["already_done"] == 6
 
 
-def test_cli_predict_with_onnx(tiny_mvtec: Path, tmp_path_factory: pytest.TempPathFactory, images: Path,
-                               tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    run = tiny_run(tmp_path_factory, tiny_mvtec)
+def test_cli_predict_with_onnx(tiny_run, images: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    run = tiny_run()
     out = tmp_path / "out"
     assert main(["predict", str(run), str(images / "sub"), "--out", str(out), "--runtime", "onnx", "--quiet"]) == 0
     assert "3 predicted" in capsys.readouterr().out and len(records(out)) == 3

@@ -15,14 +15,13 @@ from fastapi.testclient import TestClient
 
 from surfad.inference import Detector
 from surfad.serve.app import create_app
-from test_export import tiny_run
 
 KEY = "s3cret-key"
 
 
 @pytest.fixture(scope="module")
-def detector(tiny_mvtec: Path, tmp_path_factory: pytest.TempPathFactory) -> Detector:
-    return Detector.load(tiny_run(tmp_path_factory, tiny_mvtec), runtime="onnx")
+def detector(tiny_run) -> Detector:
+    return Detector.load(tiny_run(), runtime="onnx")
 
 
 @pytest.fixture(scope="module")
@@ -190,9 +189,8 @@ def test_inference_runs_off_the_event_loop(detector: Detector, image: np.ndarray
     assert code == 200 and loops == [None]
 
 
-def test_torch_runtime_gives_the_same_answer(tiny_mvtec: Path, tmp_path_factory: pytest.TempPathFactory,
-                                             client: TestClient, image: np.ndarray) -> None:
-    torch_client = TestClient(create_app(Detector.load(tiny_run(tmp_path_factory, tiny_mvtec), runtime="torch")))
+def test_torch_runtime_gives_the_same_answer(tiny_run, client: TestClient, image: np.ndarray) -> None:
+    torch_client = TestClient(create_app(Detector.load(tiny_run(), runtime="torch")))
     _, expected = post(torch_client, png(image))
     _, got = post(client, png(image))
     assert got["score"] == pytest.approx(expected["score"], abs=1e-4) and got["verdict"] == expected["verdict"]

@@ -13,7 +13,6 @@ import uvicorn
 
 from surfad.inference import Detector
 from surfad.serve.app import create_app
-from test_export import tiny_run
 
 CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
 KEY = "browser-key"
@@ -26,8 +25,8 @@ pytestmark = pytest.mark.skipif(
 
 
 @pytest.fixture(scope="module")
-def detector(tiny_mvtec: Path, tmp_path_factory: pytest.TempPathFactory) -> Detector:
-    return Detector.load(tiny_run(tmp_path_factory, tiny_mvtec), runtime="onnx")
+def detector(tiny_run) -> Detector:
+    return Detector.load(tiny_run(), runtime="onnx")
 
 
 @pytest.fixture(scope="module")

@@ -53,7 +53,7 @@ def test_training_reduces_loss(loss):
     x = 0.5 + 0.4 * torch.sin(grid.view(1, 1, 1, 16) + phase) * torch.cos(grid.view(1, 1, 16, 1))
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
     first = None
-    for step in range(60):
+    for _ in range(60):
         out = model.training_loss({"image": x}, progress=1.0)
         opt.zero_grad()
         out["loss"].backward()

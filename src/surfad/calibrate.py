@@ -97,10 +97,11 @@ def choose_threshold(scores: object, labels: object, strategy: str) -> float:
     - "youden": maximum Youden's J = TPR - FPR (the highest threshold among ties).
     - "recall:X": the highest operating point whose recall is at least X, i.e. the one with the
       fewest NG verdicts that still catches a share X of the defects.
-    - "fpr:X": uses the good scores only: the lowest threshold that leaves at most floor(X * n_good)
-      good scores above it. That is a good score itself (an order statistic, no interpolation):
-      sorted ascending, the one at 0-based index n_good - 1 - floor(X * n_good); ties with it count
-      as OK, so with ties even fewer good scores are above it. "fpr:0" gives the highest good score.
+    - "fpr:X": uses the good scores only: a threshold that leaves at most floor(X * n_good) good
+      scores above it. With the good scores sorted ascending and k = n_good - 1 - floor(X * n_good),
+      it lies midway between score k and the next higher distinct score (above the highest score,
+      the gap below it is mirrored), so score k and its ties are OK and no image sits exactly on
+      the threshold, where a 1e-7 difference between runtimes could flip its verdict.
 
     f1, youden and recall thresholds lie midway between the lowest NG score and the next lower
     score (see :func:`surfad.metrics.operating_points`). Raises SurfadError when the data cannot
@@ -121,7 +122,13 @@ def choose_threshold(scores: object, labels: object, strategy: str) -> float:
     if name == "fpr":
         good = np.sort(s[~y])
         allowed = min(math.floor(value * n_good + 1e-9), n_good - 1)  # tolerance: 0.29 * 100 is 28.999...
-        return float(good[n_good - 1 - allowed])
+        kept = good[n_good - 1 - allowed]
+        above = good[good > kept]
+        if above.size:
+            return float(kept + (above[0] - kept) / 2)
+        below = good[good < kept]
+        gap = kept - below[-1] if below.size else max(abs(float(kept)), 1.0)
+        return float(kept + gap / 2)
     if name == "f1":
         return f1_max(s, y)[1]
     thresholds, tp, fp = operating_points(s, y)

@@ -113,6 +113,9 @@ class Detector:
         else:
             from surfad.export.onnx import onnx_score_fn
 
+            if checkpoint != "best_detect":
+                raise SurfadError(f"checkpoint {checkpoint!r}: model.onnx holds the shipped weights (best_detect) only; "
+                                  "use the torch runtime for other checkpoints")
             config = RunConfig.load(run / bundle.CONFIG)
             if not (run / bundle.ONNX).is_file():
                 raise SurfadError(f"{run}: no {bundle.ONNX}; run `surfad export {run} --format onnx` first")
