@@ -69,6 +69,8 @@ def main() -> None:
     parser.add_argument("--val-every", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = all cores)")
+    parser.add_argument("--eval-only", action="store_true",
+                        help="re-evaluate an existing run with the current code (training figures kept from its result)")
     parser.add_argument("--fpr", type=float, default=0.05, help="magnetic-tile: fpr:X on validation good images")
     args = parser.parse_args()
 
@@ -87,9 +89,14 @@ def main() -> None:
                           val_every=args.val_every, time_budget_min=args.budget, grid_every=10, threads=args.threads),
     )
     run = RESULTS.parent / "runs" / args.name
-    started = time.monotonic()
-    train(config, run, progress=False)
-    train_seconds = time.monotonic() - started
+    out = RESULTS / f"{args.name}.json"
+    if args.eval_only:
+        previous = json.loads(out.read_text())
+        train_seconds = previous["train_minutes"] * 60
+    else:
+        started = time.monotonic()
+        train(config, run, progress=False)
+        train_seconds = time.monotonic() - started
     history = (run / bundle.HISTORY).read_text().splitlines()
     epochs_done = len(history) - 1
     n_train = len(json.loads((run / bundle.SPLITS).read_text())["train"])
@@ -125,7 +132,9 @@ def main() -> None:
         "calibration": calibration,
         "thresholded": {k: thresholded[k] for k in ("threshold", "accuracy", "precision", "recall", "fpr", "n_images")},
     }
-    out = RESULTS / f"{args.name}.json"
+    if args.eval_only:
+        result.update(command=previous["command"], date=previous["date"], commit=previous.get("commit"),
+                      evaluated_at_commit=result["commit"], threads=previous["threads"])
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps({k: result[k] for k in ("name", "threshold_free", "thresholded", "epochs", "train_minutes")}, indent=1))
 

@@ -162,3 +162,18 @@ def test_preview_defects(tiny_mvtec: Path, tmp_path: Path):
     out = tmp_path / "preview.png"
     assert main(["preview-defects", str(tiny_mvtec / "train" / "good"), "--out", str(out), "-n", "4", "--image-size", "32"]) == 0
     assert out.stat().st_size > 0
+
+
+def test_test_halves_are_seeded_stratified_and_disjoint():
+    from surfad.data.samples import Sample
+    from surfad.data.splits import Splits
+    from surfad.evaluate import select_split
+
+    test = [Sample(Path(f"g{i}.png"), 0) for i in range(10)] + [Sample(Path(f"d{i}.png"), 1, "x") for i in range(7)]
+    splits = Splits(layout="mvtec", root=".", train=[], val=[], test=test, skipped=[])
+    a, b = select_split(splits, "test_a", seed=0), select_split(splits, "test_b", seed=0)
+    assert {s.path for s in a}.isdisjoint({s.path for s in b}) and len(a) + len(b) == 17
+    assert sum(s.label for s in a) == 4 and sum(s.label for s in b) == 3  # stratified by label
+    other = select_split(splits, "test_a", seed=1)
+    assert {s.path for s in other} != {s.path for s in a}  # the seed matters
+    assert {s.path for s in a if s.label == 0} != {Path(f"g{i}.png") for i in range(0, 10, 2)}  # not every other file

@@ -56,7 +56,7 @@ def select_split(splits: Splits, name: str, seed: int = 0) -> list[Sample]:
         for label in (0, 1):
             members = [s for s in test if s.label == label]
             order = rng.permutation(len(members))
-            half += [members[i] for i in order if (i % 2 == HALVES[name])]
+            half += [members[j] for position, j in enumerate(order) if position % 2 == HALVES[name]]
         return sorted(half, key=lambda s: str(s.path))
     return splits.get(name)
 
