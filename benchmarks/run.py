@@ -15,6 +15,7 @@ Writes benchmarks/results/NAME.json (and keeps the run folder under benchmarks/r
 from __future__ import annotations
 
 import argparse
+import csv
 import datetime
 import json
 import os
@@ -97,8 +98,10 @@ def main() -> None:
         started = time.monotonic()
         train(config, run, progress=False)
         train_seconds = time.monotonic() - started
-    history = (run / bundle.HISTORY).read_text().splitlines()
-    epochs_done = len(history) - 1
+    with (run / bundle.HISTORY).open() as f:
+        history = list(csv.DictReader(f))
+    epochs_done = len(history)
+    shipped = [row for row in history if row.get("best") == "1"][-1]  # the epoch validation chose
     n_train = len(json.loads((run / bundle.SPLITS).read_text())["train"])
 
     free = evaluate_run(run, split="test", out=run / "eval_test")
@@ -126,6 +129,8 @@ def main() -> None:
         "train_minutes": train_seconds / 60,
         "epochs": epochs_done,
         "train_images_per_s": epochs_done * n_train / train_seconds,
+        "shipped_epoch": int(shipped["epoch"]),
+        "validation_at_shipped_epoch": {k: float(v) for k, v in shipped.items() if k.startswith("val_") and v},
         "threshold_free": {k: free[k] for k in ("image_auroc", "image_ap", "pixel_auroc", "pixel_ap", "aupro") if k in free},
         "inference_images_per_s": free["images_per_s"],
         "ms_per_image": 1000 / free["images_per_s"],
