@@ -177,3 +177,10 @@ def test_test_halves_are_seeded_stratified_and_disjoint():
     other = select_split(splits, "test_a", seed=1)
     assert {s.path for s in other} != {s.path for s in a}  # the seed matters
     assert {s.path for s in a if s.label == 0} != {Path(f"g{i}.png") for i in range(0, 10, 2)}  # not every other file
+
+
+def test_empty_validation_split_is_a_clear_error(tiny_mvtec: Path, tmp_path: Path, capsys):
+    data = tmp_path / "no_validation"
+    shutil.copytree(tiny_mvtec, data, ignore=shutil.ignore_patterns("validation"))
+    assert main(train_args(data, tmp_path / "r") + ["--val-ratio", "0"]) == 2
+    assert "validation split is empty" in capsys.readouterr().err

@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from surfad import __version__, bundle
 from surfad.calibrate import calibrate
-from surfad.config import RunConfig
+from surfad.config import RunConfig, TrainConfig
 from surfad.data.dataset import ImageDataset
 from surfad.data.defects import DefectSynthesizer
 from surfad.data.io import read_image
@@ -153,6 +153,37 @@ def _write_history(path: Path, rows: list[dict[str, Any]]) -> None:
     atomic_write(path, write)
 
 
+def train_epoch(model: torch.nn.Module, train_set: Dataset, optimizer: torch.optim.Optimizer, epoch: int,
+                tc: TrainConfig, batch_size: int, device: torch.device, bar: tqdm) -> dict[str, float]:
+    """One pass over the training samples (order seeded by seed and epoch); mean loss terms."""
+    model.train()
+    if hasattr(train_set, "set_epoch"):  # datasets that draw new synthetic samples each epoch
+        train_set.set_epoch(epoch)
+    loader = DataLoader(train_set, batch_size=batch_size, shuffle=True, drop_last=True,
+                        generator=torch.Generator().manual_seed(tc.seed * 1000 + epoch))
+    sums: dict[str, float] = {}
+    for step, batch in enumerate(loader):
+        batch = {k: v.to(device) for k, v in batch.items()}
+        losses = model.training_loss(batch, (epoch + step / len(loader)) / tc.epochs)
+        optimizer.zero_grad(set_to_none=True)
+        losses["loss"].backward()
+        optimizer.step()
+        for k, v in losses.items():
+            sums[k] = sums.get(k, 0.0) + float(v.detach())
+        bar.set_postfix({k: f"{v / (step + 1):.4f}" for k, v in sums.items()}, refresh=False)
+        bar.update()
+    return {k: v / len(loader) for k, v in sums.items()}
+
+
+def save_last(out: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+              scheduler: torch.optim.lr_scheduler.LRScheduler | None, state: dict[str, Any]) -> None:
+    """The `last` checkpoint: weights plus what --resume needs (optimiser, scheduler, RNG, progress)."""
+    bundle.save_weights(model, out / LAST_WEIGHTS)
+    full = {**state, "rng": _rng_state(), "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict() if scheduler else None}
+    atomic_write(out / LAST_STATE, lambda tmp: torch.save(full, tmp))
+
+
 def train(config: RunConfig, out: str | Path, resume: bool = False, progress: bool = True) -> Path:
     """Train a model as `config` says into the run folder `out`; returns the run folder."""
     out = Path(out)
@@ -167,6 +198,8 @@ def train(config: RunConfig, out: str | Path, resume: bool = False, progress: bo
         splits = make_splits(config.data)
         config = resolve_config(config, splits)
     tc, dc = config.train, config.data
+    if not splits.val:
+        raise SurfadError(f"{dc.path}: the validation split is empty; set data.val_ratio > 0 or add a validation/ folder")
     set_threads(tc.threads)
     seed_everything(tc.seed)
     device = resolve_device(tc.device)
@@ -215,29 +248,11 @@ def train(config: RunConfig, out: str | Path, resume: bool = False, progress: bo
     bar = tqdm(total=total_steps, initial=start_epoch * steps_per_epoch, disable=not progress, unit="step", dynamic_ncols=True)
     for epoch in range(start_epoch, tc.epochs):
         bar.set_description(f"epoch {epoch + 1}/{tc.epochs}")
-        model.train()
-        if hasattr(train_set, "set_epoch"):
-            train_set.set_epoch(epoch)
-        loader = DataLoader(
-            train_set, batch_size=batch_size, shuffle=True, drop_last=True,
-            generator=torch.Generator().manual_seed(tc.seed * 1000 + epoch),
-        )
-        sums: dict[str, float] = {}
-        for step, batch in enumerate(loader):
-            batch = {k: v.to(device) for k, v in batch.items()}
-            progress_frac = (epoch + step / steps_per_epoch) / tc.epochs
-            losses = model.training_loss(batch, progress_frac)
-            optimizer.zero_grad(set_to_none=True)
-            losses["loss"].backward()
-            optimizer.step()
-            for k, v in losses.items():
-                sums[k] = sums.get(k, 0.0) + float(v.detach())
-            bar.set_postfix({k: f"{v / (step + 1):.4f}" for k, v in sums.items()}, refresh=False)
-            bar.update()
+        sums = train_epoch(model, train_set, optimizer, epoch, tc, batch_size, device, bar)
         if scheduler is not None:
             scheduler.step()
         row: dict[str, Any] = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"]}
-        row.update({k: v / steps_per_epoch for k, v in sums.items()})
+        row.update(sums)
         is_last = epoch + 1 == tc.epochs
         elapsed = elapsed_before + time.monotonic() - started
         over_budget = tc.time_budget_min > 0 and elapsed > tc.time_budget_min * 60
@@ -257,12 +272,9 @@ def train(config: RunConfig, out: str | Path, resume: bool = False, progress: bo
         row["seconds"] = round(elapsed, 1)
         history.append(row)
         _write_history(out / bundle.HISTORY, history)
-        bundle.save_weights(model, out / LAST_WEIGHTS)
-        state = {
-            "epoch": epoch + 1, "best": best, "best_seg": best_seg, "history": history, "elapsed": elapsed, "rng": _rng_state(),
-            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict() if scheduler else None,
-        }
-        atomic_write(out / LAST_STATE, lambda tmp: torch.save(state, tmp))
+        save_last(out, model, optimizer, scheduler, {
+            "epoch": epoch + 1, "best": best, "best_seg": best_seg, "history": history, "elapsed": elapsed,
+        })
         shown = {k: round(v, 4) for k, v in row.items() if k.startswith("val_")}
         bar.write(f"epoch {epoch + 1}: loss {row.get('loss', float('nan')):.4f} {shown}{' *best' if row.get('best') else ''}")
         if over_budget and not is_last:
