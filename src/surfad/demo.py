@@ -16,7 +16,6 @@ from surfad.train import train
 # Small enough for 2 CPU cores in a few minutes; see benchmarks/RESULTS.md for real-data settings.
 DEMO_CONFIG = RunConfig(
     model="unet_vae",
-    model_params={"base_width": 16},
     data=DataConfig(image_size=128),
     train=TrainConfig(epochs=25, batch_size=16, lr=2e-3, grid_every=5),
 )

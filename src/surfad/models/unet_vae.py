@@ -23,10 +23,12 @@ from surfad.models.base import AnomalyModel
 
 @dataclass
 class UNetVAEConfig:
-    base_width: int = 32  # channels at full resolution; doubled at each level
+    base_width: int = 16  # channels at full resolution; doubled at each level
     depth: int = 4  # number of 2x downsamplings
     latent_channels: int = 16  # channels of the spatial latent (S / 2**depth per side)
-    skip_levels: list[int] = field(default_factory=lambda: [2, 3])  # encoder levels feeding the decoder
+    # Encoder levels feeding the decoder. Chosen on validation (benchmarks/RESULTS.md): level 0, the
+    # full-resolution skip, copies defects through (wood image AUROC 80.8 vs 90-93 without it).
+    skip_levels: list[int] = field(default_factory=lambda: [1, 2, 3])
     recon_loss: str = "l1"  # l1 | mse | bce
     beta: float = 0.01  # KL weight (the seed's KLD_WEIGHT), on per-element means
     kl_warmup: float = 0.2  # share of training over which beta ramps up linearly from 0 (0 = off)
