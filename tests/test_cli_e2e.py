@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 from safetensors.numpy import load_file
 
 import surfad.train
@@ -184,3 +185,33 @@ def test_empty_validation_split_is_a_clear_error(tiny_mvtec: Path, tmp_path: Pat
     shutil.copytree(tiny_mvtec, data, ignore=shutil.ignore_patterns("validation"))
     assert main(train_args(data, tmp_path / "r") + ["--val-ratio", "0"]) == 2
     assert "validation split is empty" in capsys.readouterr().err
+
+
+def test_yaml_config_with_flag_overrides_is_saved_resolved(tiny_mvtec: Path, tmp_path: Path):
+    config = tmp_path / "run.yaml"
+    config.write_text(
+        "model: unet_vae\n"
+        "model_params: {base_width: 4, depth: 2, skip_levels: [1], latent_channels: 4, beta: 0.05}\n"
+        f"data: {{path: {tiny_mvtec}, image_size: 32, val_ratio: 0.3}}\n"
+        "train: {epochs: 5, batch_size: 4, threads: 1}\n"
+    )
+    run = tmp_path / "run"
+    assert main(["train", "--config", str(config), "--epochs", "1", "--out", str(run), "--quiet"]) == 0
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    assert saved["train"]["epochs"] == 1  # the flag wins over the file
+    assert saved["data"]["val_ratio"] == 0.3 and saved["model_params"]["beta"] == 0.05  # the file wins over defaults
+    assert saved["data"]["channels"] == 3 and saved["score"]["reduce"] == "topk"  # resolved, not left to defaults
+    assert saved["model_params"]["recon_loss"] == "l1"  # every model parameter written out
+
+
+def test_grayscale_and_odd_sized_images_with_a_colour_model(trained_run: Path):
+    from surfad import Detector
+
+    detector = Detector.load(trained_run)
+    gray = np.full((45, 130), 128, dtype=np.uint8)
+    gray[10:20, 60:80] = 255
+    result = detector.predict(gray, threshold=0.0)
+    assert result.anomaly_map.shape == (45, 130) and result.mask.shape == (45, 130)
+    for region in result.regions:
+        x0, y0, x1, y1 = region.bbox
+        assert x1 < 130 and y1 < 45
