@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import shutil
 import subprocess
@@ -215,3 +216,12 @@ def test_grayscale_and_odd_sized_images_with_a_colour_model(trained_run: Path):
     for region in result.regions:
         x0, y0, x1, y1 = region.bbox
         assert x1 < 130 and y1 < 45
+
+
+def test_early_epochs_are_not_shipped(tiny_mvtec: Path, tmp_path: Path):
+    run = tmp_path / "run"
+    assert main(train_args(tiny_mvtec, run, epochs=4) + ["--select-after", "3"]) == 0
+    with (run / "history.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert all(not r["best"] for r in rows[:3])  # epochs 1-3 validated but not eligible
+    assert rows[3]["best"] == "1" and rows[0]["val_auroc"]

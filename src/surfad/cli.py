@@ -29,6 +29,7 @@ TRAIN_FLAGS = {
     "threads": ("train", "threads"),
     "device": ("train", "device"),
     "val_every": ("train", "val_every"),
+    "select_after": ("train", "select_after"),
     "val_defect_source": ("train", "val_defect_source"),
     "time_budget": ("train", "time_budget_min"),
 }
@@ -241,6 +242,7 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int)
     p.add_argument("--device")
     p.add_argument("--val-every", "--validation-period", dest="val_every", type=int, help="validate every N epochs")
+    p.add_argument("--select-after", type=int, help="epochs 1..N are validated but never shipped (default 5)")
     p.add_argument("--val-defect-source", help="synthetic validation defects: procedural | self | a texture folder")
     p.add_argument("--time-budget", type=float, help="stop after this many minutes (at an epoch end)")
     p.add_argument("--skip-bad", action="store_true", help="skip unreadable images instead of stopping")

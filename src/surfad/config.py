@@ -45,6 +45,8 @@ class TrainConfig:
     threads: int = 0  # torch CPU threads; 0 = all cores
     device: str = "auto"  # auto | cpu | cuda
     val_every: int = 1  # validate every N epochs
+    select_after: int = 5  # epochs 1..N are validated but never shipped (unless training ends there): an
+    # untrained net's error maps can rank salient defects well by chance on a small validation set
     grid_every: int = 5  # write an input/reconstruction/map grid every N epochs (0 = never)
     time_budget_min: float = 0.0  # stop after the epoch that passes this many minutes (0 = off)
     val_synthetic: bool = True  # add synthetic defects to validation when it has no real ones

@@ -4,7 +4,8 @@ Model-independent: a model supplies its loss (`training_loss`) and, if needed, i
 samples (`make_train_dataset`). Validation every `val_every` epochs scores the val split; when it
 has no real defects, synthetic defects pasted on the held-out good images stand in (never the test
 set). The best epoch by validation AUROC (or, without defects, by the lowest mean good score) is
-shipped as model.safetensors (the "best_detect" checkpoint); the best by validation AUPRO is kept
+shipped as model.safetensors (the "best_detect" checkpoint; the first `select_after` epochs are
+not eligible); the best by validation AUPRO is kept
 as checkpoints/best_seg.safetensors when validation has masks; `last` allows exact resumption.
 """
 
@@ -259,11 +260,12 @@ def train(config: RunConfig, out: str | Path, resume: bool = False, progress: bo
         if (epoch + 1) % tc.val_every == 0 or is_last or over_budget:
             figures, scored = validate(graph, val_set, device, batch_size)
             row.update(figures)
-            if detection_value(figures) > best:
+            eligible = epoch + 1 > tc.select_after or is_last or over_budget  # see TrainConfig.select_after
+            if eligible and detection_value(figures) > best:
                 best = detection_value(figures)
                 bundle.save_weights(model, out / bundle.WEIGHTS)
                 row["best"] = 1
-            if figures.get("val_aupro", -math.inf) > best_seg:
+            if eligible and figures.get("val_aupro", -math.inf) > best_seg:
                 best_seg = figures["val_aupro"]
                 bundle.save_weights(model, out / BEST_SEG_WEIGHTS)
                 row["best_seg"] = 1
