@@ -26,9 +26,10 @@ class UNetVAEConfig:
     base_width: int = 16  # channels at full resolution; doubled at each level
     depth: int = 4  # number of 2x downsamplings
     latent_channels: int = 16  # channels of the spatial latent (S / 2**depth per side)
-    # Encoder levels feeding the decoder. Chosen on validation (benchmarks/RESULTS.md): level 0, the
-    # full-resolution skip, copies defects through (wood image AUROC 80.8 vs 90-93 without it).
-    skip_levels: list[int] = field(default_factory=lambda: [1, 2, 3])
+    # Encoder levels feeding the decoder, chosen on validation image AUROC (benchmarks/RESULTS.md):
+    # shallow skips copy defects through (level 0: wood image AUROC 80.8; level 1 lost on the
+    # synthetic data's validation, 0.77 vs 0.97), no skips gives blurry maps.
+    skip_levels: list[int] = field(default_factory=lambda: [2, 3])
     recon_loss: str = "l1"  # l1 | mse | bce
     beta: float = 0.01  # KL weight (the seed's KLD_WEIGHT), on per-element means
     kl_warmup: float = 0.2  # share of training over which beta ramps up linearly from 0 (0 = off)
