@@ -225,3 +225,21 @@ def test_early_epochs_are_not_shipped(tiny_mvtec: Path, tmp_path: Path):
         rows = list(csv.DictReader(f))
     assert all(not r["best"] for r in rows[:3])  # epochs 1-3 validated but not eligible
     assert rows[3]["best"] == "1" and rows[0]["val_auroc"]
+
+
+def test_validation_ties_ship_the_later_epoch(tiny_mvtec: Path, tmp_path: Path, monkeypatch):
+    real_validate = surfad.train.validate
+
+    def saturated(*args, **kwargs):
+        figures, scored = real_validate(*args, **kwargs)
+        return {**figures, "val_auroc": 1.0}, scored  # a validation set every epoch separates perfectly
+
+    monkeypatch.setattr(surfad.train, "validate", saturated)
+    run = tmp_path / "run"
+    assert main(train_args(tiny_mvtec, run, epochs=3) + ["--select-after", "0"]) == 0
+    with (run / "history.csv").open() as f:
+        assert [r["best"] for r in csv.DictReader(f)] == ["1", "1", "1"]
+    last = load_file(run / "checkpoints" / "last.safetensors")
+    shipped = load_file(run / "model.safetensors")
+    for key in last:
+        np.testing.assert_array_equal(last[key], shipped[key])

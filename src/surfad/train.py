@@ -261,11 +261,11 @@ def train(config: RunConfig, out: str | Path, resume: bool = False, progress: bo
             figures, scored = validate(graph, val_set, device, batch_size)
             row.update(figures)
             eligible = epoch + 1 > tc.select_after or is_last or over_budget  # see TrainConfig.select_after
-            if eligible and detection_value(figures) > best:
+            if eligible and detection_value(figures) >= best:  # ties go to the later, longer-trained epoch
                 best = detection_value(figures)
                 bundle.save_weights(model, out / bundle.WEIGHTS)
                 row["best"] = 1
-            if eligible and figures.get("val_aupro", -math.inf) > best_seg:
+            if eligible and figures.get("val_aupro", -math.inf) >= best_seg:
                 best_seg = figures["val_aupro"]
                 bundle.save_weights(model, out / BEST_SEG_WEIGHTS)
                 row["best_seg"] = 1
