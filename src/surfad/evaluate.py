@@ -8,7 +8,6 @@ test_a / test_b: two seeded, label-stratified halves of test (calibrate on one, 
 
 from __future__ import annotations
 
-import csv
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -30,8 +29,8 @@ from surfad.inference import Detector
 from surfad.metrics import image_metrics, pixel_metrics
 from surfad.report import worst_cases, write_report
 from surfad.scoring import ScoreFn, ScoredSet, score_dataset, torch_score_fn
-from surfad.utils import atomic_write, atomic_write_json
-from surfad.visualize import encode_png, overlay
+from surfad.utils import atomic_write_csv, atomic_write_json
+from surfad.visualize import encode_png, heatmap_scale, overlay
 
 HALVES = {"test_a": 0, "test_b": 1}
 
@@ -105,7 +104,7 @@ def evaluate_run(run: str | Path, data: str | None = None, split: str = "test", 
         for s, score in zip(samples, scored.scores)
     ]
     atomic_write_json(out / "metrics.json", metrics)
-    _write_csv(out / "per_image.csv", records)
+    atomic_write_csv(out / "per_image.csv", records, ["path", "label", "defect_type", "score", "verdict"])
     write_report(out, records, metrics, title=f"{detector.config.model} on {split} ({len(samples)} images)",
                  overlays=_worst_overlays(detector, records, scored, samples))
     return metrics
@@ -122,21 +121,10 @@ def _worst_overlays(detector: Detector, records: list[dict], scored: ScoredSet, 
     """Overlays for exactly the records the report shows as worst cases."""
     good, defect = worst_cases(records)
     index = {r["path"]: i for i, r in enumerate(records)}
-    scale = 2 * detector.calibration.pixel_threshold or float(scored.maps.max()) or 1.0
     result = {}
     for record in good + defect:
         i = index[record["path"]]
         image = read_image(samples[i].path, detector.channels)
         amap = resize_map(scored.maps[i], image.shape[0], image.shape[1])
-        result[record["path"]] = encode_png(overlay(image, amap, scale))
+        result[record["path"]] = encode_png(overlay(image, amap, heatmap_scale(detector.calibration.pixel_threshold, amap)))
     return result
-
-
-def _write_csv(path: Path, records: list[dict]) -> None:
-    def write(tmp: Path) -> None:
-        with tmp.open("w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=["path", "label", "defect_type", "score", "verdict"])
-            writer.writeheader()
-            writer.writerows(records)
-
-    atomic_write(path, write)

@@ -7,7 +7,6 @@ Unreadable files are reported in errors.jsonl and skipped; the batch goes on.
 
 from __future__ import annotations
 
-import csv
 import glob
 import hashlib
 import json
@@ -21,8 +20,8 @@ from tqdm import tqdm
 from surfad.data.io import IMAGE_SUFFIXES, read_image
 from surfad.errors import BadInputError, SurfadError
 from surfad.inference import Detector
-from surfad.utils import atomic_write
-from surfad.visualize import heatmap, overlay, write_png
+from surfad.utils import atomic_write, atomic_write_csv
+from surfad.visualize import heatmap, heatmap_scale, overlay, write_png
 
 JSONL = "predictions.jsonl"
 CSV = "predictions.csv"
@@ -94,7 +93,7 @@ def predict_files(detector: Detector, inputs: Iterable[str], out: str | Path, th
             for path, image, pred in zip(chunk, images, detector.predict_batch(images, threshold)):
                 stem = output_stem(path)
                 files = {k: str(out / k / f"{stem}.png") for k in ("heatmaps", "overlays", "masks")}
-                amap_scale = display_scale(detector, pred.anomaly_map)
+                amap_scale = heatmap_scale(detector.calibration.pixel_threshold, pred.anomaly_map)
                 write_png(files["heatmaps"], heatmap(pred.anomaly_map, amap_scale))
                 write_png(files["overlays"], overlay(image, pred.anomaly_map, amap_scale, pred.regions))
                 write_png(files["masks"], (pred.mask * 255).astype(np.uint8))
@@ -108,13 +107,6 @@ def predict_files(detector: Detector, inputs: Iterable[str], out: str | Path, th
     bar.close()
     _write_csv(out)
     return counts
-
-
-def display_scale(detector: Detector, amap: np.ndarray) -> float:
-    """The map value at the top of the heatmap colours: twice the pixel threshold, so colours
-    mean the same on every image (the map's own maximum when the pixel threshold is 0)."""
-    scale = 2 * detector.calibration.pixel_threshold
-    return scale if scale > 0 else float(amap.max()) or 1.0
 
 
 def _done_paths(jsonl: Path) -> set[str]:
@@ -139,14 +131,6 @@ def _done_paths(jsonl: Path) -> set[str]:
 
 def _write_csv(out: Path) -> None:
     """predictions.csv from predictions.jsonl (one row per image; regions as a count and JSON)."""
-    rows = [json.loads(line) for line in (out / JSONL).read_text().splitlines() if line.strip()]
-
-    def write(tmp: Path) -> None:
-        with tmp.open("w", newline="") as f:
-            writer = csv.writer(f)
-            writer.writerow(["path", "score", "threshold", "verdict", "n_regions", "regions", "heatmap", "overlay", "mask"])
-            for r in rows:
-                writer.writerow([r["path"], r["score"], r["threshold"], r["verdict"], len(r["regions"]),
-                                 json.dumps(r["regions"]), r["heatmap"], r["overlay"], r["mask"]])
-
-    atomic_write(out / CSV, write)
+    records = [json.loads(line) for line in (out / JSONL).read_text().splitlines() if line.strip()]
+    rows = [{**r, "n_regions": len(r["regions"]), "regions": json.dumps(r["regions"])} for r in records]
+    atomic_write_csv(out / CSV, rows, ["path", "score", "threshold", "verdict", "n_regions", "regions", "heatmap", "overlay", "mask"])

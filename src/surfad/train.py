@@ -11,7 +11,6 @@ as checkpoints/best_seg.safetensors when validation has masks; `last` allows exa
 
 from __future__ import annotations
 
-import csv
 import math
 import random
 import time
@@ -36,7 +35,7 @@ from surfad.errors import SurfadError
 from surfad.metrics import image_metrics, pixel_metrics
 from surfad.models import default_score, resolve_params
 from surfad.scoring import ScoredSet, score_dataset, torch_score_fn
-from surfad.utils import atomic_write, atomic_write_json, atomic_write_text, resolve_device, seed_everything, set_threads
+from surfad.utils import atomic_write, atomic_write_csv, atomic_write_json, atomic_write_text, resolve_device, seed_everything, set_threads
 from surfad.visualize import training_grid
 
 LAST_WEIGHTS = bundle.CHECKPOINTS["last"]
@@ -138,20 +137,6 @@ def _set_rng_state(state: dict[str, Any]) -> None:
     kind, keys, pos, has_gauss, cached = state["numpy"]
     np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
     random.setstate(state["python"])
-
-
-def _write_history(path: Path, rows: list[dict[str, Any]]) -> None:
-    keys: list[str] = []
-    for row in rows:
-        keys += [k for k in row if k not in keys]
-
-    def write(tmp: Path) -> None:
-        with tmp.open("w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=keys)
-            writer.writeheader()
-            writer.writerows(rows)
-
-    atomic_write(path, write)
 
 
 def train_epoch(model: torch.nn.Module, train_set: Dataset, optimizer: torch.optim.Optimizer, epoch: int,
@@ -273,7 +258,7 @@ def train(config: RunConfig, out: str | Path, resume: bool = False, progress: bo
                 training_grid(model, graph, val_set, device, out / "grids" / f"epoch_{epoch + 1:04d}.png")
         row["seconds"] = round(elapsed, 1)
         history.append(row)
-        _write_history(out / bundle.HISTORY, history)
+        atomic_write_csv(out / bundle.HISTORY, history)
         save_last(out, model, optimizer, scheduler, {
             "epoch": epoch + 1, "best": best, "best_seg": best_seg, "history": history, "elapsed": elapsed,
         })
@@ -315,7 +300,7 @@ def train_categories(config: RunConfig, categories: list[str], out: str | Path, 
         metrics = evaluate_run(run, split="test", out=run / "eval_test")
         rows.append({"category": category, **{k: metrics.get(k, float("nan")) for k in SUMMARY_KEYS}})
     mean = {"category": "mean", **{k: float(np.nanmean([r[k] for r in rows])) for k in SUMMARY_KEYS}}
-    _write_history(out / "summary.csv", rows + [mean])
+    atomic_write_csv(out / "summary.csv", rows + [mean])
     lines = ["| category | " + " | ".join(SUMMARY_KEYS) + " |", "|---" * (len(SUMMARY_KEYS) + 1) + "|"]
     lines += [f"| {r['category']} | " + " | ".join(f"{r[k]:.4f}" for k in SUMMARY_KEYS) + " |" for r in rows + [mean]]
     atomic_write_text(out / "summary.md", "\n".join(lines) + "\n")

@@ -16,6 +16,13 @@ if TYPE_CHECKING:
     from surfad.inference import Region
 
 
+def heatmap_scale(pixel_threshold: float, amap: np.ndarray) -> float:
+    """The map value at the top of the heatmap colours: twice the pixel threshold, so colours mean
+    the same on every image (the map's own maximum when the pixel threshold is 0)."""
+    scale = 2 * pixel_threshold
+    return scale if scale > 0 else float(amap.max()) or 1.0
+
+
 def heatmap(amap: np.ndarray, scale: float) -> np.ndarray:
     """Colour a float HxW map; `scale` maps to the top of the colour range (e.g. 2x the pixel threshold)."""
     norm = np.clip(amap / max(scale, 1e-12), 0.0, 1.0)

@@ -47,8 +47,7 @@ from surfad import __version__
 from surfad.data.io import decode_image
 from surfad.errors import BadInputError
 from surfad.inference import Detector
-from surfad.predict import display_scale
-from surfad.visualize import encode_png, heatmap, overlay
+from surfad.visualize import encode_png, heatmap, heatmap_scale, overlay
 
 STATIC = Path(__file__).parent / "static"
 FORM_OVERHEAD = 64 * 1024  # multipart boundaries, part headers and small fields beside the file
@@ -198,7 +197,7 @@ def _inspect(detector: Detector, data: bytes, name: str, max_pixels: int, want_i
     inferred = time.perf_counter()
     result: dict[str, Any] = {**pred.to_dict(), "width": width, "height": height, "filename": name}
     if want_images:
-        scale = display_scale(detector, pred.anomaly_map)
+        scale = heatmap_scale(detector.calibration.pixel_threshold, pred.anomaly_map)
         result["heatmap_png"] = base64.b64encode(encode_png(heatmap(pred.anomaly_map, scale))).decode()
         result["overlay_png"] = base64.b64encode(encode_png(overlay(image, pred.anomaly_map, scale, pred.regions))).decode()
     result["timing_ms"] = {
