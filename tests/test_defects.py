@@ -48,7 +48,7 @@ def test_texture_ops_keep_shape_and_range():
     assert augment_texture(texture, rng).dtype == np.float32
 
 
-@pytest.mark.parametrize("source", ["procedural", "self"])
+@pytest.mark.parametrize("source", ["procedural", "self", "surface"])
 @pytest.mark.parametrize("channels", [1, 3])
 def test_synthesizer_changes_only_inside_the_mask(source, channels):
     rng = np.random.default_rng(3)
@@ -90,7 +90,7 @@ def test_folder_source_reads_recursively(tmp_path):
 def test_bad_sources_are_clear_errors(tmp_path):
     with pytest.raises(SurfadError, match="no images"):
         DefectSynthesizer(str(tmp_path))
-    with pytest.raises(SurfadError, match="not 'procedural'"):
+    with pytest.raises(SurfadError, match="not one of procedural, self, surface"):
         DefectSynthesizer(str(tmp_path / "missing"))
 
 

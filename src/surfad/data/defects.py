@@ -7,6 +7,11 @@ image inside a thresholded, rotated Perlin-noise mask; outside the mask the imag
 
 Texture sources: "procedural" (built-in generated textures, no external data), "self" (shifted and
 rotated copies of the image itself) or a folder of texture images such as DTD.
+
+Source "surface" mixes that texture recipe with three kinds of defect made from the image itself,
+the common faults of machined, pressed or coated parts that a foreign texture does not look like:
+stains (a Perlin-shaped region made darker or brighter, sometimes blurred), scratches (thin
+curved lines) and pits (small dark or bright blobs). Each kind is drawn one time in four.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from surfad.data.transforms import resize_image
 from surfad.errors import SurfadError
 from surfad.utils import atomic_write
 
+SOURCES = ("procedural", "self", "surface")  # built-in texture sources; anything else is a folder
 PROCEDURAL_BANK_SIZE = 256  # textures in the built-in bank (made on first use, from the seed)
 MAX_OPACITY_BETA = 0.8  # beta ~ U[0, 0.8): the share of the original image kept inside the mask
 PERLIN_THRESHOLD = 0.5
@@ -243,13 +249,94 @@ def _to_chw(texture: np.ndarray, channels: int) -> np.ndarray:
     return np.ascontiguousarray(texture.transpose(2, 0, 1), dtype=np.float32)
 
 
+# --- surface defects made from the image itself (source "surface") ----------------------------------
+
+
+def _soft_inside(mask: np.ndarray, sigma: float) -> np.ndarray:
+    """Blend weights in [0, 1] that fade towards the mask's edge and are exactly 0 outside it."""
+    blurred = cv2.GaussianBlur(mask, (0, 0), sigmaX=max(sigma, 0.3))
+    return mask * np.clip(2.0 * blurred, 0.0, 1.0)
+
+
+def _intensity_target(image: np.ndarray, rng: np.random.Generator, dark: tuple[float, float],
+                      bright: tuple[float, float]) -> np.ndarray:
+    """The image darkened (gain in `dark`) or brightened (towards white by a share in `bright`)."""
+    if rng.random() < 0.6:
+        return image * rng.uniform(*dark)
+    return image + (1.0 - image) * rng.uniform(*bright)
+
+
+def stain(image: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A Perlin-shaped region darker or brighter than its surroundings, its texture blurred half the
+    time (worn or frayed surface), with a soft edge.
+
+    Like every SURFACE_DEFECTS kind: image float32 (C, S, S) -> (target (C, S, S), blend weights
+    (S, S) in [0, 1], zero outside the mask, mask (S, S) in {0, 1}, never empty).
+    """
+    size = image.shape[1]
+    mask = perlin_mask(size, rng)
+    source = image
+    if rng.random() < 0.5:
+        hwc = np.ascontiguousarray(image.transpose(1, 2, 0))
+        blurred = cv2.GaussianBlur(hwc, (0, 0), sigmaX=float(rng.uniform(1.0, 3.0)) * size / 128)
+        source = blurred.reshape(hwc.shape).transpose(2, 0, 1)
+    target = _intensity_target(source, rng, dark=(0.35, 0.85), bright=(0.1, 0.4))
+    return target, _soft_inside(mask, float(rng.uniform(0.5, 3.0)) * size / 128), mask
+
+
+def scratch(image: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One thin curved line (a random walk whose heading drifts), 1 to 3 px wide at 128 px."""
+    size = image.shape[1]
+    scale = size / 128
+    while True:
+        length = rng.uniform(0.15, 0.8) * size
+        point = rng.uniform(0, size, size=2)
+        heading, turn = rng.uniform(0, 2 * math.pi), rng.uniform(0.0, 0.15)
+        points = [point.copy()]
+        for _ in range(int(length / 2)):
+            heading += rng.normal(0.0, turn)
+            point = point + 2.0 * np.array([math.cos(heading), math.sin(heading)])
+            points.append(point.copy())
+        canvas = np.zeros((size, size), dtype=np.uint8)
+        thickness = max(1, round(rng.uniform(1.0, 3.0) * scale))
+        cv2.polylines(canvas, [np.round(np.array(points)).astype(np.int32)], False, 1, thickness=thickness)
+        mask = canvas.astype(np.float32)
+        if mask.any():
+            break
+    target = _intensity_target(image, rng, dark=(0.1, 0.6), bright=(0.3, 0.8))
+    return target, mask, mask
+
+
+def pits(image: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One to four small dark or bright blobs (holes, dents, spatter), 1 to 6 px radius at 128 px."""
+    size = image.shape[1]
+    scale = size / 128
+    canvas = np.zeros((size, size), dtype=np.uint8)
+    centre = rng.uniform(0, size, size=2)
+    for _ in range(int(rng.integers(1, 5))):
+        at = np.clip(centre + rng.normal(0.0, 6.0 * scale, size=2), 0, size - 1)
+        axes = np.maximum(1, np.round(rng.uniform(1.0, 6.0, size=2) * scale)).astype(int)
+        cv2.ellipse(canvas, (int(at[0]), int(at[1])), (int(axes[0]), int(axes[1])),
+                    float(rng.uniform(0, 180)), 0, 360, 1, thickness=-1)
+    mask = canvas.astype(np.float32)
+    target = _intensity_target(image, rng, dark=(0.05, 0.5), bright=(0.3, 0.8))
+    return target, _soft_inside(mask, 0.5 * scale), mask
+
+
+SURFACE_DEFECTS: tuple[Callable[[np.ndarray, np.random.Generator], tuple[np.ndarray, np.ndarray, np.ndarray]], ...] = (
+    stain, scratch, pits,
+)
+
+
 class DefectSynthesizer:
     """Adds one synthetic defect to an image: (image, rng) -> (anomalous image, mask).
 
     source: "procedural" (default; a bank of PROCEDURAL_BANK_SIZE built-in textures, each made on
     first use from (seed, index), so runs are reproducible and need no external data), "self"
-    (the image itself, rotated by U(-90, 90) degrees with edge replication and cyclically shifted)
-    or a path to a folder of texture images (searched recursively, any image extension; e.g. DTD).
+    (the image itself, rotated by U(-90, 90) degrees with edge replication and cyclically shifted),
+    "surface" (procedural textures one time in four, otherwise a stain, scratch or pit made from
+    the image: see SURFACE_DEFECTS) or a path to a folder of texture images (searched
+    recursively, any image extension; e.g. DTD).
     image_size: the size of the images it will get (textures are made or resized to this size,
     and resized again for an image of another size).
     """
@@ -260,11 +347,11 @@ class DefectSynthesizer:
         self.seed = seed
         self.files: list[Path] = []
         self._bank: dict[int, np.ndarray] = {}
-        if source not in ("procedural", "self"):
+        if source not in SOURCES:
             folder = Path(source)
             if not folder.is_dir():
                 raise SurfadError(
-                    f"defect source {source!r}: not 'procedural', 'self' or an existing folder of textures"
+                    f"defect source {source!r}: not one of {', '.join(SOURCES)} or an existing folder of textures"
                 )
             self.files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
             if not self.files:
@@ -279,6 +366,11 @@ class DefectSynthesizer:
         if image.ndim != 3 or image.shape[0] not in (1, 3) or image.shape[1] != image.shape[2]:
             raise ValueError(f"expected a (C, S, S) image with C = 1 or 3, got shape {image.shape}")
         channels, size = image.shape[0], image.shape[1]
+        if self.source == "surface" and rng.random() >= 0.25:
+            kind = SURFACE_DEFECTS[int(rng.integers(len(SURFACE_DEFECTS)))]
+            target, weights, mask = kind(image, rng)
+            out = image + weights[None] * (target - image)
+            return np.clip(out, 0.0, 1.0).astype(np.float32), mask
         texture = self.texture(image, rng)
         if texture.shape[0] != size:
             texture = cv2.resize(texture, (size, size), interpolation=cv2.INTER_LINEAR)
@@ -291,7 +383,7 @@ class DefectSynthesizer:
 
     def texture(self, image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         """The raw (not yet augmented) texture for `image`: float32 (S', S', 3) RGB in [0, 1]."""
-        if self.source == "procedural":
+        if self.source in ("procedural", "surface"):
             index = int(rng.integers(PROCEDURAL_BANK_SIZE))
             if index not in self._bank:
                 texture = procedural_texture(self.image_size, np.random.default_rng([abs(self.seed), index]))
