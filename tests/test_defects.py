@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from surfad.data.defects import (
+    SURFACE_DEFECTS,
     TEXTURE_OPS,
     DefectSynthesizer,
     augment_texture,
@@ -65,6 +66,22 @@ def test_synthesizer_changes_only_inside_the_mask(source, channels):
         assert np.array_equal(out[:, outside], image[:, outside])  # exactly equal outside
         changed_inside += int(np.abs(out[:, ~outside] - image[:, ~outside]).max() > 1e-3)
     assert changed_inside >= 8
+
+
+@pytest.mark.parametrize("kind", SURFACE_DEFECTS, ids=lambda k: k.__name__)
+def test_surface_defects_blend_only_inside_a_mask_of_their_shape(kind):
+    rng = np.random.default_rng(0)
+    image = np.full((1, 128, 128), 0.5, dtype=np.float32)
+    for _ in range(10):
+        target, weights, mask = kind(image, rng)
+        assert target.shape == image.shape and weights.shape == mask.shape == (128, 128)
+        assert set(np.unique(mask)) <= {0.0, 1.0} and mask.sum() > 0
+        assert weights.min() >= 0 and weights.max() <= 1 and not weights[mask == 0].any()
+        assert np.abs(target - image)[0][weights > 0.5].min() > 0.01  # visibly darker or brighter
+        if kind.__name__ in ("scratch", "pits"):
+            assert mask.mean() < 0.05  # thin lines and small blobs, not regions
+        if kind.__name__ == "scratch":  # at most 3 px wide: a 7x7 erosion leaves (almost) nothing
+            assert cv2.erode(mask, np.ones((7, 7), np.uint8)).sum() < 0.1 * mask.sum()
 
 
 def test_synthesizer_is_deterministic_for_a_seeded_rng():

@@ -78,7 +78,7 @@ class RecondiffConfig:
     # training samples (make_train_dataset)
     negative_aug_ratio: int = 1  # augmented normal samples per training image and epoch
     positive_aug_ratio: int = 1  # synthetic-defect samples per training image and epoch
-    defect_source: str = "procedural"  # procedural | self | path to a texture folder (e.g. DTD)
+    defect_source: str = "procedural"  # procedural | self | surface | path to a texture folder (e.g. DTD)
 
 
 def conv_block(cin: int, cout: int) -> nn.Sequential:
