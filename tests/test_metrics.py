@@ -10,7 +10,7 @@ from scipy import ndimage
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 from surfad.errors import SurfadError
-from surfad.metrics import aupro, f1_max, image_metrics, operating_points, pixel_metrics
+from surfad.metrics import aupro, f1_max, image_metrics, operating_points, per_type_auroc, pixel_metrics
 
 
 def _f1_at(scores: np.ndarray, labels: np.ndarray, threshold: float) -> float:
@@ -223,3 +223,14 @@ def test_pixel_metrics_agree_with_sklearn_and_subsample() -> None:
     assert sub["aupro"] == m["aupro"]  # AUPRO never subsamples
     empty = pixel_metrics(maps, np.zeros_like(masks))
     assert all(math.isnan(v) for v in empty.values())
+
+
+def test_per_type_auroc_by_hand():
+    scores = [0.1, 0.2, 0.3, 0.25, 0.9, 0.05, 0.15]
+    labels = [0, 0, 0, 1, 1, 1, 1]
+    types = ["good", "good", "good", "crack", "crack", "pit", "pit"]
+    # crack 0.25 beats 2 of 3 good, 0.9 beats all: (2 + 3) / 6. pit 0.05 beats none, 0.15 beats one: 1 / 6.
+    assert per_type_auroc(scores, labels, types) == pytest.approx({"crack": 5 / 6, "pit": 1 / 6})
+    assert per_type_auroc([0.5, 0.6], [1, 1], ["crack", "pit"]) == {}  # no good images
+    with pytest.raises(ValueError, match="types"):
+        per_type_auroc(scores, labels, types[:-1])

@@ -8,6 +8,7 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import numpy as np
+from sklearn.metrics import roc_auc_score
 import pytest
 
 from surfad.errors import SurfadError
@@ -91,6 +92,10 @@ def test_report_normal_case(tmp_path: Path) -> None:
         assert src.startswith("data:image/png;base64,")
         assert base64.b64decode(src.split(",", 1)[1]).startswith(PNG_SIGNATURE)
     assert re.search(r"<td>scratch</td><td>defect</td><td>6</td>", text)
+    scratch = [r for r in records if r["defect_type"] == "scratch"]
+    auroc = roc_auc_score([0] * 30 + [1] * len(scratch), [r["score"] for r in records if r["label"] == 0]
+                          + [r["score"] for r in scratch])
+    assert re.search(rf"<td>scratch</td><td>defect</td>(<td>[^<]*</td>){{5}}<td>{auroc:.4g}</td>", text)
 
 
 def test_report_good_only_case(tmp_path: Path) -> None:

@@ -26,7 +26,7 @@ from surfad.data.splits import Splits, make_splits
 from surfad.data.transforms import resize_map
 from surfad.errors import SurfadError
 from surfad.inference import Detector
-from surfad.metrics import image_metrics, pixel_metrics
+from surfad.metrics import image_metrics, per_type_auroc, pixel_metrics
 from surfad.report import worst_cases, write_report
 from surfad.scoring import ScoreFn, ScoredSet, score_dataset, torch_score_fn
 from surfad.utils import atomic_write_csv, atomic_write_json
@@ -96,6 +96,7 @@ def evaluate_run(run: str | Path, data: str | None = None, split: str = "test", 
     metrics: dict[str, Any] = image_metrics(scored.scores, scored.labels, t)
     if scored.masks.any():
         metrics.update(pixel_metrics(scored.maps, scored.masks))
+    metrics["per_type_image_auroc"] = per_type_auroc(scored.scores, scored.labels, [s.defect_type for s in samples])
     metrics.update(split=split, n_images=len(samples), images_per_s=rate, runtime=runtime, model=detector.config.model,
                    checkpoint=checkpoint)
     records = [

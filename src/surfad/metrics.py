@@ -170,6 +170,40 @@ def image_metrics(scores: object, labels: object, threshold: float) -> dict[str,
     }
 
 
+def per_type_auroc(scores: object, labels: object, types: list[str]) -> dict[str, float]:
+    """Image AUROC of each defect type against all good images: which defects a model misses.
+
+    Parameters
+    ----------
+    scores : array-like of shape (n,)
+        Image anomaly scores, higher = more anomalous.
+    labels : array-like of shape (n,)
+        1 for defect, 0 for good.
+    types : list of str, length n
+        Defect type of each image (ignored for good images).
+
+    Returns
+    -------
+    auroc : dict
+        ``{type: AUROC of that type's defect images vs every good image}``, types sorted by name;
+        empty when there are no good images.
+    """
+    s = check_scores(scores)
+    y = check_labels(labels, s.size)
+    if len(types) != s.size:
+        raise ValueError(f"types: expected {s.size} entries, got {len(types)}")
+    good = s[~y]
+    if good.size == 0:
+        return {}
+    names = sorted({t for t, is_defect in zip(types, y) if is_defect})
+    result = {}
+    for name in names:
+        defect = s[y & (np.asarray(types, dtype=object) == name)]
+        truth = np.r_[np.zeros(good.size), np.ones(defect.size)]
+        result[name] = float(roc_auc_score(truth, np.r_[good, defect]))
+    return result
+
+
 def _as_2d_list(arrays: object, name: str) -> list[np.ndarray]:
     """List of 2-D arrays from an (N, H, W) array or a list of HxW arrays."""
     items = [np.asarray(a) for a in arrays] if isinstance(arrays, Sequence) else list(np.asarray(arrays))

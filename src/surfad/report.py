@@ -20,6 +20,7 @@ from sklearn.metrics import precision_recall_curve, roc_curve
 
 from surfad import __version__
 from surfad.errors import SurfadError
+from surfad.metrics import per_type_auroc
 from surfad.utils import atomic_write_text
 
 REPORT_NAME = "report.html"
@@ -95,7 +96,7 @@ def write_report(
         f'<p class="muted">{labels.size} images ({n_good} good, {n_defect} defective); '
         f"verdict NG iff score &gt; {_fmt(threshold)}.</p>",
         "<h2>Metrics</h2>",
-        _table(["metric", "value"], [[html.escape(str(k)), _fmt(v)] for k, v in metrics.items()]),
+        _table(["metric", "value"], [[html.escape(str(k)), _fmt(v)] for k, v in metrics.items() if not isinstance(v, dict)]),
     ]
     if labels.size == 0:
         parts.append('<p class="note">No images were evaluated: nothing to plot.</p>')
@@ -247,21 +248,25 @@ def _worst_section(records: list[dict[str, Any]], threshold: float, overlays: di
 
 
 def _per_type_table(records: list[dict[str, Any]], threshold: float) -> str:
+    def type_name(r: dict[str, Any]) -> str:
+        return str(r["defect_type"]) if r["defect_type"] not in (None, "") else ("good" if r["label"] == 0 else "?")
+
     groups: dict[tuple[int, str], list[float]] = {}
     for r in records:
-        name = str(r["defect_type"]) if r["defect_type"] not in (None, "") else ("good" if r["label"] == 0 else "?")
-        groups.setdefault((int(r["label"]), name), []).append(float(r["score"]))
+        groups.setdefault((int(r["label"]), type_name(r)), []).append(float(r["score"]))
     if not groups:
         return '<p class="muted">No images.</p>'
+    auroc = per_type_auroc([r["score"] for r in records], [r["label"] for r in records], [type_name(r) for r in records])
     rows = []
     for (label, name), values in sorted(groups.items()):
         s = np.array(values)
         rows.append([
             html.escape(name), "defect" if label else "good", str(s.size), _fmt(float(s.mean())),
             _fmt(float(s.min())), _fmt(float(s.max())), _fmt(float(np.mean(s > threshold))),
+            _fmt(auroc[name]) if label and name in auroc else "",
         ])
     note = (
         '<p class="muted">NG share = share with score &gt; threshold: the recall for defect types, '
-        "the false-positive rate for good images.</p>"
+        "the false-positive rate for good images. AUROC: that defect type against all good images.</p>"
     )
-    return _table(["type", "class", "count", "mean score", "min", "max", "NG share"], rows) + note
+    return _table(["type", "class", "count", "mean score", "min", "max", "NG share", "AUROC"], rows) + note
