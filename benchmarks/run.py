@@ -132,6 +132,7 @@ def main() -> None:
         "shipped_epoch": int(shipped["epoch"]),
         "validation_at_shipped_epoch": {k: float(v) for k, v in shipped.items() if k.startswith("val_") and v},
         "threshold_free": {k: free[k] for k in ("image_auroc", "image_ap", "pixel_auroc", "pixel_ap", "aupro") if k in free},
+        "per_type_image_auroc": free["per_type_image_auroc"],
         "inference_images_per_s": free["images_per_s"],
         "ms_per_image": 1000 / free["images_per_s"],
         "calibration": calibration,

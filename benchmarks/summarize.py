@@ -37,6 +37,14 @@ def main() -> None:
     for r in results:
         print(row(r))
     print()
+    typed = [r for r in results if r.get("per_type_image_auroc")]
+    if typed:
+        types = sorted({t for r in typed for t in r["per_type_image_auroc"]})
+        print("| run | " + " | ".join(types) + " |")
+        print("|---" * (len(types) + 1) + "|")
+        for r in typed:
+            print(f"| {r['name']} | " + " | ".join(pct(r["per_type_image_auroc"].get(t)) for t in types) + " |")
+        print()
     for r in results:
         print(f"- `{r['name']}` ({r['date']}, commit {r.get('commit', '?')}, {r['machine']}, {r['threads']} threads): "
               f"`{r['command']}`; threshold: {r['calibration']}")
