@@ -26,8 +26,9 @@ from surfad.models import ImageScorer
 from surfad.scoring import score_dataset
 from surfad.train import validation_dataset
 
-RULES = [ScoreConfig(smoothing_sigma=s, reduce=r, topk=k) for s, (r, k) in itertools.product(
-    (0.0, 2.0, 4.0), (("mean", 0), ("max", 0), ("topk", 10), ("topk", 100), ("topk", 1000)))]
+RULES = [ScoreConfig(smoothing_sigma=s, pool=p, reduce=r, topk=k) for s, p, (r, k) in itertools.product(
+    (0.0, 2.0, 4.0), (1, 5, 11), (("mean", 0), ("max", 0), ("topk", 5), ("topk", 10), ("topk", 100), ("topk", 1000)))
+    if not (p > 1 and r == "mean")]  # pooling does not change the mean
 
 
 def raw_maps(run: Path, split: str) -> tuple[torch.Tensor, np.ndarray]:
@@ -61,9 +62,10 @@ def main() -> None:
             val = roc_auc_score(val_labels, scorer(val_maps)[1].numpy())
             test = roc_auc_score(test_labels, scorer(test_maps)[1].numpy())
         rows.append((val, test, rule))
-    print(f"{'sigma':>5} {'reduce':>6} {'k':>5}  val AUROC  test AUROC")
+    print(f"{'sigma':>5} {'pool':>4} {'reduce':>6} {'k':>5}  val AUROC  test AUROC")
     for val, test, rule in sorted(rows, key=lambda r: -r[0]):
-        print(f"{rule.smoothing_sigma:5.1f} {rule.reduce:>6} {rule.topk if rule.reduce == 'topk' else '':>5}  {val:9.4f}  {test:10.4f}")
+        k = rule.topk if rule.reduce == "topk" else ""
+        print(f"{rule.smoothing_sigma:5.1f} {rule.pool:>4} {rule.reduce:>6} {k:>5}  {val:9.4f}  {test:10.4f}")
 
 
 if __name__ == "__main__":
