@@ -56,6 +56,10 @@ def test_calibrate_evaluate_predict(trained_run: Path, tiny_mvtec: Path, tmp_pat
     assert metrics["threshold"] == pytest.approx(calibration["threshold"])
     rows = (out / "per_image.csv").read_text().splitlines()
     assert rows[0] == "path,label,defect_type,score,verdict" and len(rows) == 1 + 12
+    defect_types = {row.split(",")[2] for row in rows[1:] if row.split(",")[1] == "1"}
+    assert set(metrics["per_type_image_auroc"]) == defect_types
+    assert all(0 <= v <= 1 for v in metrics["per_type_image_auroc"].values())
+    assert len(defect_types) == 4 and "image AUROC by type: " in capsys.readouterr().out
     assert "<img" in (out / "report.html").read_text()
 
     preds = tmp_path / "preds"

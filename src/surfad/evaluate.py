@@ -115,6 +115,9 @@ def summary_line(metrics: dict[str, Any]) -> str:
     """One line with the headline metrics, for terminals and logs."""
     keys = ("image_auroc", "image_ap", "pixel_auroc", "aupro", "accuracy", "recall", "fpr")
     shown = ", ".join(f"{k} {metrics[k]:.3f}" for k in keys if k in metrics)
+    per_type = metrics.get("per_type_image_auroc") or {}
+    if len(per_type) > 1:  # with one type it repeats image_auroc
+        shown += "; image AUROC by type: " + ", ".join(f"{t} {v:.3f}" for t, v in per_type.items())
     return f"{metrics.get('split', '')}: {metrics.get('n_images', '?')} images: {shown}"
 
 
