@@ -12,7 +12,7 @@ from sklearn.metrics import roc_auc_score
 import pytest
 
 from surfad.errors import SurfadError
-from surfad.metrics import image_metrics
+from surfad.metrics import image_metrics, per_type_auroc
 from surfad.report import worst_cases, write_report
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -69,7 +69,9 @@ def _metrics(records: list[dict], threshold: float) -> dict:
 
 def test_report_normal_case(tmp_path: Path) -> None:
     records = _records(30, 12, threshold=1.8)
-    metrics = {**_metrics(records, 1.8), "pixel_auroc": 0.9, "aupro": float("nan")}
+    per_type = per_type_auroc([r["score"] for r in records], [r["label"] for r in records],
+                              [r["defect_type"] for r in records])
+    metrics = {**_metrics(records, 1.8), "pixel_auroc": 0.9, "aupro": float("nan"), "per_type_image_auroc": per_type}
     fps, fns = worst_cases(records)
     assert len(fps) == len(fns) == 6
     assert [r["score"] for r in fps] == sorted((r["score"] for r in records if r["label"] == 0), reverse=True)[:6]

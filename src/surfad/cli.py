@@ -167,9 +167,9 @@ def cmd_preview_defects(args: argparse.Namespace) -> None:
     from surfad.data.transforms import preprocess
     from surfad.predict import expand_inputs
 
-    paths = expand_inputs(args.inputs)[: args.n]
-    channels = 1 if all(read_image(p).shape[2] == 1 for p in paths) else 3
-    images = [preprocess(read_image(p), args.image_size, channels) for p in paths]
+    decoded = [read_image(p) for p in expand_inputs(args.inputs)[: args.n]]
+    channels = 1 if all(image.shape[2] == 1 for image in decoded) else 3
+    images = [preprocess(image, args.image_size, channels) for image in decoded]
     synthesizer = DefectSynthesizer(args.source, image_size=args.image_size, seed=args.seed)
     out = write_defect_preview(images, synthesizer, Path(args.out), n=args.n, seed=args.seed)
     print(f"preview of synthetic defects ({args.source}): {out}")

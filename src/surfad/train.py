@@ -39,6 +39,7 @@ from surfad.utils import atomic_write, atomic_write_csv, atomic_write_json, atom
 from surfad.visualize import training_grid
 
 LAST_WEIGHTS = bundle.CHECKPOINTS["last"]
+SUMMARY_KEYS = ("image_auroc", "image_ap", "pixel_auroc", "pixel_ap", "aupro")  # train_categories' table
 BEST_SEG_WEIGHTS = bundle.CHECKPOINTS["best_seg"]
 LAST_STATE = bundle.LAST_STATE
 
@@ -307,5 +308,3 @@ def train_categories(config: RunConfig, categories: list[str], out: str | Path, 
     print("\n".join(lines))
     return out / "summary.md"
 
-
-SUMMARY_KEYS = ("image_auroc", "image_ap", "pixel_auroc", "pixel_ap", "aupro")

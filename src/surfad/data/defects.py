@@ -30,6 +30,7 @@ from surfad.utils import atomic_write
 
 SOURCES = ("procedural", "self", "surface")  # built-in texture sources; anything else is a folder
 PROCEDURAL_BANK_SIZE = 256  # textures in the built-in bank (made on first use, from the seed)
+SURFACE_TEXTURE_SHARE = 0.25  # source "surface": the share of defects that are procedural textures
 MAX_OPACITY_BETA = 0.8  # beta ~ U[0, 0.8): the share of the original image kept inside the mask
 PERLIN_THRESHOLD = 0.5
 MIN_PERLIN_CELL = 8  # px: a Perlin cell is never smaller than this (DRAEM: 256 px / 2^5)
@@ -366,7 +367,7 @@ class DefectSynthesizer:
         if image.ndim != 3 or image.shape[0] not in (1, 3) or image.shape[1] != image.shape[2]:
             raise ValueError(f"expected a (C, S, S) image with C = 1 or 3, got shape {image.shape}")
         channels, size = image.shape[0], image.shape[1]
-        if self.source == "surface" and rng.random() >= 0.25:
+        if self.source == "surface" and rng.random() >= SURFACE_TEXTURE_SHARE:
             kind = SURFACE_DEFECTS[int(rng.integers(len(SURFACE_DEFECTS)))]
             target, weights, mask = kind(image, rng)
             out = image + weights[None] * (target - image)
