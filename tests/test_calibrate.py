@@ -9,7 +9,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from surfad.calibrate import Calibration, calibrate, choose_threshold, parse_strategy, pixel_threshold
+from surfad.calibrate import (
+    Calibration,
+    calibrate,
+    choose_threshold,
+    parse_strategy,
+    pixel_threshold,
+)
 from surfad.errors import SurfadError
 
 # Good: 0.1 0.2 0.3 0.55; defect: 0.5 0.6 0.7 0.8 (one defect below the worst good image).

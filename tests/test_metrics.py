@@ -10,7 +10,14 @@ from scipy import ndimage
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 from surfad.errors import SurfadError
-from surfad.metrics import aupro, f1_max, image_metrics, operating_points, per_type_auroc, pixel_metrics
+from surfad.metrics import (
+    aupro,
+    f1_max,
+    image_metrics,
+    operating_points,
+    per_type_auroc,
+    pixel_metrics,
+)
 
 
 def _f1_at(scores: np.ndarray, labels: np.ndarray, threshold: float) -> float:

@@ -8,8 +8,8 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import numpy as np
-from sklearn.metrics import roc_auc_score
 import pytest
+from sklearn.metrics import roc_auc_score
 
 from surfad.errors import SurfadError
 from surfad.metrics import image_metrics, per_type_auroc

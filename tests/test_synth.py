@@ -7,7 +7,12 @@ import numpy as np
 import pytest
 from conftest import TINY
 
-from surfad.data.synth import DEFECT_TYPES, add_defect, wood_texture, write_synthetic_dataset
+from surfad.data.synth import (
+    DEFECT_TYPES,
+    add_defect,
+    wood_texture,
+    write_synthetic_dataset,
+)
 from surfad.errors import SurfadError
 
 
@@ -17,7 +22,7 @@ def files(root) -> dict[str, bytes]:
 
 def test_layout_and_counts(tiny_mvtec):
     assert tiny_mvtec.name == "synthetic_wood"
-    count = lambda folder: len(list((tiny_mvtec / folder).glob("*.png")))  # noqa: E731
+    count = lambda folder: len(list((tiny_mvtec / folder).glob("*.png")))
     assert count("train/good") == TINY["n_train"] and count("test/good") == TINY["n_test_good"]
     assert count("validation/good") == TINY["n_val_good"]
     for kind in DEFECT_TYPES:

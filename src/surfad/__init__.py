@@ -5,7 +5,7 @@ Train on good images only, calibrate a threshold, inspect new images, measure an
 
 __version__ = "0.1.0"
 
-from surfad.errors import SurfadError  # noqa: E402
+from surfad.errors import SurfadError
 
 
 def __getattr__(name: str):

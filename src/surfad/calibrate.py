@@ -17,7 +17,14 @@ import numpy as np
 
 from surfad.config import from_dict
 from surfad.errors import SurfadError
-from surfad.metrics import check_labels, check_maps, check_maps_masks, check_scores, f1_max, operating_points
+from surfad.metrics import (
+    check_labels,
+    check_maps,
+    check_maps_masks,
+    check_scores,
+    f1_max,
+    operating_points,
+)
 from surfad.utils import atomic_write_json
 
 STRATEGIES_HELP = 'valid strategies: "f1", "youden", "recall:X" with 0 < X <= 1, "fpr:X" with 0 <= X < 1'

@@ -18,17 +18,17 @@ import torch
 
 from surfad import bundle
 from surfad.calibrate import Calibration, calibrate
+from surfad.config import RunConfig
 from surfad.data.dataset import ImageDataset
 from surfad.data.io import read_image
 from surfad.data.samples import Sample
-from surfad.config import RunConfig
 from surfad.data.splits import Splits, make_splits
 from surfad.data.transforms import resize_map
 from surfad.errors import SurfadError
 from surfad.inference import Detector
 from surfad.metrics import image_metrics, per_type_auroc, pixel_metrics
 from surfad.report import worst_cases, write_report
-from surfad.scoring import ScoreFn, ScoredSet, score_dataset, torch_score_fn
+from surfad.scoring import ScoredSet, ScoreFn, score_dataset, torch_score_fn
 from surfad.utils import atomic_write_csv, atomic_write_json
 from surfad.visualize import encode_png, heatmap_scale, overlay
 

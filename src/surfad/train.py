@@ -35,7 +35,15 @@ from surfad.errors import SurfadError
 from surfad.metrics import image_metrics, pixel_metrics
 from surfad.models import default_score, resolve_params
 from surfad.scoring import ScoredSet, score_dataset, torch_score_fn
-from surfad.utils import atomic_write, atomic_write_csv, atomic_write_json, atomic_write_text, resolve_device, seed_everything, set_threads
+from surfad.utils import (
+    atomic_write,
+    atomic_write_csv,
+    atomic_write_json,
+    atomic_write_text,
+    resolve_device,
+    seed_everything,
+    set_threads,
+)
 from surfad.visualize import training_grid
 
 LAST_WEIGHTS = bundle.CHECKPOINTS["last"]

@@ -7,8 +7,9 @@ import json
 import os
 import random
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -65,7 +66,7 @@ def set_threads(threads: int) -> None:
     torch.set_num_threads(threads if threads > 0 else max(1, len(os.sched_getaffinity(0))))
 
 
-def resolve_device(name: str) -> "torch.device":  # noqa: F821
+def resolve_device(name: str) -> torch.device:  # noqa: F821
     import torch
 
     if name == "auto":

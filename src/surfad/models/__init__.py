@@ -56,7 +56,7 @@ def default_score(name: str) -> ScoreConfig:
 
 
 # Importing the model modules registers them.
-from surfad.models import recondiff, unet_vae  # noqa: E402,F401
+from surfad.models import recondiff, unet_vae  # noqa: F401
 
 __all__ = [
     "AnomalyModel",
