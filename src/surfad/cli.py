@@ -83,8 +83,9 @@ def cmd_synth(args: argparse.Namespace) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
+    from surfad.categories import train_categories
     from surfad.config import RunConfig
-    from surfad.train import train, train_categories
+    from surfad.train import train
 
     if args.step not in (0, -1):
         raise SurfadError(f"--step {args.step}: only -1 (resume from the last checkpoint) or 0 (start) are kept")

@@ -39,7 +39,6 @@ from surfad.utils import (
     atomic_write,
     atomic_write_csv,
     atomic_write_json,
-    atomic_write_text,
     resolve_device,
     seed_everything,
     set_threads,
@@ -47,7 +46,6 @@ from surfad.utils import (
 from surfad.visualize import training_grid
 
 LAST_WEIGHTS = bundle.CHECKPOINTS["last"]
-SUMMARY_KEYS = ("image_auroc", "image_ap", "pixel_auroc", "pixel_ap", "aupro")  # train_categories' table
 BEST_SEG_WEIGHTS = bundle.CHECKPOINTS["best_seg"]
 LAST_STATE = bundle.LAST_STATE
 
@@ -290,29 +288,3 @@ def train(config: RunConfig, out: str | Path, resume: bool = False, progress: bo
     calibration.save(out / bundle.CALIBRATION)
     print(f"trained {out}: best epoch shipped, calibrated on val ({strategy}): threshold {calibration.threshold:.5g}")
     return out
-
-
-def train_categories(config: RunConfig, categories: list[str], out: str | Path, resume: bool = False,
-                     progress: bool = True) -> Path:
-    """Train and test one model per category folder of config.data.path (e.g. MVTec AD classes),
-    one after another, into out/<category>; write out/summary.csv and out/summary.md."""
-    from surfad.evaluate import evaluate_run
-
-    out, root = Path(out), Path(config.data.path)
-    rows = []
-    for category in categories:
-        run = out / category
-        print(f"=== {category} ===")
-        if not (run / bundle.CALIBRATION).is_file():  # finished categories are kept when resuming
-            per_category = replace(config, data=replace(config.data, path=str(root / category)))
-            train(per_category, run, resume=resume and (run / LAST_STATE).is_file(), progress=progress)
-        metrics = evaluate_run(run, split="test", out=run / "eval_test")
-        rows.append({"category": category, **{k: metrics.get(k, float("nan")) for k in SUMMARY_KEYS}})
-    mean = {"category": "mean", **{k: float(np.nanmean([r[k] for r in rows])) for k in SUMMARY_KEYS}}
-    atomic_write_csv(out / "summary.csv", rows + [mean])
-    lines = ["| category | " + " | ".join(SUMMARY_KEYS) + " |", "|---" * (len(SUMMARY_KEYS) + 1) + "|"]
-    lines += [f"| {r['category']} | " + " | ".join(f"{r[k]:.4f}" for k in SUMMARY_KEYS) + " |" for r in rows + [mean]]
-    atomic_write_text(out / "summary.md", "\n".join(lines) + "\n")
-    print("\n".join(lines))
-    return out / "summary.md"
-
