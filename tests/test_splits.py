@@ -9,6 +9,7 @@ import pytest
 from test_layouts import make_mt, write_image, write_mask
 
 from surfad.config import DataConfig
+from surfad.data.samples import DEFECT, GOOD, Sample
 from surfad.data.splits import Splits, make_splits
 from surfad.errors import BadInputError, SurfadError
 
@@ -140,3 +141,11 @@ def test_save_load_round_trip(tmp_path, tiny_mvtec):
     (tmp_path / "broken.json").write_text('{"layout": "mvtec"}')
     with pytest.raises(SurfadError, match=r"broken\.json: not a valid splits record"):
         Splits.load(tmp_path / "broken.json")
+
+
+def test_a_defective_sample_always_names_a_defect_type():
+    """Reports and per-type metrics group by defect_type: a defective image is never typed "good" or ""."""
+    assert Sample(Path("a.png"), 1).defect_type == DEFECT
+    assert Sample(Path("a.png"), 1, "").defect_type == DEFECT
+    assert Sample(Path("a.png"), 1, "crack").defect_type == "crack"
+    assert Sample(Path("a.png"), 0).defect_type == GOOD

@@ -250,8 +250,7 @@ def _per_type_table(records: list[dict[str, Any]], threshold: float, auroc: dict
     """Score statistics per (class, type); `auroc` is metrics' per_type_image_auroc (may be empty)."""
     groups: dict[tuple[int, str], list[float]] = {}
     for r in records:
-        name = str(r["defect_type"]) if r["defect_type"] not in (None, "") else ("good" if r["label"] == 0 else "?")
-        groups.setdefault((int(r["label"]), name), []).append(float(r["score"]))
+        groups.setdefault((int(r["label"]), str(r["defect_type"])), []).append(float(r["score"]))
     if not groups:
         return '<p class="muted">No images.</p>'
     rows = []

@@ -30,11 +30,10 @@ import numpy as np
 
 from surfad.config import DataConfig
 from surfad.data.io import IMAGE_SUFFIXES
-from surfad.data.samples import GOOD, Sample
+from surfad.data.samples import DEFECT, GOOD, Sample
 from surfad.errors import BadInputError, SurfadError
 
 LAYOUTS = ("mvtec", "mt", "folder", "dagm")
-DEFECT = "defect"  # defect type of layouts that do not name their defect classes (dagm)
 
 
 @dataclass
