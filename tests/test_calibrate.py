@@ -171,7 +171,7 @@ def test_load_errors_name_the_file_and_field(tmp_path: Path) -> None:
         Calibration.load(tmp_path / "missing.json")
     bad = tmp_path / "bad.json"
     bad.write_text("{not json")
-    with pytest.raises(SurfadError, match="bad.json: not valid JSON"):
+    with pytest.raises(SurfadError, match="bad.json: not a readable calibration file"):
         Calibration.load(bad)
     cal = Calibration(0.5, "f1", 0.7, "val", 3, 2, {})
     d = cal.to_dict()

@@ -30,3 +30,13 @@ def test_bad_yaml_file_names_the_file(tmp_path):
     bad.write_text("train: [unclosed")
     with pytest.raises(SurfadError, match="bad.yaml: not valid YAML"):
         RunConfig.load(bad)
+
+
+def test_run_metadata_that_is_not_json_is_a_clear_error(tmp_path):
+    """A damaged meta.json names the file instead of raising a JSON traceback."""
+    from surfad import bundle
+
+    assert bundle.read_meta(tmp_path) == {}  # runs written without metadata still load
+    (tmp_path / bundle.META).write_text("{not json")
+    with pytest.raises(SurfadError, match=r"meta.json: not a readable run metadata file"):
+        bundle.read_meta(tmp_path)

@@ -15,7 +15,6 @@ Weights are safetensors, so loading a bundle never unpickles anything.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +24,7 @@ from safetensors.torch import load_file, save_file
 from surfad.config import RunConfig
 from surfad.errors import SurfadError
 from surfad.models import AnomalyModel, ImageScorer, InferenceGraph, build_model
-from surfad.utils import atomic_write
+from surfad.utils import atomic_write, read_json
 
 CONFIG = "config.yaml"
 META = "meta.json"
@@ -94,5 +93,6 @@ def load_graph(run: str | Path, checkpoint: str = "best_detect") -> tuple[RunCon
 
 
 def read_meta(run: str | Path) -> dict[str, Any]:
+    """The run's meta.json, or {} for a run written without one."""
     path = Path(run) / META
-    return json.loads(path.read_text()) if path.is_file() else {}
+    return read_json(path, "run metadata") if path.is_file() else {}

@@ -7,7 +7,6 @@ The verdict rule is the project's: NG iff ``score > threshold`` (strictly greate
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -25,7 +24,7 @@ from surfad.metrics import (
     f1_max,
     operating_points,
 )
-from surfad.utils import atomic_write_json
+from surfad.utils import atomic_write_json, read_json
 
 STRATEGIES_HELP = 'valid strategies: "f1", "youden", "recall:X" with 0 < X <= 1, "fpr:X" with 0 <= X < 1'
 NO_DEFECTS_HINT = 'use --strategy fpr:0.01 (needs only good images)'
@@ -65,13 +64,7 @@ class Calibration:
     @classmethod
     def load(cls, path: str | Path) -> Calibration:
         """Read a JSON file written by save; errors name the file."""
-        path = Path(path)
-        try:
-            raw = json.loads(path.read_text())
-        except FileNotFoundError:
-            raise SurfadError(f"{path}: calibration file not found") from None
-        except json.JSONDecodeError as err:
-            raise SurfadError(f"{path}: not valid JSON ({err})") from None
+        raw = read_json(path, "calibration")
         try:
             return cls.from_dict(raw)
         except SurfadError as err:

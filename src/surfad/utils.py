@@ -1,4 +1,4 @@
-"""Small helpers used across the package: atomic writes, seeding, threads, devices."""
+"""Small helpers used across the package: atomic writes, JSON reads, seeding, threads, devices."""
 
 from __future__ import annotations
 
@@ -12,6 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from surfad.errors import SurfadError
 
 
 def atomic_write(path: str | Path, write: Callable[[Path], None]) -> None:
@@ -34,6 +36,16 @@ def atomic_write_text(path: str | Path, text: str) -> None:
 
 def atomic_write_json(path: str | Path, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2) + "\n")
+
+
+def read_json(path: str | Path, what: str) -> Any:
+    """Parse a JSON file; a missing or unreadable file is a SurfadError naming it and saying what it is."""
+    try:
+        return json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise SurfadError(f"{path}: {what} file not found") from None
+    except (OSError, ValueError) as err:
+        raise SurfadError(f"{path}: not a readable {what} file ({err})") from None
 
 
 def atomic_write_csv(path: str | Path, rows: list[dict[str, Any]], fieldnames: list[str] | None = None) -> None:

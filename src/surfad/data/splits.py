@@ -8,7 +8,6 @@ samples; it is used for model selection and thresholds and never shares a file w
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +18,7 @@ from surfad.data.io import read_image, read_mask
 from surfad.data.layouts import BadFiles, check_ratio, load_layout, seeded_holdout
 from surfad.data.samples import GOOD, Sample
 from surfad.errors import BadInputError, SurfadError
-from surfad.utils import atomic_write_json
+from surfad.utils import atomic_write_json, read_json
 
 SPLIT_NAMES = ("train", "val", "test")
 
@@ -83,12 +82,7 @@ class Splits:
 
     @classmethod
     def load(cls, path: str | Path) -> Splits:
-        try:
-            raw = json.loads(Path(path).read_text())
-        except FileNotFoundError:
-            raise SurfadError(f"{path}: splits file not found") from None
-        except (OSError, ValueError) as err:
-            raise SurfadError(f"{path}: not a readable splits file ({err})") from None
+        raw = read_json(path, "splits")
         try:
             return cls.from_dict(raw)
         except SurfadError as err:
