@@ -20,9 +20,9 @@ from surfad.cli import main
 TINY_MODEL = ["--param", "base_width=4", "--param", "depth=2", "--param", "skip_levels=[1]", "--param", "latent_channels=4"]
 
 
-def train_args(data: Path, out: Path, epochs: int = 2) -> list[str]:
+def train_args(data: Path, out: Path, epochs: int = 2, extra: tuple[str, ...] = ()) -> list[str]:
     return ["train", "--data", str(data), "--image-size", "32", "--epochs", str(epochs), "--batch-size", "4",
-            "--threads", "1", "--out", str(out), "--quiet", *TINY_MODEL]
+            "--threads", "1", "--out", str(out), "--quiet", *TINY_MODEL, *extra]
 
 
 @pytest.fixture(scope="module")
@@ -88,9 +88,10 @@ def test_detector_in_a_fresh_process(trained_run: Path, tiny_mvtec: Path):
     assert got["verdict"] == expected.verdict
 
 
-def test_resume_continues_exactly(tiny_mvtec: Path, tmp_path: Path, monkeypatch):
+@pytest.mark.parametrize("extra", [(), ("--ema-decay", "0.9")], ids=["raw", "weight-average"])
+def test_resume_continues_exactly(tiny_mvtec: Path, tmp_path: Path, monkeypatch, extra: tuple[str, ...]):
     straight = tmp_path / "straight"
-    assert main(train_args(tiny_mvtec, straight, epochs=3)) == 0
+    assert main(train_args(tiny_mvtec, straight, epochs=3, extra=extra)) == 0
 
     real_validate = surfad.train.validate
     calls = {"n": 0}
@@ -103,16 +104,20 @@ def test_resume_continues_exactly(tiny_mvtec: Path, tmp_path: Path, monkeypatch)
 
     resumed = tmp_path / "resumed"
     monkeypatch.setattr(surfad.train, "validate", interrupted)
-    assert main(train_args(tiny_mvtec, resumed, epochs=3)) == 130
+    assert main(train_args(tiny_mvtec, resumed, epochs=3, extra=extra)) == 130
     monkeypatch.setattr(surfad.train, "validate", real_validate)
     assert main(["train", "--out", str(resumed), "--resume", "--quiet"]) == 0
 
-    a = load_file(straight / "checkpoints" / "last.safetensors")
-    b = load_file(resumed / "checkpoints" / "last.safetensors")
-    assert a.keys() == b.keys()
-    for key in a:
-        np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+    for weights in ("checkpoints/last.safetensors", "model.safetensors"):  # training state and shipped weights
+        a, b = load_file(straight / weights), load_file(resumed / weights)
+        assert a.keys() == b.keys()
+        for key in a:
+            np.testing.assert_array_equal(a[key], b[key], err_msg=f"{weights}: {key}")
     assert (straight / "history.csv").read_text().count("\n") == (resumed / "history.csv").read_text().count("\n")
+    shipped, raw = load_file(straight / "model.safetensors"), load_file(straight / "checkpoints" / "last.safetensors")
+    averaged = any(not np.array_equal(shipped[k], raw[k]) for k in raw)
+    # 3 epochs < select_after: the last epoch is shipped, so only the average can make them differ
+    assert averaged == bool(extra)
 
 
 def test_bad_input_gets_a_clear_error(tiny_mvtec: Path, tmp_path: Path, capsys):

@@ -52,6 +52,8 @@ class TrainConfig:
     val_synthetic: bool = True  # add synthetic defects to validation when it has no real ones
     val_defect_source: str = "self"  # their texture source: procedural | self | surface | a folder (differs from
     # recondiff's default training source, so validation does not reward fitting one defect style)
+    ema_decay: float = 0.0  # > 0 (e.g. 0.998): validate, select and ship an exponential moving average of the
+    # weights and BatchNorm statistics instead of the raw weights, evening out step-to-step noise (0 = off)
 
 
 @dataclass

@@ -7,6 +7,8 @@ set). The best epoch by validation AUROC (or, without defects, by the lowest mea
 shipped as model.safetensors (the "best_detect" checkpoint; the first `select_after` epochs are
 not eligible); the best by validation AUPRO is kept
 as checkpoints/best_seg.safetensors when validation has masks; `last` allows exact resumption.
+With `ema_decay` > 0 a moving average of the weights is what gets validated, selected and shipped
+(best_detect, best_seg); `last` keeps the raw training weights, and the average goes in its state.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch.optim.swa_utils import AveragedModel
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
@@ -33,7 +36,7 @@ from surfad.data.samples import Sample
 from surfad.data.splits import Splits, make_splits
 from surfad.errors import SurfadError
 from surfad.metrics import image_metrics, pixel_metrics
-from surfad.models import default_score, resolve_params
+from surfad.models import InferenceGraph, default_score, resolve_params
 from surfad.scoring import ScoredSet, score_dataset, torch_score_fn
 from surfad.utils import (
     atomic_write,
@@ -57,6 +60,20 @@ def infer_channels(samples: list[Sample]) -> int:
         if image.shape[2] == 3 and not (np.array_equal(image[..., 0], image[..., 1]) and np.array_equal(image[..., 1], image[..., 2])):
             return 3
     return 1
+
+
+def weight_average(model: torch.nn.Module, decay: float) -> AveragedModel:
+    """An exponential moving average of the weights and buffers (BatchNorm statistics included).
+
+    The effective decay ramps up as min(decay, (1 + n) / (10 + n)) after n updates, so the average
+    is not dominated by the random initial weights in short runs.
+    """
+
+    def average(averaged: torch.Tensor, current: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
+        d = min(decay, (1.0 + float(n)) / (10.0 + float(n)))
+        return averaged * d + current * (1.0 - d)
+
+    return AveragedModel(model, avg_fn=average, use_buffers=True)
 
 
 def resolve_config(config: RunConfig, splits: Splits) -> RunConfig:
@@ -147,8 +164,10 @@ def _set_rng_state(state: dict[str, Any]) -> None:
 
 
 def train_epoch(model: torch.nn.Module, train_set: Dataset, optimizer: torch.optim.Optimizer, epoch: int,
-                tc: TrainConfig, batch_size: int, device: torch.device, bar: tqdm) -> dict[str, float]:
-    """One pass over the training samples (order seeded by seed and epoch); mean loss terms."""
+                tc: TrainConfig, batch_size: int, device: torch.device, bar: tqdm,
+                average: AveragedModel | None = None) -> dict[str, float]:
+    """One pass over the training samples (order seeded by seed and epoch); mean loss terms.
+    `average`, if given, is updated after every optimiser step."""
     model.train()
     if hasattr(train_set, "set_epoch"):  # datasets that draw new synthetic samples each epoch
         train_set.set_epoch(epoch)
@@ -161,6 +180,8 @@ def train_epoch(model: torch.nn.Module, train_set: Dataset, optimizer: torch.opt
         optimizer.zero_grad(set_to_none=True)
         losses["loss"].backward()
         optimizer.step()
+        if average is not None:
+            average.update_parameters(model)
         for k, v in losses.items():
             sums[k] = sums.get(k, 0.0) + float(v.detach())
         bar.set_postfix({k: f"{v / (step + 1):.4f}" for k, v in sums.items()}, refresh=False)
@@ -193,6 +214,8 @@ def train(config: RunConfig, out: str | Path, resume: bool = False, progress: bo
     tc, dc = config.train, config.data
     if not splits.val:
         raise SurfadError(f"{dc.path}: the validation split is empty; set data.val_ratio > 0 or add a validation/ folder")
+    if not 0.0 <= tc.ema_decay < 1.0:
+        raise SurfadError(f"train.ema_decay must be in [0, 1) (0 = off), got {tc.ema_decay}")
     set_threads(tc.threads)
     seed_everything(tc.seed)
     device = resolve_device(tc.device)
@@ -201,6 +224,10 @@ def train(config: RunConfig, out: str | Path, resume: bool = False, progress: bo
     model, graph = bundle.build_from_config(config)
     model.to(device)
     graph.to(device)
+    average = weight_average(model, tc.ema_decay) if tc.ema_decay > 0 else None
+    shipped, shipped_graph = model, graph  # what is validated, selected and shipped
+    if average is not None:
+        shipped, shipped_graph = average.module, InferenceGraph(average.module, graph.scorer)
     train_images = ImageDataset(splits.train, dc.image_size, dc.channels)
     train_set = model.make_train_dataset(train_images, tc.seed)
     val_set = validation_dataset(ImageDataset(splits.val, dc.image_size, dc.channels), tc.val_synthetic,
@@ -219,6 +246,8 @@ def train(config: RunConfig, out: str | Path, resume: bool = False, progress: bo
         if scheduler is not None:
             scheduler.load_state_dict(state["scheduler"])
         _set_rng_state(state["rng"])
+        if average is not None:
+            average.load_state_dict(state["average"])
         start_epoch, best, best_seg, history = state["epoch"], state["best"], state["best_seg"], state["history"]
         elapsed_before = state["elapsed"]
         print(f"resuming {out} at epoch {start_epoch + 1}/{tc.epochs}")
@@ -241,7 +270,7 @@ def train(config: RunConfig, out: str | Path, resume: bool = False, progress: bo
     bar = tqdm(total=total_steps, initial=start_epoch * steps_per_epoch, disable=not progress, unit="step", dynamic_ncols=True)
     for epoch in range(start_epoch, tc.epochs):
         bar.set_description(f"epoch {epoch + 1}/{tc.epochs}")
-        sums = train_epoch(model, train_set, optimizer, epoch, tc, batch_size, device, bar)
+        sums = train_epoch(model, train_set, optimizer, epoch, tc, batch_size, device, bar, average)
         if scheduler is not None:
             scheduler.step()
         row: dict[str, Any] = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"]}
@@ -250,24 +279,25 @@ def train(config: RunConfig, out: str | Path, resume: bool = False, progress: bo
         elapsed = elapsed_before + time.monotonic() - started
         over_budget = tc.time_budget_min > 0 and elapsed > tc.time_budget_min * 60
         if (epoch + 1) % tc.val_every == 0 or is_last or over_budget:
-            figures, scored = validate(graph, val_set, device, batch_size)
+            figures, scored = validate(shipped_graph, val_set, device, batch_size)
             row.update(figures)
             eligible = epoch + 1 > tc.select_after or is_last or over_budget  # see TrainConfig.select_after
             if eligible and detection_value(figures) >= best:  # ties go to the later, longer-trained epoch
                 best = detection_value(figures)
-                bundle.save_weights(model, out / bundle.WEIGHTS)
+                bundle.save_weights(shipped, out / bundle.WEIGHTS)
                 row["best"] = 1
             if eligible and figures.get("val_aupro", -math.inf) >= best_seg:
                 best_seg = figures["val_aupro"]
-                bundle.save_weights(model, out / BEST_SEG_WEIGHTS)
+                bundle.save_weights(shipped, out / BEST_SEG_WEIGHTS)
                 row["best_seg"] = 1
             if tc.grid_every and ((epoch + 1) % tc.grid_every == 0 or is_last):
-                training_grid(model, graph, val_set, device, out / "grids" / f"epoch_{epoch + 1:04d}.png")
+                training_grid(shipped, shipped_graph, val_set, device, out / "grids" / f"epoch_{epoch + 1:04d}.png")
         row["seconds"] = round(elapsed, 1)
         history.append(row)
         atomic_write_csv(out / bundle.HISTORY, history)
         save_last(out, model, optimizer, scheduler, {
             "epoch": epoch + 1, "best": best, "best_seg": best_seg, "history": history, "elapsed": elapsed,
+            **({} if average is None else {"average": average.state_dict()}),
         })
         shown = {k: round(v, 4) for k, v in row.items() if k.startswith("val_")}
         bar.write(f"epoch {epoch + 1}: loss {row.get('loss', float('nan')):.4f} {shown}{' *best' if row.get('best') else ''}")
