@@ -70,6 +70,7 @@ def main() -> None:
     parser.add_argument("--val-every", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = all cores)")
+    parser.add_argument("--ema-decay", type=float, default=0.0, help="ship a moving average of the weights (0 = off)")
     parser.add_argument("--eval-only", action="store_true",
                         help="re-evaluate an existing run with the current code (training figures kept from its result)")
     parser.add_argument("--fpr", type=float, default=0.05, help="magnetic-tile: fpr:X on validation good images")
@@ -87,7 +88,8 @@ def main() -> None:
         data=DataConfig(path=str(spec["path"]), layout=spec["layout"], image_size=args.image_size,
                         train_list=str(spec["train_list"]) if spec["train_list"] else None),
         train=TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-                          val_every=args.val_every, time_budget_min=args.budget, grid_every=10, threads=args.threads),
+                          val_every=args.val_every, time_budget_min=args.budget, grid_every=10, threads=args.threads,
+                          ema_decay=args.ema_decay),
     )
     run = RESULTS.parent / "runs" / args.name
     out = RESULTS / f"{args.name}.json"
