@@ -34,7 +34,8 @@ def main() -> None:
     for run in args.runs:
         config, graph = bundle.load_graph(run)
         samples = Splits.load(run / bundle.SPLITS).get(args.split)
-        scored = score_dataset(torch_score_fn(graph, torch.device("cpu")), ImageDataset(samples, config.data.image_size, config.data.channels))
+        images = ImageDataset(samples, config.data.image_size, config.data.channels)
+        scored = score_dataset(torch_score_fn(graph, torch.device("cpu")), images)
         if labels is not None and not np.array_equal(labels, scored.labels):
             raise SystemExit(f"{run}: its {args.split} split differs from {args.runs[0]}'s")
         maps.append(scored.maps)
