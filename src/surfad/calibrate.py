@@ -64,11 +64,7 @@ class Calibration:
     @classmethod
     def load(cls, path: str | Path) -> Calibration:
         """Read a JSON file written by save; errors name the file."""
-        raw = read_json(path, "calibration")
-        try:
-            return cls.from_dict(raw)
-        except SurfadError as err:
-            raise SurfadError(f"{path}: {err}") from None
+        return read_json(path, "calibration", cls.from_dict)
 
 
 def parse_strategy(text: str) -> tuple[str, float | None]:

@@ -38,14 +38,21 @@ def atomic_write_json(path: str | Path, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2) + "\n")
 
 
-def read_json(path: str | Path, what: str) -> Any:
-    """Parse a JSON file; a missing or unreadable file is a SurfadError naming it and saying what it is."""
+def read_json(path: str | Path, what: str, parse: Callable[[Any], Any] | None = None) -> Any:
+    """Parse a JSON file, then `parse` it (e.g. a from_dict) if given. A missing or unreadable
+    file, or a SurfadError from `parse`, becomes a SurfadError that names the file."""
     try:
-        return json.loads(Path(path).read_text())
+        raw = json.loads(Path(path).read_text())
     except FileNotFoundError:
         raise SurfadError(f"{path}: {what} file not found") from None
     except (OSError, ValueError) as err:
         raise SurfadError(f"{path}: not a readable {what} file ({err})") from None
+    if parse is None:
+        return raw
+    try:
+        return parse(raw)
+    except SurfadError as err:
+        raise SurfadError(f"{path}: {err}") from None
 
 
 def atomic_write_csv(path: str | Path, rows: list[dict[str, Any]], fieldnames: list[str] | None = None) -> None:

@@ -82,11 +82,7 @@ class Splits:
 
     @classmethod
     def load(cls, path: str | Path) -> Splits:
-        raw = read_json(path, "splits")
-        try:
-            return cls.from_dict(raw)
-        except SurfadError as err:
-            raise SurfadError(f"{path}: {err}") from None
+        return read_json(path, "splits", cls.from_dict)
 
 
 def _sample(item: dict[str, Any]) -> Sample:
