@@ -11,6 +11,7 @@ from typing import Any
 import yaml
 
 from surfad import __version__
+from surfad.config import LAYOUTS
 from surfad.errors import SurfadError
 
 # train flag -> (config section, field); a YAML config uses the same sections and field names.
@@ -205,6 +206,11 @@ def yaml_list(text: str) -> list[Any]:
     return [yaml.safe_load(part) for part in text.split(",") if part.strip()]
 
 
+def add_data_override_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", help="dataset (default: the one the run was trained on)")
+    p.add_argument("--layout", choices=["auto", *LAYOUTS], help="layout of --data (default: the run's)")
+
+
 def add_checkpoint_flag(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", "--cpt-path", dest="checkpoint", default="best_detect",
                    help="best_detect (shipped), best_seg, last, or a .safetensors path (torch runtime)")
@@ -228,7 +234,7 @@ def make_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train a model on good images")
     p.add_argument("--data", help="dataset folder")
-    p.add_argument("--layout", choices=["auto", "mvtec", "mt", "folder", "dagm"])
+    p.add_argument("--layout", choices=["auto", *LAYOUTS])
     p.add_argument("--model", help="model name (unet_vae, recondiff)")
     p.add_argument("--preset", help="a named preset of the model's parameters")
     p.add_argument("--param", action="append", metavar="NAME=VALUE", help="a model parameter (repeatable)")
@@ -260,8 +266,7 @@ def make_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("calibrate", help="choose the decision threshold on a split")
     p.add_argument("run")
-    p.add_argument("--data", help="dataset (default: the one the run was trained on)")
-    p.add_argument("--layout", choices=["auto", "mvtec", "mt", "folder", "dagm"], help="layout of --data (default: the run's)")
+    add_data_override_flags(p)
     p.add_argument("--split", default="val", help="train | val | test | test_a | test_b | all")
     p.add_argument("--strategy", default="f1", help="f1 | youden | recall:X | fpr:X")
     add_checkpoint_flag(p)
@@ -269,8 +274,7 @@ def make_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("evaluate", help="metrics and an HTML report on a split")
     p.add_argument("run")
-    p.add_argument("--data", help="dataset (default: the one the run was trained on)")
-    p.add_argument("--layout", choices=["auto", "mvtec", "mt", "folder", "dagm"], help="layout of --data (default: the run's)")
+    add_data_override_flags(p)
     p.add_argument("--split", default="test", help="train | val | test | test_a | test_b | all")
     p.add_argument("--out")
     add_checkpoint_flag(p)

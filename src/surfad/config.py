@@ -13,13 +13,15 @@ import yaml
 
 from surfad.errors import SurfadError
 
+LAYOUTS = ("mvtec", "mt", "folder", "dagm")  # dataset layouts surfad.data.layouts reads
+
 
 @dataclass
 class DataConfig:
     """Where the images are and how they become model inputs."""
 
     path: str = ""
-    layout: str = "auto"  # auto | mvtec | mt | folder | dagm
+    layout: str = "auto"  # "auto" (detects mvtec, mt or dagm) or one of LAYOUTS
     image_size: int = 128
     channels: int | None = None  # None: 1 if every training image is grayscale, else 3
     val_ratio: float = 0.15  # share of the training good images held out for validation

@@ -28,12 +28,10 @@ from pathlib import Path
 
 import numpy as np
 
-from surfad.config import DataConfig
+from surfad.config import LAYOUTS, DataConfig
 from surfad.data.io import IMAGE_SUFFIXES
 from surfad.data.samples import DEFECT, GOOD, Sample
 from surfad.errors import BadInputError, SurfadError
-
-LAYOUTS = ("mvtec", "mt", "folder", "dagm")
 
 
 @dataclass
