@@ -69,11 +69,15 @@ def weight_average(model: torch.nn.Module, decay: float) -> AveragedModel:
     is not dominated by the random initial weights in short runs.
     """
 
-    def average(averaged: torch.Tensor, current: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
-        d = min(decay, (1.0 + float(n)) / (10.0 + float(n)))
-        return averaged * d + current * (1.0 - d)
+    def average(averaged: list[torch.Tensor], current: list[torch.Tensor], n: torch.Tensor) -> None:
+        step = 1.0 - min(decay, (1.0 + float(n)) / (10.0 + float(n)))  # one host read per update, not per tensor
+        for avg, cur in zip(averaged, current):
+            if avg.is_floating_point():
+                avg.lerp_(cur, step)
+            else:  # counters such as BatchNorm's num_batches_tracked are not averaged
+                avg.copy_(cur)
 
-    return AveragedModel(model, avg_fn=average, use_buffers=True)
+    return AveragedModel(model, multi_avg_fn=average, use_buffers=True)
 
 
 def resolve_config(config: RunConfig, splits: Splits) -> RunConfig:
