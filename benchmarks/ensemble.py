@@ -1,7 +1,7 @@
 """Diagnostic: does averaging the anomaly maps of several runs beat each run alone?
 
-Each run's own score rule is applied to its maps and to the mean of all runs' maps (the rule of the
-first run), on the test split. It answers whether runs differ by noise (averaging helps) or share
+Each run's own score rule is applied to its raw maps, and the first run's rule to the mean of all
+runs' maps, on the test split. It answers whether runs differ by noise (averaging helps) or share
 their errors (it does not); the ensemble costs the sum of the runs' training time, so it is not a
 candidate within a training budget.
 
@@ -15,34 +15,35 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from score_choice import raw_maps  # the model's maps before its score rule (benchmarks/score_choice.py)
 from sklearn.metrics import roc_auc_score
 
 from surfad import bundle
-from surfad.data.dataset import ImageDataset
-from surfad.data.splits import Splits
+from surfad.config import RunConfig
 from surfad.models import ImageScorer
-from surfad.scoring import score_dataset, torch_score_fn
+
+
+def image_auroc(run: Path, maps: torch.Tensor, labels: np.ndarray) -> float:
+    """Image AUROC of maps (N, 1, S, S) scored by the run's own score rule, in %."""
+    _, scores = ImageScorer(RunConfig.load(run / bundle.CONFIG).score)(maps)
+    return 100 * roc_auc_score(labels, scores.numpy().ravel())
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("runs", type=Path, nargs="+")
-    parser.add_argument("--split", default="test")
+    parser.add_argument("--split", default="test", choices=["test", "val"])
     args = parser.parse_args()
     torch.set_num_threads(1)
-    maps, labels, rules = [], None, []
+    maps, labels = [], None
     for run in args.runs:
-        config, graph = bundle.load_graph(run)
-        samples = Splits.load(run / bundle.SPLITS).get(args.split)
-        images = ImageDataset(samples, config.data.image_size, config.data.channels)
-        scored = score_dataset(torch_score_fn(graph, torch.device("cpu")), images)
-        if labels is not None and not np.array_equal(labels, scored.labels):
+        run_maps, run_labels = raw_maps(run, args.split)
+        if labels is not None and not np.array_equal(labels, run_labels):
             raise SystemExit(f"{run}: its {args.split} split differs from {args.runs[0]}'s")
-        maps.append(scored.maps)
-        labels, rules = scored.labels, [*rules, ImageScorer(config.score)]
-        print(f"{run.name}: image AUROC {100 * roc_auc_score(labels, scored.scores):.1f}", flush=True)
-    _, scores = rules[0](torch.from_numpy(np.mean(maps, axis=0)[:, None]))
-    print(f"mean of {len(maps)} maps: image AUROC {100 * roc_auc_score(labels, scores.numpy().ravel()):.1f}")
+        maps, labels = [*maps, run_maps], run_labels
+        print(f"{run.name}: image AUROC {image_auroc(run, run_maps, labels):.1f}", flush=True)
+    mean = torch.stack(maps).mean(dim=0)
+    print(f"mean of {len(maps)} maps: image AUROC {image_auroc(args.runs[0], mean, labels):.1f}")
 
 
 if __name__ == "__main__":
