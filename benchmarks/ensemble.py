@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from score_choice import raw_maps  # the model's maps before its score rule (benchmarks/score_choice.py)
+from score_choice import raw_maps  # maps before the score rule
 from sklearn.metrics import roc_auc_score
 
 from surfad import bundle
