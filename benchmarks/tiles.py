@@ -1,0 +1,183 @@
+"""Diagnostic: magnetic-tile at one constant scale, in tiles, instead of squashed to 128 x 128.
+
+Magnetic-tile images are 100 to 600 px wide and 220 to 400 px high. Squashing every one to the
+model's 128 x 128 changes the spacing of the tile's grinding streaks by up to 6x from image to image,
+so "normal texture" covers a wide range. Here every image is rescaled by the same factor instead,
+so the streaks keep one spacing, and the model works on 128 x 128 tiles of it.
+
+    python benchmarks/tiles.py build --scale 0.5 --out /tmp/mt-tiles-0.5     # training tiles
+    surfad train --data /tmp/mt-tiles-0.5 --layout mt --train-list /tmp/mt-tiles-0.5/train_tiles.txt ...
+    python benchmarks/tiles.py evaluate RUN --scale 0.5                      # whole test images
+
+`build` writes `tiles_per_image` seeded random tiles of each training good image (MT layout, PNG)
+and the list of them. `evaluate` tiles every test image of the standard split, averages the tile
+maps where tiles overlap, applies the run's image score rule to each whole-image map and reports
+image AUROC (all and per defect type); pixel AUROC and AUPRO are computed after resizing each map
+and mask to 128 x 128, as in the squashed runs. Writes benchmarks/results/<run name>_tiled.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from sklearn.metrics import average_precision_score, roc_auc_score
+
+from surfad import bundle
+from surfad.data.io import read_image, read_mask
+from surfad.metrics import per_type_auroc, pixel_metrics
+from surfad.models import ImageScorer
+
+HERE = Path(__file__).resolve().parent
+DATA = HERE.parent.parent / "shared" / "data" / "magnetic-tile"
+RESULTS = Path(os.environ.get("SURFAD_BENCH_OUT", HERE)) / "results"
+TILE = 128
+
+
+def rescale(image: np.ndarray, scale: float) -> np.ndarray:
+    """uint8 HxWx1 image rescaled by `scale`, then reflect-padded (bottom, right) to at least TILE a side."""
+    h, w = image.shape[:2]
+    if scale != 1.0:
+        size = (max(1, round(w * scale)), max(1, round(h * scale)))
+        image = cv2.resize(image, size, interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
+    image = image.reshape(image.shape[0], image.shape[1], -1)
+    h, w = image.shape[:2]
+    pad_h, pad_w = max(0, TILE - h), max(0, TILE - w)
+    if pad_h or pad_w:
+        image = cv2.copyMakeBorder(image, 0, pad_h, 0, pad_w, cv2.BORDER_REFLECT_101).reshape(h + pad_h, w + pad_w, -1)
+    return image
+
+
+def positions(length: int, stride: int) -> list[int]:
+    """Tile starts covering [0, length) with tiles of TILE at most `stride` apart, the last flush with the end."""
+    if length <= TILE:
+        return [0]
+    count = math.ceil((length - TILE) / stride) + 1
+    return sorted({round(v) for v in np.linspace(0, length - TILE, count)})
+
+
+def build(scale: float, out: Path, tiles_per_image: int, seed: int) -> None:
+    names = [n.strip() for n in (DATA / "splits" / "train_good.txt").read_text().splitlines() if n.strip()]
+    folder = out / "MT_Free" / "Imgs"
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    listed = []
+    for name in names:
+        image = rescale(read_image(DATA / "MT_Free" / "Imgs" / name, channels=1), scale)
+        h, w = image.shape[:2]
+        for k in range(tiles_per_image):
+            y, x = int(rng.integers(0, h - TILE + 1)), int(rng.integers(0, w - TILE + 1))
+            tile_name = f"{Path(name).stem}_t{k}.png"
+            cv2.imwrite(str(folder / tile_name), image[y : y + TILE, x : x + TILE])
+            listed.append(tile_name)
+    (out / "train_tiles.txt").write_text("\n".join(listed) + "\n")
+    print(f"{len(listed)} tiles of {len(names)} training images at scale {scale} in {out}")
+
+
+def test_samples() -> list[tuple[Path, str, Path | None]]:
+    """(image, type, mask) of the standard test split: the free images not in train_good.txt and every defect."""
+    train = {n.strip() for n in (DATA / "splits" / "train_good.txt").read_text().splitlines() if n.strip()}
+    samples = []
+    for type_dir in sorted(DATA.glob("MT_*")):
+        kind = type_dir.name[3:].lower()
+        for path in sorted((type_dir / "Imgs").glob("*.jpg")):
+            if kind == "free":
+                if path.name not in train:
+                    samples.append((path, "good", None))
+            else:
+                samples.append((path, kind, path.with_suffix(".png")))
+    return samples
+
+
+def tiled_map(model: torch.nn.Module, image: np.ndarray, stride: int) -> np.ndarray:
+    """Anomaly map of a rescaled, padded uint8 HxWx1 image: tile maps averaged where tiles overlap."""
+    h, w = image.shape[:2]
+    starts = [(y, x) for y in positions(h, stride) for x in positions(w, stride)]
+    batch = np.stack([image[y : y + TILE, x : x + TILE].transpose(2, 0, 1) for y, x in starts]).astype(np.float32) / 255
+    with torch.inference_mode():
+        maps = model(torch.from_numpy(batch))[:, 0].numpy()
+    total = np.zeros((h, w), np.float32)
+    count = np.zeros((h, w), np.float32)
+    for (y, x), m in zip(starts, maps):
+        total[y : y + TILE, x : x + TILE] += m
+        count[y : y + TILE, x : x + TILE] += 1
+    return total / count
+
+
+def evaluate(run: Path, scale: float, stride: int) -> None:
+    torch.set_num_threads(1)
+    config, graph = bundle.load_graph(run)
+    scorer = ImageScorer(config.score)
+    samples = test_samples()
+    scores, labels, types, small_maps, small_masks = [], [], [], [], []
+    started = time.monotonic()
+    for i, (path, kind, mask_path) in enumerate(samples):
+        original = read_image(path, channels=1)
+        image = rescale(original, scale)
+        h, w = (round(original.shape[0] * scale), round(original.shape[1] * scale))
+        amap = tiled_map(graph.model, image, stride)[:h, :w]
+        with torch.inference_mode():
+            scores.append(float(scorer(torch.from_numpy(amap)[None, None])[1][0]))
+        mask = read_mask(mask_path, original.shape[:2]) if mask_path else np.zeros(original.shape[:2], bool)
+        small_maps.append(cv2.resize(amap, (TILE, TILE), interpolation=cv2.INTER_AREA))
+        small_masks.append(cv2.resize(mask.astype(np.uint8), (TILE, TILE), interpolation=cv2.INTER_NEAREST) > 0)
+        labels.append(int(kind != "good"))
+        types.append(kind)
+        if (i + 1) % 100 == 0:
+            print(f"{i + 1}/{len(samples)} images, {(i + 1) / (time.monotonic() - started):.1f} img/s", file=sys.stderr)
+    seconds = time.monotonic() - started
+    pixel = pixel_metrics(small_maps, small_masks)
+    result = {
+        "name": f"{run.name}_tiled",
+        "run": str(run),
+        "command": "python benchmarks/tiles.py " + " ".join(sys.argv[1:]),
+        "date": datetime.date.today().isoformat(),
+        "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=HERE, capture_output=True, text=True).stdout.strip(),
+        "scale": scale,
+        "stride": stride,
+        "image_auroc": roc_auc_score(labels, scores),
+        "image_ap": average_precision_score(labels, scores),
+        "pixel_auroc": pixel["pixel_auroc"],
+        "pixel_ap": pixel["pixel_ap"],
+        "aupro": pixel["aupro"],
+        "per_type_image_auroc": per_type_auroc(scores, labels, types),
+        "images_per_s": len(samples) / seconds,
+    }
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / f"{result['name']}.json").write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=1))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    commands = parser.add_subparsers(dest="command", required=True)
+    make = commands.add_parser("build", help="write seeded random training tiles at one scale")
+    make.add_argument("--scale", type=float, required=True)
+    make.add_argument("--out", type=Path, required=True)
+    make.add_argument("--tiles-per-image", type=int, default=3)
+    make.add_argument("--seed", type=int, default=0)
+    score = commands.add_parser("evaluate", help="score whole test images from their tiles")
+    score.add_argument("run", type=Path)
+    score.add_argument("--scale", type=float, required=True)
+    score.add_argument("--stride", type=int, default=96)
+    args = parser.parse_args()
+    if not DATA.is_dir():
+        sys.exit(f"dataset not found: {DATA} (this diagnostic needs ../shared/data)")
+    if args.command == "build":
+        build(args.scale, args.out, args.tiles_per_image, args.seed)
+    else:
+        evaluate(args.run, args.scale, args.stride)
+
+
+if __name__ == "__main__":
+    main()
