@@ -9,7 +9,7 @@ so the streaks keep one spacing, and the model works on 128 x 128 tiles of it.
     surfad train --data /tmp/mt-tiles-0.5 --layout mt --train-list /tmp/mt-tiles-0.5/train_tiles.txt ...
     python benchmarks/tiles.py evaluate RUN --scale 0.5                      # whole test images
 
-`build` writes `tiles_per_image` seeded random tiles of each training good image (MT layout, PNG)
+`build` writes `tiles_per_image` seeded random tiles of each training good image (MT layout, BMP)
 and the list of them. `evaluate` tiles every test image of the standard split, averages the tile
 maps where tiles overlap, applies the run's image score rule to each whole-image map and reports
 image AUROC (all and per defect type); pixel AUROC and AUPRO are computed after resizing each map
@@ -77,7 +77,7 @@ def build(scale: float, out: Path, tiles_per_image: int, seed: int) -> None:
         h, w = image.shape[:2]
         for k in range(tiles_per_image):
             y, x = int(rng.integers(0, h - TILE + 1)), int(rng.integers(0, w - TILE + 1))
-            tile_name = f"{Path(name).stem}_t{k}.png"
+            tile_name = f"{Path(name).stem}_t{k}.bmp"  # lossless; the MT layout reads .png as masks
             cv2.imwrite(str(folder / tile_name), image[y : y + TILE, x : x + TILE])
             listed.append(tile_name)
     (out / "train_tiles.txt").write_text("\n".join(listed) + "\n")
