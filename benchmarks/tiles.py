@@ -19,6 +19,7 @@ and mask to 128 x 128, as in the squashed runs. Writes benchmarks/results/<run n
 from __future__ import annotations
 
 import argparse
+import csv
 import datetime
 import json
 import math
@@ -40,7 +41,7 @@ from surfad.models import ImageScorer
 
 HERE = Path(__file__).resolve().parent
 DATA = HERE.parent.parent / "shared" / "data" / "magnetic-tile"
-RESULTS = Path(os.environ.get("SURFAD_BENCH_OUT", HERE)) / "results"
+RESULTS = Path(os.environ.get("SURFAD_BENCH_OUT", HERE)) / "results" / "tiled"
 TILE = 128
 
 
@@ -137,9 +138,15 @@ def evaluate(run: Path, scale: float, stride: int) -> None:
             print(f"{i + 1}/{len(samples)} images, {(i + 1) / (time.monotonic() - started):.1f} img/s", file=sys.stderr)
     seconds = time.monotonic() - started
     pixel = pixel_metrics(small_maps, small_masks)
+    with (run / bundle.HISTORY).open() as f:
+        history = list(csv.DictReader(f))
+    shipped = [row for row in history if row.get("best") == "1"][-1]
     result = {
-        "name": f"{run.name}_tiled",
-        "run": str(run),
+        "name": run.name,
+        "config": config.to_dict(),
+        "shipped_epoch": int(shipped["epoch"]),
+        "val_auroc_at_shipped_epoch": float(shipped["val_auroc"]),
+        "train_minutes": float(history[-1]["seconds"]) / 60,
         "command": "python benchmarks/tiles.py " + " ".join(sys.argv[1:]),
         "date": datetime.date.today().isoformat(),
         "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=HERE, capture_output=True, text=True).stdout.strip(),
