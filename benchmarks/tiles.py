@@ -13,7 +13,9 @@ so the streaks keep one spacing, and the model works on 128 x 128 tiles of it.
 and the list of them. `evaluate` tiles every test image of the standard split, averages the tile
 maps where tiles overlap, applies the run's image score rule to each whole-image map and reports
 image AUROC (all and per defect type); pixel AUROC and AUPRO are computed after resizing each map
-and mask to 128 x 128, as in the squashed runs. Writes benchmarks/results/<run name>_tiled.json.
+and mask to 128 x 128, as in the squashed runs. Writes benchmarks/results/tiled/<run name>.json with
+the run's config and shipped epoch. `fuse` scores the test images by the mean of a squashed run's
+and a tiled run's scores, each standardised on the squashed run's validation good images.
 """
 
 from __future__ import annotations
@@ -36,8 +38,8 @@ from sklearn.metrics import average_precision_score, roc_auc_score
 
 from surfad import bundle
 from surfad.data.io import read_image, read_mask
+from surfad.data.transforms import preprocess
 from surfad.metrics import per_type_auroc, pixel_metrics
-from surfad.models import ImageScorer
 
 HERE = Path(__file__).resolve().parent
 DATA = HERE.parent.parent / "shared" / "data" / "magnetic-tile"
@@ -115,20 +117,55 @@ def tiled_map(model: torch.nn.Module, image: np.ndarray, stride: int) -> np.ndar
     return total / count
 
 
+def tiled_score(graph: torch.nn.Module, original: np.ndarray, scale: float, stride: int) -> tuple[np.ndarray, float]:
+    """(map at the rescaled size, image score by the graph's own score rule) of a uint8 HxWx1 image."""
+    h, w = round(original.shape[0] * scale), round(original.shape[1] * scale)
+    amap = tiled_map(graph.model, rescale(original, scale), stride)[:h, :w]
+    with torch.inference_mode():
+        score = float(graph.scorer(torch.from_numpy(amap)[None, None])[1][0])
+    return amap, score
+
+
+def squashed_score(graph: torch.nn.Module, original: np.ndarray, image_size: int) -> float:
+    """Image score of a uint8 HxWx1 image squashed to the model's size, as `surfad evaluate` computes it."""
+    with torch.inference_mode():
+        return float(graph(torch.from_numpy(preprocess(original, image_size, 1)[None]))[1][0])
+
+
+def fuse(squashed_run: Path, tiled_run: Path, scale: float, stride: int) -> None:
+    """Image AUROC of the mean of two runs' scores, each standardised on the squashed run's validation good
+    images (the tiled run trained on tiles of some of them, so its standardisation is only approximate)."""
+    torch.set_num_threads(1)
+    squashed_config, squashed = bundle.load_graph(squashed_run)
+    _, tiled = bundle.load_graph(tiled_run)
+    val = [Path(s["path"]) for s in json.loads((squashed_run / bundle.SPLITS).read_text())["val"] if s["label"] == 0]
+    samples = [(path, "good") for path in val] + [(path, kind) for path, kind, _ in test_samples()]
+    both = np.zeros((len(samples), 2))
+    for i, (path, _) in enumerate(samples):
+        original = read_image(path, channels=1)
+        both[i, 0] = squashed_score(squashed, original, squashed_config.data.image_size)
+        both[i, 1] = tiled_score(tiled, original, scale, stride)[1]
+    reference, test = both[: len(val)], both[len(val) :]
+    standardised = (test - reference.mean(axis=0)) / reference.std(axis=0)
+    labels = [int(kind != "good") for _, kind in samples[len(val) :]]
+    types = [kind for _, kind in samples[len(val) :]]
+    result = {"squashed": str(squashed_run), "tiled": str(tiled_run), "validation_good_images": len(val)}
+    for name, scores in (("squashed", test[:, 0]), ("tiled", test[:, 1]), ("mean", standardised.mean(axis=1))):
+        result[name] = {"image_auroc": roc_auc_score(labels, scores),
+                        "per_type_image_auroc": per_type_auroc(scores, labels, types)}
+    print(json.dumps(result, indent=1))
+
+
 def evaluate(run: Path, scale: float, stride: int) -> None:
     torch.set_num_threads(1)
     config, graph = bundle.load_graph(run)
-    scorer = ImageScorer(config.score)
     samples = test_samples()
     scores, labels, types, small_maps, small_masks = [], [], [], [], []
     started = time.monotonic()
     for i, (path, kind, mask_path) in enumerate(samples):
         original = read_image(path, channels=1)
-        image = rescale(original, scale)
-        h, w = (round(original.shape[0] * scale), round(original.shape[1] * scale))
-        amap = tiled_map(graph.model, image, stride)[:h, :w]
-        with torch.inference_mode():
-            scores.append(float(scorer(torch.from_numpy(amap)[None, None])[1][0]))
+        amap, score = tiled_score(graph, original, scale, stride)
+        scores.append(score)
         mask = read_mask(mask_path, original.shape[:2]) if mask_path else np.zeros(original.shape[:2], bool)
         small_maps.append(cv2.resize(amap, (TILE, TILE), interpolation=cv2.INTER_AREA))
         small_masks.append(cv2.resize(mask.astype(np.uint8), (TILE, TILE), interpolation=cv2.INTER_NEAREST) > 0)
@@ -177,13 +214,20 @@ def main() -> None:
     score.add_argument("run", type=Path)
     score.add_argument("--scale", type=float, required=True)
     score.add_argument("--stride", type=int, default=96)
+    pair = commands.add_parser("fuse", help="score test images by the mean of a squashed and a tiled run")
+    pair.add_argument("squashed_run", type=Path)
+    pair.add_argument("tiled_run", type=Path)
+    pair.add_argument("--scale", type=float, required=True)
+    pair.add_argument("--stride", type=int, default=96)
     args = parser.parse_args()
     if not DATA.is_dir():
         sys.exit(f"dataset not found: {DATA} (this diagnostic needs ../shared/data)")
     if args.command == "build":
         build(args.scale, args.out, args.tiles_per_image, args.seed)
-    else:
+    elif args.command == "evaluate":
         evaluate(args.run, args.scale, args.stride)
+    else:
+        fuse(args.squashed_run, args.tiled_run, args.scale, args.stride)
 
 
 if __name__ == "__main__":
