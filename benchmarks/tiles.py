@@ -15,7 +15,8 @@ maps where tiles overlap, applies the run's image score rule to each whole-image
 image AUROC (all and per defect type); pixel AUROC and AUPRO are computed after resizing each map
 and mask to 128 x 128, as in the squashed runs. Writes benchmarks/results/tiled/<run name>.json with
 the run's config and shipped epoch. `fuse` scores the test images by the mean of a squashed run's
-and a tiled run's scores, each standardised on the squashed run's validation good images.
+and a tiled run's scores, each standardised on the squashed run's validation good images, and writes
+benchmarks/results/tiled/fuse_<squashed run>+<tiled run>.json.
 """
 
 from __future__ import annotations
@@ -149,10 +150,24 @@ def fuse(squashed_run: Path, tiled_run: Path, scale: float, stride: int) -> None
     standardised = (test - reference.mean(axis=0)) / reference.std(axis=0)
     labels = [int(kind != "good") for _, kind in samples[len(val) :]]
     types = [kind for _, kind in samples[len(val) :]]
-    result = {"squashed": str(squashed_run), "tiled": str(tiled_run), "validation_good_images": len(val)}
+    result = {"squashed_run": str(squashed_run), "tiled_run": str(tiled_run), **provenance(), "scale": scale,
+              "stride": stride, "validation_good_images": len(val)}
     for name, scores in (("squashed", test[:, 0]), ("tiled", test[:, 1]), ("mean", standardised.mean(axis=1))):
         result[name] = {"image_auroc": roc_auc_score(labels, scores),
                         "per_type_image_auroc": per_type_auroc(scores, labels, types)}
+    write_result(f"fuse_{squashed_run.name}+{tiled_run.name}", result)
+
+
+def provenance() -> dict[str, str]:
+    """The command, date and commit a result was computed with."""
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=HERE, capture_output=True, text=True)
+    return {"command": "python benchmarks/tiles.py " + " ".join(sys.argv[1:]),
+            "date": datetime.date.today().isoformat(), "commit": commit.stdout.strip()}
+
+
+def write_result(name: str, result: dict) -> None:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=1))
 
 
@@ -184,9 +199,7 @@ def evaluate(run: Path, scale: float, stride: int) -> None:
         "shipped_epoch": int(shipped["epoch"]),
         "val_auroc_at_shipped_epoch": float(shipped["val_auroc"]),
         "train_minutes": float(history[-1]["seconds"]) / 60,
-        "command": "python benchmarks/tiles.py " + " ".join(sys.argv[1:]),
-        "date": datetime.date.today().isoformat(),
-        "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=HERE, capture_output=True, text=True).stdout.strip(),
+        **provenance(),
         "scale": scale,
         "stride": stride,
         "image_auroc": roc_auc_score(labels, scores),
@@ -197,9 +210,7 @@ def evaluate(run: Path, scale: float, stride: int) -> None:
         "per_type_image_auroc": per_type_auroc(scores, labels, types),
         "images_per_s": len(samples) / seconds,
     }
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"{result['name']}.json").write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result, indent=1))
+    write_result(run.name, result)
 
 
 def main() -> None:
