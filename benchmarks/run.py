@@ -45,6 +45,13 @@ DATASETS = {
 }
 
 
+def provenance() -> dict[str, str]:
+    """The command line, date and commit a benchmark record was made with."""
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=HERE, capture_output=True, text=True)
+    return {"command": f"python benchmarks/{Path(sys.argv[0]).name} " + " ".join(sys.argv[1:]),
+            "date": datetime.date.today().isoformat(), "commit": commit.stdout.strip()}
+
+
 def gflops_per_image(run: Path) -> float:
     """Forward GFLOPs of the inference graph for one image (convolutions and matmuls)."""
     config, graph = bundle.load_graph(run)
@@ -120,10 +127,8 @@ def main() -> None:
         "name": args.name,
         "dataset": args.dataset,
         "model": args.model,
-        "command": "python benchmarks/run.py " + " ".join(sys.argv[1:]),
+        **provenance(),
         "config": resolved.to_dict(),
-        "date": datetime.date.today().isoformat(),
-        "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=HERE, capture_output=True, text=True).stdout.strip(),
         "machine": f"{os.cpu_count()} CPU cores ({platform.processor() or platform.machine()}), no GPU, torch {torch.__version__}",
         "threads": torch.get_num_threads(),
         "parameters": json.loads((run / bundle.META).read_text())["parameters"],

@@ -23,11 +23,9 @@ from __future__ import annotations
 
 import argparse
 import csv
-import datetime
 import json
 import math
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -35,15 +33,22 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
+from run import DATASETS, provenance
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 from surfad import bundle
+from surfad.config import DataConfig
 from surfad.data.io import read_image, read_mask
+from surfad.data.layouts import load_layout
+from surfad.data.samples import Sample
+from surfad.data.splits import Splits
 from surfad.data.transforms import preprocess
 from surfad.metrics import per_type_auroc, pixel_metrics
+from surfad.scoring import torch_score_fn
 
 HERE = Path(__file__).resolve().parent
-DATA = HERE.parent.parent / "shared" / "data" / "magnetic-tile"
+MT = DATASETS["mt"]
+DATA = MT["path"]
 RESULTS = Path(os.environ.get("SURFAD_BENCH_OUT", HERE)) / "results" / "tiled"
 TILE = 128
 
@@ -71,7 +76,8 @@ def positions(length: int, stride: int) -> list[int]:
 
 
 def build(scale: float, out: Path, tiles_per_image: int, seed: int) -> None:
-    names = [n.strip() for n in (DATA / "splits" / "train_good.txt").read_text().splitlines() if n.strip()]
+    # in the list's own order, which the tile positions are drawn in
+    names = [n.strip() for n in MT["train_list"].read_text().splitlines() if n.strip()]
     folder = out / "MT_Free" / "Imgs"
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
@@ -88,19 +94,9 @@ def build(scale: float, out: Path, tiles_per_image: int, seed: int) -> None:
     print(f"{len(listed)} tiles of {len(names)} training images at scale {scale} in {out}")
 
 
-def test_samples() -> list[tuple[Path, str, Path | None]]:
-    """(image, type, mask) of the standard test split: the free images not in train_good.txt and every defect."""
-    train = {n.strip() for n in (DATA / "splits" / "train_good.txt").read_text().splitlines() if n.strip()}
-    samples = []
-    for type_dir in sorted(DATA.glob("MT_*")):
-        kind = type_dir.name[3:].lower()
-        for path in sorted((type_dir / "Imgs").glob("*.jpg")):
-            if kind == "free":
-                if path.name not in train:
-                    samples.append((path, "good", None))
-            else:
-                samples.append((path, kind, path.with_suffix(".png")))
-    return samples
+def test_samples() -> list[Sample]:
+    """The standard test split, as `surfad` builds it: the good images not in the training list, and every defect."""
+    return load_layout(DataConfig(path=str(DATA), layout=MT["layout"], train_list=str(MT["train_list"]))).test
 
 
 def tiled_map(model: torch.nn.Module, image: np.ndarray, stride: int) -> np.ndarray:
@@ -127,42 +123,31 @@ def tiled_score(graph: torch.nn.Module, original: np.ndarray, scale: float, stri
     return amap, score
 
 
-def squashed_score(graph: torch.nn.Module, original: np.ndarray, image_size: int) -> float:
-    """Image score of a uint8 HxWx1 image squashed to the model's size, as `surfad evaluate` computes it."""
-    with torch.inference_mode():
-        return float(graph(torch.from_numpy(preprocess(original, image_size, 1)[None]))[1][0])
-
-
 def fuse(squashed_run: Path, tiled_run: Path, scale: float, stride: int) -> None:
     """Image AUROC of the mean of two runs' scores, each standardised on the squashed run's validation good
     images (the tiled run trained on tiles of some of them, so its standardisation is only approximate)."""
     torch.set_num_threads(1)
     squashed_config, squashed = bundle.load_graph(squashed_run)
+    squashed_scores = torch_score_fn(squashed, torch.device("cpu"))  # as `surfad evaluate` scores images
     _, tiled = bundle.load_graph(tiled_run)
-    val = [Path(s["path"]) for s in json.loads((squashed_run / bundle.SPLITS).read_text())["val"] if s["label"] == 0]
-    samples = [(path, "good") for path in val] + [(path, kind) for path, kind, _ in test_samples()]
+    val = [s for s in Splits.load(squashed_run / bundle.SPLITS).get("val") if s.label == 0]
+    samples = val + test_samples()
     both = np.zeros((len(samples), 2))
-    for i, (path, _) in enumerate(samples):
-        original = read_image(path, channels=1)
-        both[i, 0] = squashed_score(squashed, original, squashed_config.data.image_size)
+    for i, sample in enumerate(samples):
+        original = read_image(sample.path, channels=1)
+        squashed_input = preprocess(original, squashed_config.data.image_size, 1)[None]
+        both[i, 0] = squashed_scores(squashed_input)[1][0]
         both[i, 1] = tiled_score(tiled, original, scale, stride)[1]
     reference, test = both[: len(val)], both[len(val) :]
     standardised = (test - reference.mean(axis=0)) / reference.std(axis=0)
-    labels = [int(kind != "good") for _, kind in samples[len(val) :]]
-    types = [kind for _, kind in samples[len(val) :]]
+    labels = [s.label for s in samples[len(val) :]]
+    types = [s.defect_type for s in samples[len(val) :]]
     result = {"squashed_run": str(squashed_run), "tiled_run": str(tiled_run), **provenance(), "scale": scale,
               "stride": stride, "validation_good_images": len(val)}
     for name, scores in (("squashed", test[:, 0]), ("tiled", test[:, 1]), ("mean", standardised.mean(axis=1))):
         result[name] = {"image_auroc": roc_auc_score(labels, scores),
                         "per_type_image_auroc": per_type_auroc(scores, labels, types)}
     write_result(f"fuse_{squashed_run.name}+{tiled_run.name}", result)
-
-
-def provenance() -> dict[str, str]:
-    """The command, date and commit a result was computed with."""
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=HERE, capture_output=True, text=True)
-    return {"command": "python benchmarks/tiles.py " + " ".join(sys.argv[1:]),
-            "date": datetime.date.today().isoformat(), "commit": commit.stdout.strip()}
 
 
 def write_result(name: str, result: dict) -> None:
@@ -177,15 +162,16 @@ def evaluate(run: Path, scale: float, stride: int) -> None:
     samples = test_samples()
     scores, labels, types, small_maps, small_masks = [], [], [], [], []
     started = time.monotonic()
-    for i, (path, kind, mask_path) in enumerate(samples):
-        original = read_image(path, channels=1)
+    for i, sample in enumerate(samples):
+        original = read_image(sample.path, channels=1)
         amap, score = tiled_score(graph, original, scale, stride)
         scores.append(score)
-        mask = read_mask(mask_path, original.shape[:2]) if mask_path else np.zeros(original.shape[:2], bool)
+        shape = original.shape[:2]
+        mask = read_mask(sample.mask_path, shape) if sample.mask_path else np.zeros(shape, bool)
         small_maps.append(cv2.resize(amap, (TILE, TILE), interpolation=cv2.INTER_AREA))
         small_masks.append(cv2.resize(mask.astype(np.uint8), (TILE, TILE), interpolation=cv2.INTER_NEAREST) > 0)
-        labels.append(int(kind != "good"))
-        types.append(kind)
+        labels.append(sample.label)
+        types.append(sample.defect_type)
         if (i + 1) % 100 == 0:
             print(f"{i + 1}/{len(samples)} images, {(i + 1) / (time.monotonic() - started):.1f} img/s", file=sys.stderr)
     seconds = time.monotonic() - started
