@@ -26,10 +26,9 @@ from surfad import bundle
 from surfad.calibrate import Calibration
 from surfad.config import RunConfig
 from surfad.data.io import read_image
-from surfad.data.transforms import preprocess
 from surfad.export.onnx import onnx_score_fn
 from surfad.inference import Detector
-from surfad.scoring import torch_score_fn
+from surfad.scoring import image_score_fn, torch_score_fn
 
 
 def timed(fn: Callable[[], object], runs: int, warmup: int, max_seconds: float) -> np.ndarray:
@@ -50,13 +49,13 @@ def load_detector(run: Path, runtime: str, threads: int) -> Detector:
     calibration = Calibration.load(run / bundle.CALIBRATION)
     if runtime == "torch":
         config, graph = bundle.load_graph(run)
-        return Detector(run, config, torch_score_fn(graph, torch.device("cpu")), calibration, "torch")
+        return Detector(run, config, image_score_fn(torch_score_fn(graph, torch.device("cpu")), config), calibration, "torch")
     config = RunConfig.load(run / bundle.CONFIG)
-    return Detector(run, config, onnx_score_fn(run / bundle.ONNX, threads=threads), calibration, "onnx")
+    return Detector(run, config, image_score_fn(onnx_score_fn(run / bundle.ONNX, threads=threads), config), calibration, "onnx")
 
 
 def measure(detector: Detector, image: np.ndarray, args: argparse.Namespace) -> dict[str, float]:
-    one = preprocess(image, detector.image_size, detector.channels)[None]
+    one = detector.preprocess(image)[None]
     batch = np.repeat(one, args.batch, axis=0)
     single = timed(lambda: detector.predict(image), args.runs, args.warmup, args.max_seconds)
     model = timed(lambda: detector.score_batch(one), args.runs, args.warmup, args.max_seconds)

@@ -70,6 +70,7 @@ def main() -> None:
     parser.add_argument("--preset")
     parser.add_argument("--param", action="append", default=[])
     parser.add_argument("--image-size", type=int, default=128)
+    parser.add_argument("--tile-scale", type=float, default=0.0, help="> 0: tiles of images scaled by this (data.tile_scale)")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--epochs", type=int, default=1000)
@@ -93,7 +94,7 @@ def main() -> None:
         model=args.model,
         model_params=params,
         data=DataConfig(path=str(spec["path"]), layout=spec["layout"], image_size=args.image_size,
-                        train_list=str(spec["train_list"]) if spec["train_list"] else None),
+                        tile_scale=args.tile_scale, train_list=str(spec["train_list"]) if spec["train_list"] else None),
         train=TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
                           val_every=args.val_every, time_budget_min=args.budget, grid_every=10, threads=args.threads,
                           ema_decay=args.ema_decay),

@@ -19,6 +19,9 @@ TRAIN_FLAGS = {
     "data": ("data", "path"),
     "layout": ("data", "layout"),
     "image_size": ("data", "image_size"),
+    "tile_scale": ("data", "tile_scale"),
+    "tile_stride": ("data", "tile_stride"),
+    "tiles_per_image": ("data", "tiles_per_image"),
     "channels": ("data", "channels"),
     "train_list": ("data", "train_list"),
     "val_ratio": ("data", "val_ratio"),
@@ -240,6 +243,10 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--param", action="append", metavar="NAME=VALUE", help="a model parameter (repeatable)")
     p.add_argument("--config", help="YAML file with any of the settings")
     p.add_argument("--image-size", type=int)
+    p.add_argument("--tile-scale", type=float,
+                   help="> 0: scale every image by this factor and work on image-size tiles of it, instead of squashing")
+    p.add_argument("--tile-stride", type=int, help="tiling: step between inference tiles in pixels (default 3/4 of a tile)")
+    p.add_argument("--tiles-per-image", type=int, help="tiling: random tiles per training image per epoch (default 1)")
     p.add_argument("--channels", type=int, choices=[1, 3])
     p.add_argument("--train-list", help="file listing the training good images")
     p.add_argument("--val-ratio", type=float)

@@ -22,7 +22,11 @@ class DataConfig:
 
     path: str = ""
     layout: str = "auto"  # "auto" (detects mvtec, mt or dagm) or one of LAYOUTS
-    image_size: int = 128
+    image_size: int = 128  # the model's input side, in pixels (the tile side when tile_scale > 0)
+    tile_scale: float = 0.0  # 0: squash each whole image to image_size x image_size. > 0: rescale every
+    # image by this one factor (keeping aspect ratio and texture scale) and work on image_size tiles of it
+    tile_stride: int = 0  # tiling: step between tiles at inference, in pixels (0 = 3/4 of image_size)
+    tiles_per_image: int = 1  # tiling: random tiles drawn from each training image per epoch
     channels: int | None = None  # None: 1 if every training image is grayscale, else 3
     val_ratio: float = 0.15  # share of the training good images held out for validation
     test_ratio: float = 0.2  # share of good images put in test when the layout has no test split

@@ -28,7 +28,7 @@ from surfad.errors import SurfadError
 from surfad.inference import Detector
 from surfad.metrics import image_metrics, per_type_auroc, pixel_metrics
 from surfad.report import worst_cases, write_report
-from surfad.scoring import ScoredSet, ScoreFn, score_dataset, torch_score_fn
+from surfad.scoring import ScoredSet, ScoreFn, image_score_fn, score_dataset, torch_score_fn
 from surfad.utils import atomic_write_csv, atomic_write_json
 from surfad.visualize import encode_png, heatmap_scale, overlay
 
@@ -61,10 +61,12 @@ def select_split(splits: Splits, name: str, seed: int = 0) -> list[Sample]:
 
 
 def score_samples(score: ScoreFn, config: RunConfig, samples: list[Sample], batch_size: int = 16) -> tuple[ScoredSet, float]:
-    """Scores/maps of samples at model resolution, and the inference rate in images/s."""
+    """Scores/maps of samples at model resolution, and the inference rate in images/s; `score` takes the
+    run's preprocessed images (whole scaled images when tiling: see scoring.image_score_fn)."""
     if not samples:
         raise SurfadError("no images to score in the chosen split")
-    dataset = ImageDataset(samples, config.data.image_size, int(config.data.channels or 3))
+    data = config.data
+    dataset = ImageDataset(samples, data.image_size, int(data.channels or 3), tile_scale=data.tile_scale)
     for i in range(len(dataset)):  # decode first, so the rate measures the model alone
         dataset.load(i)
     start = time.perf_counter()
@@ -78,7 +80,7 @@ def calibrate_run(run: str | Path, data: str | None = None, split: str = "val", 
     run = Path(run)
     config, graph = bundle.load_graph(run, checkpoint)
     samples = select_split(run_splits(config, run, data, layout), split, config.data.split_seed)
-    scored, _ = score_samples(torch_score_fn(graph, torch.device("cpu")), config, samples)
+    scored, _ = score_samples(image_score_fn(torch_score_fn(graph, torch.device("cpu")), config), config, samples)
     calibration = calibrate(scored.scores, scored.labels, scored.maps, scored.masks, strategy, split=split)
     calibration.save(run / bundle.CALIBRATION)
     return calibration

@@ -27,7 +27,7 @@ from surfad.config import RunConfig
 from surfad.data.io import read_image
 from surfad.data.transforms import preprocess, resize_map
 from surfad.errors import SurfadError
-from surfad.scoring import ScoreFn, torch_score_fn
+from surfad.scoring import ScoreFn, image_score_fn, score_images, torch_score_fn
 
 RUNTIMES = ("torch", "onnx")
 
@@ -87,6 +87,7 @@ class Detector:
     """A trained, calibrated model ready to inspect images."""
 
     def __init__(self, run: Path, config: RunConfig, score_fn: ScoreFn, calibration: Calibration, runtime: str, min_area: int = 16) -> None:
+        """score_fn takes the run's preprocessed images (see scoring.image_score_fn); `load` builds it."""
         self.run = run
         self.config = config
         self.score_fn = score_fn
@@ -120,7 +121,7 @@ class Detector:
             if not (run / bundle.ONNX).is_file():
                 raise SurfadError(f"{run}: no {bundle.ONNX}; run `surfad export {run} --format onnx` first")
             score_fn = onnx_score_fn(run / bundle.ONNX)
-        return cls(run, config, score_fn, calibration, runtime, min_area)
+        return cls(run, config, image_score_fn(score_fn, config), calibration, runtime, min_area)
 
     @property
     def threshold(self) -> float:
@@ -140,6 +141,7 @@ class Detector:
         return {
             "model": self.config.model,
             "image_size": self.image_size,
+            "tile_scale": self.config.data.tile_scale,
             "channels": self.channels,
             "threshold": self.threshold,
             "pixel_threshold": self.calibration.pixel_threshold,
@@ -149,8 +151,12 @@ class Detector:
             "surfad_version": meta.get("surfad_version"),
         }
 
+    def preprocess(self, image: np.ndarray) -> np.ndarray:
+        """uint8 HxWxC -> the model's float32 input: (C, S, S), or the whole scaled image when tiling."""
+        return preprocess(image, self.image_size, self.channels, self.config.data.tile_scale)
+
     def score_batch(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Preprocessed float32 (B, C, S, S) -> (maps (B, S, S), scores (B,))."""
+        """Preprocessed float32 images (B, C, H, W) of one shape -> (maps (B, H, W), scores (B,))."""
         return self.score_fn(np.ascontiguousarray(batch, dtype=np.float32))
 
     def predict(self, image: np.ndarray | str | Path, threshold: float | None = None) -> Prediction:
@@ -160,14 +166,13 @@ class Detector:
     def predict_batch(self, images: Sequence[np.ndarray | str | Path], threshold: float | None = None) -> list[Prediction]:
         """Inspect several images in one forward pass."""
         arrays = [as_image(im) for im in images]
-        batch = np.stack([preprocess(a, self.image_size, self.channels) for a in arrays])
-        maps, scores = self.score_batch(batch)
+        maps, scores = score_images(self.score_batch, [self.preprocess(a) for a in arrays], batch_size=len(arrays))
         t = self.threshold if threshold is None else float(threshold)
         return [self._result(a, m, float(s), t) for a, m, s in zip(arrays, maps, scores)]
 
-    def _result(self, image: np.ndarray, small_map: np.ndarray, score: float, threshold: float) -> Prediction:
+    def _result(self, image: np.ndarray, model_map: np.ndarray, score: float, threshold: float) -> Prediction:
         h, w = image.shape[:2]
-        amap = resize_map(small_map, h, w)
+        amap = resize_map(model_map, h, w)
         verdict = "NG" if score > threshold else "OK"
         if verdict == "NG":
             mask, regions = find_regions(amap, self.calibration.pixel_threshold, self.min_area)

@@ -1,15 +1,26 @@
-"""Run a scoring function over a dataset and collect scores, maps, labels and masks in arrays."""
+"""Score preprocessed images: batches of model inputs -> (anomaly maps, image scores).
+
+A ScoreFn takes a float32 batch (B, C, H, W) and returns (maps (B, H, W), scores (B,)). The graph's
+own ScoreFn (torch or ONNX) takes model-sized inputs (H = W = image_size); with tiling,
+`image_score_fn` wraps it so it takes whole images of any size (surfad.data.tiles).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
+
+from surfad.config import RunConfig, ScoreConfig
+from surfad.data.tiles import cut_tiles, default_stride, stitch
+from surfad.data.transforms import resize_map
+from surfad.models.base import ImageScorer
 
 ScoreFn = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
+MAX_TILES = 64  # tiles per forward pass when tiling
 
 
 @dataclass
@@ -33,13 +44,70 @@ def torch_score_fn(graph: torch.nn.Module, device: torch.device) -> ScoreFn:
     return score
 
 
-def score_dataset(score: ScoreFn, dataset: Dataset, batch_size: int = 16) -> ScoredSet:
-    """Score every item of a dataset yielding {"image", "mask", "label"} dicts."""
-    scores, maps, labels, masks = [], [], [], []
-    for batch in DataLoader(dataset, batch_size=batch_size, shuffle=False):
-        amap, s = score(batch["image"].numpy())
+def tiled_score_fn(tile_score: ScoreFn, score: ScoreConfig, tile: int, stride: int) -> ScoreFn:
+    """A ScoreFn for images of any size from one for tile x tile inputs.
+
+    Each image is cut into tiles (surfad.data.tiles), `tile_score` maps them (its scoring head
+    smooths each tile map), the tile maps are averaged where they overlap and cropped to the image,
+    and the score rule's pooling and reduction (no second smoothing) give the image score.
+    Maps come back at the input's resolution.
+    """
+    reducer = ImageScorer(replace(score, smoothing_sigma=0.0))
+    stride = default_stride(tile, stride)
+
+    def score_images(batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        height, width = batch.shape[2:]
+        cuts = [cut_tiles(image, tile, stride) for image in batch]
+        tiles = np.concatenate([c[0] for c in cuts])
+        maps = np.concatenate([tile_score(tiles[i : i + MAX_TILES])[0] for i in range(0, len(tiles), MAX_TILES)])
+        stitched, offset = [], 0
+        for _, starts, padded in cuts:
+            stitched.append(stitch(maps[offset : offset + len(starts)], starts, padded, (height, width)))
+            offset += len(starts)
+        amaps = np.stack(stitched)
+        with torch.inference_mode():
+            _, scores = reducer(torch.from_numpy(amaps)[:, None])
+        return amaps, scores.numpy()
+
+    return score_images
+
+
+def image_score_fn(graph_score: ScoreFn, config: RunConfig) -> ScoreFn:
+    """The ScoreFn for preprocessed images of a run: the graph's own, or its tiled wrapper when tiling."""
+    data = config.data
+    if data.tile_scale <= 0:
+        return graph_score
+    assert config.score is not None, "config must be resolved"
+    return tiled_score_fn(graph_score, config.score, data.image_size, data.tile_stride)
+
+
+def score_images(score: ScoreFn, images: Sequence[np.ndarray], batch_size: int = 16) -> tuple[list[np.ndarray], np.ndarray]:
+    """Score preprocessed (C, H, W) images, batching consecutive ones of equal shape; maps at input resolution."""
+    maps: list[np.ndarray] = []
+    scores: list[np.ndarray] = []
+    start = 0
+    while start < len(images):
+        end = start + 1
+        while end < len(images) and end - start < batch_size and images[end].shape == images[start].shape:
+            end += 1
+        amap, s = score(np.stack(images[start:end]).astype(np.float32, copy=False))
+        maps += list(amap)
         scores.append(s)
-        maps.append(amap)
-        labels.append(batch["label"].numpy())
-        masks.append(batch["mask"][:, 0].numpy() > 0.5)
-    return ScoredSet(np.concatenate(scores), np.concatenate(maps), np.concatenate(labels), np.concatenate(masks))
+        start = end
+    return maps, np.concatenate(scores) if scores else np.zeros(0, np.float32)
+
+
+def score_dataset(score: ScoreFn, dataset: Dataset, batch_size: int = 16) -> ScoredSet:
+    """Score every item of a dataset yielding {"image", "mask", "label"} dicts; maps are resized to the
+    masks' resolution (model resolution) when the inputs are larger (tiling)."""
+    scores, maps, labels, masks = [], [], [], []
+    for start in range(0, len(dataset), batch_size):
+        items = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
+        amaps, s = score_images(score, [item["image"].numpy() for item in items], batch_size)
+        for item, amap in zip(items, amaps):
+            mask = item["mask"][0].numpy() > 0.5
+            maps.append(amap if amap.shape == mask.shape else resize_map(amap, *mask.shape))
+            masks.append(mask)
+            labels.append(int(item["label"]))
+        scores.append(s)
+    return ScoredSet(np.concatenate(scores), np.stack(maps), np.array(labels), np.stack(masks))

@@ -29,15 +29,17 @@ from tqdm import tqdm
 from surfad import __version__, bundle
 from surfad.calibrate import calibrate
 from surfad.config import RunConfig, TrainConfig
-from surfad.data.dataset import ImageDataset
+from surfad.data.dataset import ImageDataset, TileDataset
 from surfad.data.defects import DefectSynthesizer
 from surfad.data.io import read_image
 from surfad.data.samples import Sample
 from surfad.data.splits import Splits, make_splits
+from surfad.data.tiles import pad_to_tile
+from surfad.data.transforms import resize_mask
 from surfad.errors import SurfadError
 from surfad.metrics import image_metrics, pixel_metrics
 from surfad.models import InferenceGraph, default_score, resolve_params
-from surfad.scoring import ScoredSet, score_dataset, torch_score_fn
+from surfad.scoring import ScoredSet, image_score_fn, score_dataset, torch_score_fn
 from surfad.utils import (
     atomic_write,
     atomic_write_csv,
@@ -98,7 +100,7 @@ def resolve_config(config: RunConfig, splits: Splits) -> RunConfig:
 class ArrayDataset(Dataset):
     """In-memory items in ImageDataset's format (used for synthetic validation defects)."""
 
-    def __init__(self, images: np.ndarray, masks: np.ndarray, labels: np.ndarray) -> None:
+    def __init__(self, images: list[np.ndarray], masks: list[np.ndarray], labels: np.ndarray) -> None:
         self.images, self.masks, self.labels = images, masks, labels
 
     def __len__(self) -> int:
@@ -114,7 +116,11 @@ class ArrayDataset(Dataset):
 
 
 def validation_dataset(val: ImageDataset, synthetic: bool, source: str, seed: int) -> Dataset:
-    """The val split, plus one synthetic-defect copy of each good image when it has no real defects."""
+    """The val split, plus one synthetic-defect copy of each good image when it has no real defects.
+
+    When tiling, the defect is drawn on one random tile-sized window of the scaled image, inside
+    the image wherever it is larger than a tile; masks are kept at model resolution, like real ones.
+    """
     has_defects = any(s.label == 1 for s in val.samples)
     if has_defects or not synthetic:
         return val
@@ -123,18 +129,42 @@ def validation_dataset(val: ImageDataset, synthetic: bool, source: str, seed: in
     images, masks = [], []
     for i, sample in enumerate(val.samples):
         if sample.label == 0:
-            image, mask = synthesizer(val[i]["image"].numpy(), rng)
-            images.append(image.astype(np.float32))
-            masks.append(mask > 0.5)
-    fake = ArrayDataset(np.stack(images), np.stack(masks), np.ones(len(images), dtype=np.int64))
+            image, mask = synthetic_defect(val[i]["image"].numpy(), synthesizer, rng)
+            images.append(image)
+            masks.append(resize_mask(mask, val.image_size))
+    fake = ArrayDataset(images, masks, np.ones(len(images), dtype=np.int64))
     return torch.utils.data.ConcatDataset([val, fake])
 
 
-def validate(graph: torch.nn.Module, dataset: Dataset, device: torch.device, batch_size: int) -> tuple[dict[str, float], ScoredSet]:
+def synthetic_defect(image: np.ndarray, synthesizer: DefectSynthesizer, rng: np.random.Generator,
+                     attempts: int = 10) -> tuple[np.ndarray, np.ndarray]:
+    """(C, H, W) image -> (image with one synthetic defect, bool (H, W) mask); square model-sized
+    images directly, others (tiling) in a random window of the synthesizer's size."""
+    size = synthesizer.image_size
+    _, height, width = image.shape
+    if height == width == size:
+        out, mask = synthesizer(image, rng)
+        return out.astype(np.float32), mask > 0.5
+    padded = pad_to_tile(image, size)
+    for _ in range(attempts):  # a small image's window reaches into the padding: keep a defect that shows
+        y = int(rng.integers(0, padded.shape[1] - size + 1))
+        x = int(rng.integers(0, padded.shape[2] - size + 1))
+        window, window_mask = synthesizer(np.ascontiguousarray(padded[:, y : y + size, x : x + size]), rng)
+        full = np.zeros(padded.shape[1:], dtype=bool)
+        full[y : y + size, x : x + size] = window_mask > 0.5
+        if full[:height, :width].any():
+            break
+    out = padded.copy()
+    out[:, y : y + size, x : x + size] = window
+    return np.ascontiguousarray(out[:, :height, :width], dtype=np.float32), full[:height, :width]
+
+
+def validate(graph: torch.nn.Module, config: RunConfig, dataset: Dataset, device: torch.device,
+             batch_size: int) -> tuple[dict[str, float], ScoredSet]:
     """Validation figures: image AUROC/AP when defects exist, pixel AUROC/AUPRO when masks
     exist, and the mean score of good images."""
     graph.eval()
-    scored = score_dataset(torch_score_fn(graph, device), dataset, batch_size)
+    scored = score_dataset(image_score_fn(torch_score_fn(graph, device), config), dataset, batch_size)
     figures = {"val_good_score": float(scored.scores[scored.labels == 0].mean())}
     if (scored.labels == 1).any() and (scored.labels == 0).any():
         m = image_metrics(scored.scores, scored.labels, threshold=float(np.median(scored.scores)))
@@ -173,8 +203,6 @@ def train_epoch(model: torch.nn.Module, train_set: Dataset, optimizer: torch.opt
     """One pass over the training samples (order seeded by seed and epoch); mean loss terms.
     `average`, if given, is updated after every optimiser step."""
     model.train()
-    if hasattr(train_set, "set_epoch"):  # datasets that draw new synthetic samples each epoch
-        train_set.set_epoch(epoch)
     loader = DataLoader(train_set, batch_size=batch_size, shuffle=True, drop_last=True,
                         generator=torch.Generator().manual_seed(tc.seed * 1000 + epoch))
     sums: dict[str, float] = {}
@@ -220,6 +248,9 @@ def train(config: RunConfig, out: str | Path, resume: bool = False, progress: bo
         raise SurfadError(f"{dc.path}: the validation split is empty; set data.val_ratio > 0 or add a validation/ folder")
     if not 0.0 <= tc.ema_decay < 1.0:
         raise SurfadError(f"train.ema_decay must be in [0, 1) (0 = off), got {tc.ema_decay}")
+    if dc.tile_scale < 0 or not 0 <= dc.tile_stride <= dc.image_size or dc.tiles_per_image < 1:
+        raise SurfadError(f"data: tile_scale must be >= 0 (0 = off), tile_stride in [0, image_size={dc.image_size}] "
+                          f"and tiles_per_image >= 1; got {dc.tile_scale}, {dc.tile_stride}, {dc.tiles_per_image}")
     set_threads(tc.threads)
     seed_everything(tc.seed)
     device = resolve_device(tc.device)
@@ -232,10 +263,12 @@ def train(config: RunConfig, out: str | Path, resume: bool = False, progress: bo
     shipped, shipped_graph = model, graph  # what is validated, selected and shipped
     if average is not None:
         shipped, shipped_graph = average.module, InferenceGraph(average.module, graph.scorer)
-    train_images = ImageDataset(splits.train, dc.image_size, dc.channels)
+    train_images: Dataset = ImageDataset(splits.train, dc.image_size, dc.channels, tile_scale=dc.tile_scale)
+    if dc.tile_scale > 0:
+        train_images = TileDataset(train_images, dc.tiles_per_image, tc.seed)
     train_set = model.make_train_dataset(train_images, tc.seed)
-    val_set = validation_dataset(ImageDataset(splits.val, dc.image_size, dc.channels), tc.val_synthetic,
-                                 tc.val_defect_source, tc.seed + 1)
+    val_set = validation_dataset(ImageDataset(splits.val, dc.image_size, dc.channels, tile_scale=dc.tile_scale),
+                                 tc.val_synthetic, tc.val_defect_source, tc.seed + 1)
     batch_size = min(tc.batch_size, len(train_set))
     steps_per_epoch = len(train_set) // batch_size
     optimizer, scheduler = model.configure_optimizer(tc, steps_per_epoch)
@@ -274,6 +307,9 @@ def train(config: RunConfig, out: str | Path, resume: bool = False, progress: bo
     bar = tqdm(total=total_steps, initial=start_epoch * steps_per_epoch, disable=not progress, unit="step", dynamic_ncols=True)
     for epoch in range(start_epoch, tc.epochs):
         bar.set_description(f"epoch {epoch + 1}/{tc.epochs}")
+        for dataset in (train_images, train_set):  # datasets that draw new tiles or synthetic samples each epoch
+            if hasattr(dataset, "set_epoch"):
+                dataset.set_epoch(epoch)
         sums = train_epoch(model, train_set, optimizer, epoch, tc, batch_size, device, bar, average)
         if scheduler is not None:
             scheduler.step()
@@ -283,7 +319,7 @@ def train(config: RunConfig, out: str | Path, resume: bool = False, progress: bo
         elapsed = elapsed_before + time.monotonic() - started
         over_budget = tc.time_budget_min > 0 and elapsed > tc.time_budget_min * 60
         if (epoch + 1) % tc.val_every == 0 or is_last or over_budget:
-            figures, scored = validate(shipped_graph, val_set, device, batch_size)
+            figures, scored = validate(shipped_graph, config, val_set, device, batch_size)
             row.update(figures)
             eligible = epoch + 1 > tc.select_after or is_last or over_budget  # see TrainConfig.select_after
             if eligible and detection_value(figures) >= best:  # ties go to the later, longer-trained epoch
@@ -313,7 +349,7 @@ def train(config: RunConfig, out: str | Path, resume: bool = False, progress: bo
     # Ship the best epoch and calibrate it on the validation split right away, so the bundle is
     # usable; synthetic defects choose epochs but not thresholds: without real defects, fpr:0.01.
     bundle.load_weights(model, out / bundle.WEIGHTS)
-    _, scored = validate(graph, val_set, device, batch_size)
+    _, scored = validate(graph, config, val_set, device, batch_size)
     real = np.arange(len(scored.labels)) < len(splits.val)
     strategy = "f1" if any(s.label == 1 for s in splits.val) else "fpr:0.01"
     calibration = calibrate(

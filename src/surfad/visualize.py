@@ -10,6 +10,7 @@ import cv2
 import numpy as np
 import torch
 
+from surfad.data.tiles import pad_to_tile
 from surfad.utils import atomic_write
 
 if TYPE_CHECKING:
@@ -64,7 +65,7 @@ def write_png(path: str | Path, rgb: np.ndarray) -> None:
 def training_grid(model: torch.nn.Module, graph: torch.nn.Module, dataset, device: torch.device, path: Path, n: int = 8) -> None:
     """A PNG with one column per validation image: input, the model's visuals, the anomaly map."""
     picks = _spread_indices(dataset, n)
-    x = torch.stack([dataset[i]["image"] for i in picks]).to(device)
+    x = torch.stack([_model_input(dataset[i], model.image_size) for i in picks]).to(device)
     graph.eval()
     with torch.inference_mode():
         visuals = model.visuals(x)
@@ -74,6 +75,22 @@ def training_grid(model: torch.nn.Module, graph: torch.nn.Module, dataset, devic
     tiles = [[to_rgb((row[i].permute(1, 2, 0).clamp(0, 1).cpu().numpy() * 255).astype(np.uint8)) for i in range(len(picks))] for row in rows]
     tiles.append([heatmap(amap[i, 0].cpu().numpy(), scale) for i in range(len(picks))])
     write_png(path, np.vstack([np.hstack(row) for row in tiles]))
+
+
+def _model_input(item: dict[str, torch.Tensor], size: int) -> torch.Tensor:
+    """An item's image as one model input: itself, or when tiling the tile centred on its mask (on the image
+    centre when it has none); masks are at model resolution, so their centre is rescaled to the image."""
+    image = item["image"]
+    _, height, width = image.shape
+    if height == width == size:
+        return image
+    mask = item["mask"][0].numpy() > 0.5
+    ys, xs = np.nonzero(mask)
+    centre_y, centre_x = ((ys.mean() + 0.5) / size, (xs.mean() + 0.5) / size) if len(ys) else (0.5, 0.5)
+    y = int(np.clip(round(centre_y * height - size / 2), 0, max(0, height - size)))
+    x = int(np.clip(round(centre_x * width - size / 2), 0, max(0, width - size)))
+    padded = pad_to_tile(image.numpy(), size)
+    return torch.from_numpy(np.ascontiguousarray(padded[:, y : y + size, x : x + size]))
 
 
 def _spread_indices(dataset, n: int) -> list[int]:

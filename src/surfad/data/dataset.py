@@ -10,33 +10,38 @@ from torch.utils.data import Dataset
 
 from surfad.data.io import read_image, read_mask
 from surfad.data.samples import Sample
+from surfad.data.tiles import random_tile
 from surfad.data.transforms import preprocess, resize_mask
 
 
 class ImageDataset(Dataset):
     """Preprocessed images of `samples` as dicts of tensors.
 
-    Items: "image" float32 (C, S, S) in [0, 1]; "mask" float32 (1, S, S) (zeros for good images);
-    "label" int64; "index" int64 (position in `samples`). Images are decoded on first use and kept
-    in memory as uint8, so later epochs cost no decoding.
+    Items: "image" float32 (C, S, S) in [0, 1] (with tile_scale > 0: the whole image scaled by that
+    factor, (C, h, w)); "mask" float32 (1, S, S) (zeros for good images); "label" int64; "index"
+    int64 (position in `samples`). Images are decoded on first use and kept in memory as uint8, so
+    later epochs cost no decoding.
     """
 
-    def __init__(self, samples: Sequence[Sample], image_size: int, channels: int, with_masks: bool = True):
+    def __init__(self, samples: Sequence[Sample], image_size: int, channels: int, with_masks: bool = True,
+                 tile_scale: float = 0.0):
         self.samples = list(samples)
         self.image_size = image_size
         self.channels = channels
         self.with_masks = with_masks
+        self.tile_scale = tile_scale
         self._cache: dict[int, tuple[np.ndarray, np.ndarray]] = {}
 
     def __len__(self) -> int:
         return len(self.samples)
 
     def load(self, index: int) -> tuple[np.ndarray, np.ndarray]:
-        """uint8 (C, S, S) image and bool (S, S) mask of sample `index`, cached."""
+        """uint8 (C, S, S) (or (C, h, w) when tiling) image and bool (S, S) mask of sample `index`, cached."""
         if index not in self._cache:
             sample = self.samples[index]
             image = read_image(sample.path)
-            array = (preprocess(image, self.image_size, self.channels) * 255).round().astype(np.uint8)
+            prepared = preprocess(image, self.image_size, self.channels, self.tile_scale)
+            array = (prepared * 255).round().astype(np.uint8)
             size = self.image_size
             if self.with_masks and sample.mask_path is not None:
                 mask = resize_mask(read_mask(sample.mask_path, image.shape[:2]), size)
@@ -51,5 +56,39 @@ class ImageDataset(Dataset):
             "image": torch.from_numpy(array.astype(np.float32) / 255.0),
             "mask": torch.from_numpy(mask[None].astype(np.float32)),
             "label": torch.tensor(self.samples[index].label, dtype=torch.int64),
+            "index": torch.tensor(index, dtype=torch.int64),
+        }
+
+
+class TileDataset(Dataset):
+    """Random image_size tiles of good training images (scaled by their dataset's tile_scale).
+
+    An epoch has len(images) * tiles_per_image items; item i is a tile of image i mod N, placed
+    uniformly by np.random.default_rng([seed, epoch, i]), so every epoch sees new tiles and a
+    given (seed, epoch) always the same ones. Items are in ImageDataset's format (mask all zeros).
+    """
+
+    def __init__(self, images: ImageDataset, tiles_per_image: int, seed: int) -> None:
+        self.images = images
+        self.length = len(images) * tiles_per_image
+        self.seed = abs(seed)
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        if not 0 <= index < self.length:
+            raise IndexError(index)
+        array, _ = self.images.load(index % len(self.images))
+        size = self.images.image_size
+        tile = random_tile(array, size, np.random.default_rng([self.seed, self.epoch, index]))
+        return {
+            "image": torch.from_numpy(tile.astype(np.float32) / 255.0),
+            "mask": torch.zeros((1, size, size), dtype=torch.float32),
+            "label": torch.tensor(0, dtype=torch.int64),
             "index": torch.tensor(index, dtype=torch.int64),
         }

@@ -1,9 +1,11 @@
 """Preprocessing shared by training, the torch runtime and the ONNX runtime.
 
-One rule, documented once: the image is converted to the model's channel count, resized to
-image_size x image_size (area interpolation when shrinking, bilinear when enlarging), scaled to
-[0, 1] float32 and laid out channel-first. Any further normalisation lives inside the model, so an
-exported graph takes exactly this tensor.
+One rule, documented once: the image is converted to the model's channel count, resized (area
+interpolation when shrinking, bilinear when enlarging), scaled to [0, 1] float32 and laid out
+channel-first. Resized means squashed to image_size x image_size, or, with a tile scale > 0,
+scaled by that factor with its aspect ratio kept (the model then sees image_size tiles of it, see
+surfad.data.tiles). Any further normalisation lives inside the model, so an exported graph takes
+exactly these tensors (tiles of them when tiling).
 """
 
 from __future__ import annotations
@@ -28,10 +30,20 @@ def resize_mask(mask: np.ndarray, size: int) -> np.ndarray:
     return out.astype(bool)
 
 
-def preprocess(image: np.ndarray, image_size: int, channels: int) -> np.ndarray:
-    """uint8 HxWxC image -> float32 CxSxS in [0, 1], the model's input."""
+def rescale_image(image: np.ndarray, scale: float) -> np.ndarray:
+    """Resize uint8/float HxWxC by `scale` (each side rounded, at least 1 pixel), keeping the channel axis."""
+    h, w, c = image.shape
+    if scale == 1.0:
+        return image
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    out = cv2.resize(image, size, interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
+    return out.reshape(size[1], size[0], c)
+
+
+def preprocess(image: np.ndarray, image_size: int, channels: int, tile_scale: float = 0.0) -> np.ndarray:
+    """uint8 HxWxC image -> float32 in [0, 1]: CxSxS (squashed), or Cxh'xw' scaled by tile_scale when > 0."""
     image = convert_channels(image, channels)
-    resized = resize_image(image, image_size)
+    resized = rescale_image(image, tile_scale) if tile_scale > 0 else resize_image(image, image_size)
     return np.ascontiguousarray(resized.transpose(2, 0, 1), dtype=np.float32) / 255.0
 
 

@@ -17,6 +17,12 @@ than both sides, else INTER_LINEAR; aspect ratio not kept), divide by 255, chann
 is inside the model. The decision rule is NG iff score > threshold, with the threshold (and the
 pixel threshold for regions) read from RUN/calibration.json, so re-calibrating needs no re-export.
 
+Tiled runs (``data.tile_scale`` > 0): the graph is the same, for one S x S tile. The image is
+scaled by tile_scale instead of squashed, cut into S x S tiles ``data.tile_stride`` apart
+(surfad.data.tiles), and the tile maps are averaged where tiles overlap; the image score is the
+scoring head's pooling and reduction on that whole map (`surfad.scoring.tiled_score_fn`, which
+`Detector` runs around either runtime). export.json describes it under "tiling".
+
 Exporter: the TorchScript-based ``torch.onnx.export(..., dynamo=False)`` at opset 17. The
 torch.export-based exporter (dynamo=True, opset >= 18) also converts unet_vae and recondiff, but is
 about 8x slower to export and fixed the batch size of recondiff's Siamese segmentation net (it
@@ -42,7 +48,9 @@ import torch
 
 from surfad import __version__, bundle
 from surfad.data.io import read_image
+from surfad.config import RunConfig
 from surfad.data.splits import Splits
+from surfad.data.tiles import cut_tiles, default_stride
 from surfad.data.transforms import preprocess
 from surfad.errors import BadInputError, SurfadError
 from surfad.scoring import ScoreFn, torch_score_fn
@@ -66,7 +74,7 @@ def export_onnx(run: str | Path, opset: int = 17) -> Path:
     graph.to("cpu")
     channels, size = int(config.data.channels or 3), config.data.image_size
     random_batch = np.random.default_rng(0).random((N_RANDOM, channels, size, size), dtype=np.float32)
-    val_batches = _val_batches(run, channels, size)
+    val_batches = _val_batches(run, channels, size, config.data.tile_scale)
     example = torch.rand(2, channels, size, size, generator=torch.Generator().manual_seed(0))
     dims = {INPUT_NAME: {0: "batch"}, **{name: {0: "batch"} for name in OUTPUT_NAMES}}
     parity: dict[str, Any] = {}
@@ -103,6 +111,7 @@ def export_onnx(run: str | Path, opset: int = 17) -> Path:
         "preprocessing": "surfad.data.transforms.preprocess: convert to channels, resize to image_size "
                          "(INTER_AREA when smaller than both sides, else INTER_LINEAR), /255, CHW float32",
         "decision": "NG iff score > threshold (calibration.json)",
+        "tiling": _tiling(config),
         "parity": {"random_inputs": N_RANDOM, "val_images": len(val_batches), **parity, "tolerance": PARITY_TOLERANCE},
         "weights_sha256": _sha256(run / bundle.WEIGHTS),
         "surfad_version": __version__,
@@ -161,8 +170,26 @@ def check_parity(graph: torch.nn.Module, score: ScoreFn, batches: list[np.ndarra
     return {"max_abs_diff_map": diff_map, "max_abs_diff_score": diff_score}
 
 
-def _val_batches(run: Path, channels: int, size: int) -> list[np.ndarray]:
-    """Up to N_VAL of the run's readable val images, preprocessed, one per batch (batch size 1)."""
+def _tiling(config: RunConfig) -> dict[str, Any] | None:
+    """How a tiled run turns whole images into graph inputs and back (None when not tiling)."""
+    data = config.data
+    if data.tile_scale <= 0:
+        return None
+    return {
+        "scale": data.tile_scale,
+        "tile": data.image_size,
+        "stride": default_stride(data.image_size, data.tile_stride),
+        "preprocessing": "scale the image by `scale` (INTER_AREA when < 1, else INTER_LINEAR) instead of resizing "
+                         "to image_size; reflect-pad bottom/right to at least one tile; tiles `stride` apart, the "
+                         "last flush with the edge (surfad.data.tiles)",
+        "map": "mean of the graph's anomaly_map over overlapping tiles, cropped to the scaled image",
+        "score": "the graph's pooling and reduction applied to that map (surfad.scoring.tiled_score_fn)",
+    }
+
+
+def _val_batches(run: Path, channels: int, size: int, tile_scale: float = 0.0) -> list[np.ndarray]:
+    """Up to N_VAL of the run's readable val images, preprocessed, one per batch (batch size 1); when
+    tiling, the first tile of each."""
     try:
         samples = Splits.load(run / bundle.SPLITS).val[:N_VAL]
     except SurfadError:
@@ -170,7 +197,8 @@ def _val_batches(run: Path, channels: int, size: int) -> list[np.ndarray]:
     batches = []
     for sample in samples:
         try:
-            batches.append(preprocess(read_image(sample.path), size, channels)[None])
+            image = preprocess(read_image(sample.path), size, channels, tile_scale)
+            batches.append(cut_tiles(image, size, size)[0][:1] if tile_scale > 0 else image[None])
         except BadInputError:
             continue  # the dataset moved or changed since training
     return batches
