@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 
@@ -36,7 +37,7 @@ def test_tile_starts_cover_the_length_and_end_flush(length: int, stride: int):
     starts = tile_starts(length, 32, stride)
     assert starts[0] == 0
     assert starts[-1] == max(0, length - 32)  # the last tile ends at the edge
-    assert all(0 < b - a <= stride for a, b in zip(starts, starts[1:]))
+    assert all(0 < b - a <= stride for a, b in itertools.pairwise(starts))
 
 
 @pytest.mark.parametrize("shape", [(1, 70, 45), (3, 32, 32), (1, 20, 90), (3, 5, 3)])
