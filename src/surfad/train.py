@@ -9,6 +9,8 @@ not eligible); the best by validation AUPRO is kept
 as checkpoints/best_seg.safetensors when validation has masks; `last` allows exact resumption.
 With `ema_decay` > 0 a moving average of the weights is what gets validated, selected and shipped
 (best_detect, best_seg); `last` keeps the raw training weights, and the average goes in its state.
+With `data.tile_scale` > 0 training sees random tiles (data.dataset.TileDataset) and validation
+scores whole images from their tiles (scoring.tiled_score_fn).
 """
 
 from __future__ import annotations

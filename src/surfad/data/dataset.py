@@ -66,6 +66,8 @@ class TileDataset(Dataset):
     An epoch has len(images) * tiles_per_image items; item i is a tile of image i mod N, placed
     uniformly by np.random.default_rng([seed, epoch, i]), so every epoch sees new tiles and a
     given (seed, epoch) always the same ones. Items are in ImageDataset's format (mask all zeros).
+    A model's training samples built on top (e.g. recondiff's clean and synthetic-defect copies of
+    item i) share item i's tile within an epoch, as they share the image when squashing.
     """
 
     def __init__(self, images: ImageDataset, tiles_per_image: int, seed: int) -> None:
