@@ -210,3 +210,16 @@ def test_bad_tile_settings_are_clear_errors(odd_sized: Path, tmp_path: Path, cap
     assert main(args) == 2
     err = capsys.readouterr().err
     assert "tile" in err and "Traceback" not in err
+
+
+def test_service_inspects_with_the_tiled_model(tiled_run: Path, odd_sized: Path):
+    from fastapi.testclient import TestClient
+
+    from surfad.serve.app import create_app
+
+    detector = Detector.load(tiled_run)
+    client = TestClient(create_app(detector))
+    assert client.get("/model").json()["tile_scale"] == 0.5
+    path = sorted((odd_sized / "test" / "knot").glob("*.png"))[0]
+    reply = client.post("/predict", files={"file": (path.name, path.read_bytes(), "image/png")}).json()
+    assert reply["score"] == pytest.approx(detector.predict(path).score, rel=1e-5)
