@@ -36,7 +36,7 @@ from surfad.data.defects import DefectSynthesizer
 from surfad.data.io import read_image
 from surfad.data.samples import Sample
 from surfad.data.splits import Splits, make_splits
-from surfad.data.tiles import pad_to_tile
+from surfad.data.tiles import default_stride, pad_to_tile
 from surfad.data.transforms import resize_mask
 from surfad.errors import SurfadError
 from surfad.metrics import image_metrics, pixel_metrics
@@ -303,6 +303,9 @@ def train(config: RunConfig, out: str | Path, resume: bool = False, progress: bo
             "data": {"path": dc.path, "layout": splits.layout, "train": len(splits.train), "val": len(splits.val)},
         })
     print(f"model {config.model}: {n_params / 1e6:.2f} M parameters, {dc.image_size}x{dc.image_size}x{dc.channels}, device {device}")
+    if dc.tile_scale > 0:
+        print(f"tiling: images scaled by {dc.tile_scale}, {dc.tiles_per_image} random tile(s) per training image per epoch, "
+              f"inference tiles {default_stride(dc.image_size, dc.tile_stride)} px apart")
 
     started = time.monotonic()
     total_steps = tc.epochs * steps_per_epoch
