@@ -28,7 +28,13 @@ from surfad.errors import SurfadError
 from surfad.inference import Detector
 from surfad.metrics import image_metrics, per_type_auroc, pixel_metrics
 from surfad.report import worst_cases, write_report
-from surfad.scoring import ScoredSet, ScoreFn, image_score_fn, score_dataset, torch_score_fn
+from surfad.scoring import (
+    ScoredSet,
+    ScoreFn,
+    image_score_fn,
+    score_dataset,
+    torch_score_fn,
+)
 from surfad.utils import atomic_write_csv, atomic_write_json
 from surfad.visualize import encode_png, heatmap_scale, overlay
 

@@ -47,8 +47,8 @@ import numpy as np
 import torch
 
 from surfad import __version__, bundle
-from surfad.data.io import read_image
 from surfad.config import RunConfig
+from surfad.data.io import read_image
 from surfad.data.splits import Splits
 from surfad.data.tiles import cut_tiles, default_stride
 from surfad.data.transforms import preprocess
@@ -108,8 +108,9 @@ def export_onnx(run: str | Path, opset: int = 17) -> Path:
         "model": config.model,
         "input": {"name": INPUT_NAME, "dtype": "float32", "shape": ["batch", channels, size, size], "range": [0.0, 1.0]},
         "outputs": {"anomaly_map": ["batch", 1, size, size], "score": ["batch"]},
-        "preprocessing": "surfad.data.transforms.preprocess: convert to channels, resize to image_size "
-                         "(INTER_AREA when smaller than both sides, else INTER_LINEAR), /255, CHW float32",
+        "preprocessing": "surfad.data.transforms.preprocess: convert to channels, " + (
+            "then see tiling" if config.data.tile_scale > 0 else
+            "resize to image_size (INTER_AREA when smaller than both sides, else INTER_LINEAR), /255, CHW float32"),
         "decision": "NG iff score > threshold (calibration.json)",
         "tiling": _tiling(config),
         "parity": {"random_inputs": N_RANDOM, "val_images": len(val_batches), **parity, "tolerance": PARITY_TOLERANCE},
@@ -179,9 +180,9 @@ def _tiling(config: RunConfig) -> dict[str, Any] | None:
         "scale": data.tile_scale,
         "tile": data.image_size,
         "stride": default_stride(data.image_size, data.tile_stride),
-        "preprocessing": "scale the image by `scale` (INTER_AREA when < 1, else INTER_LINEAR) instead of resizing "
-                         "to image_size; reflect-pad bottom/right to at least one tile; tiles `stride` apart, the "
-                         "last flush with the edge (surfad.data.tiles)",
+        "preprocessing": "scale the image by `scale` (INTER_AREA when < 1, else INTER_LINEAR), /255, CHW float32; "
+                         "reflect-pad bottom/right to at least one tile; tiles `stride` apart, the last flush with "
+                         "the edge (surfad.data.tiles)",
         "map": "mean of the graph's anomaly_map over overlapping tiles, cropped to the scaled image",
         "score": "the graph's pooling and reduction applied to that map (surfad.scoring.tiled_score_fn)",
     }
