@@ -33,6 +33,7 @@ WEIGHTS = "model.safetensors"
 CALIBRATION = "calibration.json"
 HISTORY = "history.csv"
 ONNX = "model.onnx"
+ENSEMBLE = "ensemble.json"  # marks a folder written by `surfad fuse`: members and their standardisation
 
 
 def require_run(run: str | Path) -> Path:

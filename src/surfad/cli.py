@@ -140,13 +140,24 @@ def cmd_predict(args: argparse.Namespace) -> None:
 
 
 def cmd_export(args: argparse.Namespace) -> None:
+    from surfad.bundle import ENSEMBLE
+    from surfad.ensemble import member_runs
     from surfad.export.onnx import EXPORT_JSON, export_onnx
 
-    path = export_onnx(args.run, opset=args.opset)
-    parity = json.loads((Path(args.run) / EXPORT_JSON).read_text())["parity"]
-    print(f"exported {path} (opset {args.opset}); torch vs onnxruntime max abs diff: map "
-          f"{parity['max_abs_diff_map']:.2g}, score {parity['max_abs_diff_score']:.2g} "
-          f"({parity['random_inputs']} random + {parity['val_images']} val images)")
+    runs = member_runs(args.run) if (Path(args.run) / ENSEMBLE).is_file() else [Path(args.run)]
+    for run in runs:  # a fused detector: each member's own model.onnx
+        path = export_onnx(run, opset=args.opset)
+        parity = json.loads((run / EXPORT_JSON).read_text())["parity"]
+        print(f"exported {path} (opset {args.opset}); torch vs onnxruntime max abs diff: map "
+              f"{parity['max_abs_diff_map']:.2g}, score {parity['max_abs_diff_score']:.2g} "
+              f"({parity['random_inputs']} random + {parity['val_images']} val images)")
+
+
+def cmd_fuse(args: argparse.Namespace) -> None:
+    from surfad.ensemble import fuse_runs
+
+    out = fuse_runs(args.runs, args.out, strategy=args.strategy)
+    print(f"fused {len(args.runs)} runs into {out} (standardised and calibrated on their validation split)")
 
 
 def cmd_serve(args: argparse.Namespace) -> None:
@@ -305,6 +316,12 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", default="onnx", choices=["onnx"])
     p.add_argument("--opset", type=int, default=17)
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("fuse", help="one detector from several runs: the mean of their standardised scores and maps")
+    p.add_argument("runs", nargs="+", help="run folders trained on the same data and splits")
+    p.add_argument("--out", required=True, help="folder for the fused detector")
+    p.add_argument("--strategy", help="calibration strategy (default: f1 with real validation defects, else fpr:0.01)")
+    p.set_defaults(func=cmd_fuse)
 
     p = sub.add_parser("serve", help="HTTP service and web page: POST /predict, GET / (see surfad.serve.app)")
     p.add_argument("run")

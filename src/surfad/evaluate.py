@@ -8,8 +8,8 @@ test_a / test_b: two seeded, label-stratified halves of test (calibrate on one, 
 
 from __future__ import annotations
 
-import time
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -19,22 +19,14 @@ import torch
 from surfad import bundle
 from surfad.calibrate import Calibration, calibrate
 from surfad.config import RunConfig
-from surfad.data.dataset import ImageDataset
 from surfad.data.io import read_image
 from surfad.data.samples import Sample
 from surfad.data.splits import Splits, make_splits
 from surfad.data.transforms import resize_map
-from surfad.errors import SurfadError
 from surfad.inference import Detector
 from surfad.metrics import image_metrics, per_type_auroc, pixel_metrics
 from surfad.report import worst_cases, write_report
-from surfad.scoring import (
-    ScoredSet,
-    ScoreFn,
-    image_score_fn,
-    score_dataset,
-    torch_score_fn,
-)
+from surfad.scoring import ScoredSet, image_score_fn, score_samples, torch_score_fn
 from surfad.utils import atomic_write_csv, atomic_write_json
 from surfad.visualize import encode_png, heatmap_scale, overlay
 
@@ -66,27 +58,19 @@ def select_split(splits: Splits, name: str, seed: int = 0) -> list[Sample]:
     return splits.get(name)
 
 
-def score_samples(score: ScoreFn, config: RunConfig, samples: list[Sample], batch_size: int = 16) -> tuple[ScoredSet, float]:
-    """Scores/maps of samples at model resolution, and the inference rate in images/s; `score` takes the
-    run's preprocessed images (whole scaled images when tiling: see scoring.image_score_fn)."""
-    if not samples:
-        raise SurfadError("no images to score in the chosen split")
-    data = config.data
-    dataset = ImageDataset(samples, data.image_size, int(data.channels or 3), tile_scale=data.tile_scale)
-    for i in range(len(dataset)):  # decode first, so the rate measures the model alone
-        dataset.load(i)
-    start = time.perf_counter()
-    scored = score_dataset(score, dataset, batch_size)
-    return scored, len(samples) / (time.perf_counter() - start)
-
-
 def calibrate_run(run: str | Path, data: str | None = None, split: str = "val", strategy: str = "f1",
                   layout: str | None = None, checkpoint: str = "best_detect") -> Calibration:
     """Choose thresholds on a split and store them in the run's calibration.json."""
     run = Path(run)
-    config, graph = bundle.load_graph(run, checkpoint)
+    if (run / bundle.ENSEMBLE).is_file():
+        detector = Detector.load(run, checkpoint=checkpoint)
+        config, score = detector.config, detector.score_samples
+    else:  # a single run need not be calibrated yet, as Detector.load requires
+        config, graph = bundle.load_graph(run, checkpoint)
+        graph_score = image_score_fn(torch_score_fn(graph, torch.device("cpu")), config)
+        score = partial(score_samples, graph_score, config)
     samples = select_split(run_splits(config, run, data, layout), split, config.data.split_seed)
-    scored, _ = score_samples(image_score_fn(torch_score_fn(graph, torch.device("cpu")), config), config, samples)
+    scored, _ = score(samples)
     calibration = calibrate(scored.scores, scored.labels, scored.maps, scored.masks, strategy, split=split)
     calibration.save(run / bundle.CALIBRATION)
     return calibration
@@ -99,13 +83,13 @@ def evaluate_run(run: str | Path, data: str | None = None, split: str = "test", 
     detector = Detector.load(run, runtime=runtime, checkpoint=checkpoint)
     out = Path(out) if out is not None else Path(run) / f"eval_{split}"
     samples = select_split(run_splits(detector.config, detector.run, data, layout), split, detector.config.data.split_seed)
-    scored, rate = score_samples(detector.score_batch, detector.config, samples)
+    scored, rate = detector.score_samples(samples)
     t = detector.threshold if threshold is None else threshold
     metrics: dict[str, Any] = image_metrics(scored.scores, scored.labels, t)
     if scored.masks.any():
         metrics.update(pixel_metrics(scored.maps, scored.masks))
     metrics["per_type_image_auroc"] = per_type_auroc(scored.scores, scored.labels, [s.defect_type for s in samples])
-    metrics.update(split=split, n_images=len(samples), images_per_s=rate, runtime=runtime, model=detector.config.model,
+    metrics.update(split=split, n_images=len(samples), images_per_s=rate, runtime=runtime, model=detector.info()["model"],
                    checkpoint=checkpoint)
     records = [
         {"path": str(s.path), "label": int(s.label), "defect_type": s.defect_type, "score": float(score),

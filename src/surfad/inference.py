@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import cv2
 import numpy as np
@@ -25,9 +25,20 @@ from surfad import bundle
 from surfad.calibrate import Calibration
 from surfad.config import RunConfig
 from surfad.data.io import read_image
+from surfad.data.samples import Sample
 from surfad.data.transforms import preprocess, resize_map
 from surfad.errors import SurfadError
-from surfad.scoring import ScoreFn, image_score_fn, score_images, torch_score_fn
+from surfad.scoring import (
+    ScoredSet,
+    ScoreFn,
+    image_score_fn,
+    score_images,
+    score_samples,
+    torch_score_fn,
+)
+
+if TYPE_CHECKING:
+    from surfad.ensemble import FusedDetector
 
 RUNTIMES = ("torch", "onnx")
 
@@ -83,6 +94,19 @@ def find_regions(anomaly_map: np.ndarray, pixel_threshold: float, min_area: int)
     return mask, regions
 
 
+def inspect(image: np.ndarray, model_map: np.ndarray, score: float, threshold: float, calibration: Calibration,
+            min_area: int) -> Prediction:
+    """The Prediction for one image from its anomaly map (resized to the image) and score."""
+    h, w = image.shape[:2]
+    amap = resize_map(model_map, h, w)
+    verdict = "NG" if score > threshold else "OK"
+    if verdict == "NG":
+        mask, regions = find_regions(amap, calibration.pixel_threshold, min_area)
+    else:
+        mask, regions = np.zeros((h, w), dtype=bool), []
+    return Prediction(score, threshold, verdict, amap, mask, regions)
+
+
 class Detector:
     """A trained, calibrated model ready to inspect images."""
 
@@ -97,8 +121,13 @@ class Detector:
 
     @classmethod
     def load(cls, run: str | Path, runtime: str = "torch", device: str = "cpu", min_area: int = 16,
-             checkpoint: str = "best_detect") -> Detector:
-        """Load a run folder; checkpoint (torch runtime): best_detect (shipped), best_seg, last or a path."""
+             checkpoint: str = "best_detect") -> Detector | FusedDetector:
+        """Load a run folder; checkpoint (torch runtime): best_detect (shipped), best_seg, last or a path.
+        A folder written by `surfad fuse` loads as a FusedDetector (surfad.ensemble)."""
+        if (Path(run) / bundle.ENSEMBLE).is_file():
+            from surfad.ensemble import FusedDetector
+
+            return FusedDetector.load(run, runtime=runtime, device=device, min_area=min_area, checkpoint=checkpoint)
         run = bundle.require_run(run)
         if runtime not in RUNTIMES:
             raise SurfadError(f"runtime must be one of {', '.join(RUNTIMES)}, got {runtime!r}")
@@ -159,6 +188,10 @@ class Detector:
         """Preprocessed float32 images (B, C, H, W) of one shape -> (maps (B, H, W), scores (B,))."""
         return self.score_fn(np.ascontiguousarray(batch, dtype=np.float32))
 
+    def score_samples(self, samples: list[Sample], batch_size: int = 16) -> tuple[ScoredSet, float]:
+        """Scores and maps of dataset samples at model resolution, and the rate in images/s."""
+        return score_samples(self.score_batch, self.config, samples, batch_size)
+
     def predict(self, image: np.ndarray | str | Path, threshold: float | None = None) -> Prediction:
         """Inspect one image (a path or a uint8 array HxW, HxWx1 or HxWx3 RGB)."""
         return self.predict_batch([image], threshold)[0]
@@ -168,17 +201,7 @@ class Detector:
         arrays = [as_image(im) for im in images]
         maps, scores = score_images(self.score_batch, [self.preprocess(a) for a in arrays], batch_size=len(arrays))
         t = self.threshold if threshold is None else float(threshold)
-        return [self._result(a, m, float(s), t) for a, m, s in zip(arrays, maps, scores)]
-
-    def _result(self, image: np.ndarray, model_map: np.ndarray, score: float, threshold: float) -> Prediction:
-        h, w = image.shape[:2]
-        amap = resize_map(model_map, h, w)
-        verdict = "NG" if score > threshold else "OK"
-        if verdict == "NG":
-            mask, regions = find_regions(amap, self.calibration.pixel_threshold, self.min_area)
-        else:
-            mask, regions = np.zeros((h, w), dtype=bool), []
-        return Prediction(score, threshold, verdict, amap, mask, regions)
+        return [inspect(a, m, float(s), t, self.calibration, self.min_area) for a, m, s in zip(arrays, maps, scores)]
 
 
 def as_image(image: np.ndarray | str | Path) -> np.ndarray:

@@ -7,6 +7,7 @@ own ScoreFn (torch or ONNX) takes model-sized inputs (H = W = image_size); with 
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
@@ -15,8 +16,11 @@ import torch
 from torch.utils.data import Dataset
 
 from surfad.config import RunConfig, ScoreConfig
+from surfad.data.dataset import ImageDataset
+from surfad.data.samples import Sample
 from surfad.data.tiles import cut_tiles, default_stride, stitch
 from surfad.data.transforms import resize_map
+from surfad.errors import SurfadError
 from surfad.models.base import ImageScorer
 
 ScoreFn = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
@@ -111,3 +115,17 @@ def score_dataset(score: ScoreFn, dataset: Dataset, batch_size: int = 16) -> Sco
             labels.append(int(item["label"]))
         scores.append(s)
     return ScoredSet(np.concatenate(scores), np.stack(maps), np.array(labels), np.stack(masks))
+
+
+def score_samples(score: ScoreFn, config: RunConfig, samples: list[Sample], batch_size: int = 16) -> tuple[ScoredSet, float]:
+    """Scores/maps of dataset samples at model resolution, and the inference rate in images/s; `score`
+    takes the run's preprocessed images (whole scaled images when tiling: see image_score_fn)."""
+    if not samples:
+        raise SurfadError("no images to score in the chosen split")
+    data = config.data
+    dataset = ImageDataset(samples, data.image_size, int(data.channels or 3), tile_scale=data.tile_scale)
+    for i in range(len(dataset)):  # decode first, so the rate measures the model alone
+        dataset.load(i)
+    start = time.perf_counter()
+    scored = score_dataset(score, dataset, batch_size)
+    return scored, len(samples) / (time.perf_counter() - start)

@@ -1,0 +1,183 @@
+"""Fuse trained runs into one detector: the mean of their standardised scores and maps.
+
+    surfad fuse runs/squashed runs/tiled --out runs/fused   # then calibrate/evaluate/predict/export/serve it
+
+Runs that look at images differently (e.g. squashed whole images and constant-scale tiles) miss
+different defects, so their mean can beat each of them. Each member scores an image with its own
+preprocessing; its score and its map (at the image's size) are standardised by the mean and
+standard deviation of its scores, and of its map values, on the validation good images; the fused
+score and map are the means over members. The members must share their validation and test
+splits, so none was trained on the images that standardise it. The fused folder holds
+ensemble.json (members, relative to the folder, and their statistics), a copy of the splits and its
+own calibration.json; the members stay where they are and are loaded from there.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from surfad import bundle
+from surfad.calibrate import Calibration, calibrate
+from surfad.config import RunConfig
+from surfad.data.samples import Sample
+from surfad.data.splits import Splits
+from surfad.data.transforms import resize_map
+from surfad.errors import SurfadError
+from surfad.inference import Detector, Prediction, as_image, inspect
+from surfad.scoring import ScoredSet
+from surfad.utils import atomic_write_json, read_json
+
+
+@dataclass
+class MemberStats:
+    """One member run and the statistics that standardise its outputs."""
+
+    run: str  # path relative to the fused folder
+    score_mean: float
+    score_std: float
+    map_mean: float
+    map_std: float
+
+    def scores(self, scores: np.ndarray) -> np.ndarray:
+        return (scores - self.score_mean) / self.score_std
+
+    def maps(self, maps: np.ndarray) -> np.ndarray:
+        return (maps - self.map_mean) / self.map_std
+
+
+def fuse_scored(sets: Sequence[ScoredSet], stats: Sequence[MemberStats]) -> ScoredSet:
+    """Members' outputs on the same samples -> the fused ones (maps at the first member's resolution)."""
+    size = sets[0].maps.shape[1:]
+    scores = np.mean([s.scores(scored.scores) for s, scored in zip(stats, sets)], axis=0)
+    maps = np.mean([s.maps(_resized(scored.maps, size)) for s, scored in zip(stats, sets)], axis=0)
+    return ScoredSet(scores, maps.astype(np.float32), sets[0].labels, sets[0].masks)
+
+
+def _resized(maps: np.ndarray, size: tuple[int, ...]) -> np.ndarray:
+    return maps if maps.shape[1:] == size else np.stack([resize_map(m, *size) for m in maps])
+
+
+class FusedDetector:
+    """Several runs inspecting as one: Detector's interface (predict, score_samples, info, ...)."""
+
+    def __init__(self, run: Path, members: list[Detector], stats: list[MemberStats], calibration: Calibration,
+                 runtime: str, min_area: int = 16) -> None:
+        self.run = run
+        self.members = members
+        self.stats = stats
+        self.calibration = calibration
+        self.runtime = runtime
+        self.min_area = min_area
+        self.config: RunConfig = members[0].config  # data settings and splits the members share
+
+    @classmethod
+    def load(cls, run: str | Path, runtime: str = "torch", device: str = "cpu", min_area: int = 16,
+             checkpoint: str = "best_detect") -> FusedDetector:
+        run = Path(run)
+        if checkpoint != "best_detect":
+            raise SurfadError(f"{run}: a fused detector uses its members' shipped weights (best_detect) only")
+        if not (run / bundle.CALIBRATION).is_file():
+            raise SurfadError(f"{run}: no {bundle.CALIBRATION}; run `surfad calibrate {run} --data PATH`")
+        stats = read_stats(run)
+        members = [Detector.load(member, runtime=runtime, device=device, min_area=min_area) for member in member_runs(run)]
+        return cls(run, members, stats, Calibration.load(run / bundle.CALIBRATION), runtime, min_area)
+
+    @property
+    def threshold(self) -> float:
+        return self.calibration.threshold
+
+    @property
+    def channels(self) -> int:
+        return max(m.channels for m in self.members)  # report overlays in colour if any member sees colour
+
+    def info(self) -> dict[str, Any]:
+        return {
+            "model": "fused(" + ", ".join(m.config.model for m in self.members) + ")",
+            "image_size": self.members[0].image_size,
+            "threshold": self.threshold,
+            "pixel_threshold": self.calibration.pixel_threshold,
+            "calibration_strategy": self.calibration.strategy,
+            "runtime": self.runtime,
+            "members": [{"run": s.run, **m.info()} for s, m in zip(self.stats, self.members)],
+        }
+
+    def score_samples(self, samples: list[Sample], batch_size: int = 16) -> tuple[ScoredSet, float]:
+        """Fused scores and maps of dataset samples (at the first member's resolution), and the rate in images/s."""
+        outputs = [m.score_samples(samples, batch_size) for m in self.members]
+        rate = 1.0 / sum(1.0 / r for _, r in outputs)  # the members run one after another
+        return fuse_scored([scored for scored, _ in outputs], self.stats), rate
+
+    def predict(self, image: np.ndarray | str | Path, threshold: float | None = None) -> Prediction:
+        return self.predict_batch([image], threshold)[0]
+
+    def predict_batch(self, images: Sequence[np.ndarray | str | Path], threshold: float | None = None) -> list[Prediction]:
+        """Inspect images: each member's map and score at the image's size, standardised and averaged."""
+        arrays = [as_image(im) for im in images]
+        per_member = [m.predict_batch(arrays, threshold=math.inf) for m in self.members]  # inf: no regions needed
+        t = self.threshold if threshold is None else float(threshold)
+        results = []
+        for i, image in enumerate(arrays):
+            score = float(np.mean([s.scores(np.float64(p[i].score)) for s, p in zip(self.stats, per_member)]))
+            amap = np.mean([s.maps(p[i].anomaly_map) for s, p in zip(self.stats, per_member)], axis=0)
+            results.append(inspect(image, amap.astype(np.float32), score, t, self.calibration, self.min_area))
+        return results
+
+
+def read_stats(run: Path) -> list[MemberStats]:
+    raw = read_json(run / bundle.ENSEMBLE, "fused detector")
+    try:
+        return [MemberStats(**member) for member in raw["members"]]
+    except (KeyError, TypeError) as err:
+        raise SurfadError(f"{run / bundle.ENSEMBLE}: not a valid fused-detector record ({err})") from None
+
+
+def member_runs(run: str | Path) -> list[Path]:
+    """The member run folders of a fused folder."""
+    return [Path(os.path.normpath(Path(run) / s.run)) for s in read_stats(Path(run))]
+
+
+def fuse_runs(runs: Sequence[str | Path], out: str | Path, strategy: str | None = None) -> Path:
+    """Write a fused detector of `runs` into `out`, standardised and calibrated on their validation split.
+
+    strategy: the calibration strategy (default: f1 when validation has real defects, else fpr:0.01,
+    as training does).
+    """
+    out = Path(out)
+    if len(runs) < 2:
+        raise SurfadError("fuse: give at least two runs")
+    if out.exists() and any(out.iterdir()):
+        raise SurfadError(f"{out}: exists and is not empty; choose another --out")
+    members = [Detector.load(r) for r in runs]
+    splits = [Splits.load(Path(r) / bundle.SPLITS) for r in runs]
+    for run, s in zip(runs[1:], splits[1:]):
+        for name in ("val", "test"):
+            if [x.path for x in s.get(name)] != [x.path for x in splits[0].get(name)]:
+                raise SurfadError(f"fuse: {run} has another {name} split than {runs[0]}; fuse runs trained on the same "
+                                  "data with the same split settings")
+    val = splits[0].get("val")
+    outputs = [m.score_samples(val)[0] for m in members]
+    good = outputs[0].labels == 0
+    if not good.any():
+        raise SurfadError(f"fuse: {runs[0]} has no good validation images to standardise with")
+    stats = []
+    for run, scored in zip(runs, outputs):
+        values = scored.maps[good]
+        stats.append(MemberStats(os.path.relpath(Path(run).resolve(), out.resolve()),
+                                 float(scored.scores[good].mean()), float(scored.scores[good].std()) or 1.0,
+                                 float(values.mean()), float(values.std()) or 1.0))
+    fused = fuse_scored(outputs, stats)
+    strategy = strategy or ("f1" if (fused.labels == 1).any() else "fpr:0.01")
+    calibration = calibrate(fused.scores, fused.labels, fused.maps, fused.masks, strategy, split="val")
+    out.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(Path(runs[0]) / bundle.SPLITS, out / bundle.SPLITS)
+    atomic_write_json(out / bundle.ENSEMBLE, {"members": [asdict(s) for s in stats]})
+    calibration.save(out / bundle.CALIBRATION)
+    return out
