@@ -16,7 +16,7 @@ import yaml
 from surfad.cli import main
 from surfad.config import ScoreConfig
 from surfad.data.dataset import ImageDataset, TileDataset
-from surfad.data.defects import DefectSynthesizer
+from surfad.data.defects import DefectSynthesizer, synthetic_defect
 from surfad.data.samples import Sample
 from surfad.data.synth import add_defect, wood_texture
 from surfad.data.tiles import cut_tiles, pad_to_tile, random_tile, stitch, tile_starts
@@ -24,7 +24,6 @@ from surfad.data.transforms import preprocess
 from surfad.inference import Detector
 from surfad.models.base import ImageScorer
 from surfad.scoring import score_images, tiled_score_fn
-from surfad.train import synthetic_defect
 
 TILE_MODEL = ["--model", "recondiff", "--param", "base_width=4", "--param", "rec_depth=3", "--param", "seg_base_width=2",
               "--param", "seg_depth=3", "--param", "n_prototypes=4"]
@@ -220,6 +219,6 @@ def test_service_inspects_with_the_tiled_model(tiled_run: Path, odd_sized: Path)
     detector = Detector.load(tiled_run)
     client = TestClient(create_app(detector))
     assert client.get("/model").json()["tile_scale"] == 0.5
-    path = sorted((odd_sized / "test" / "knot").glob("*.png"))[0]
+    path = min((odd_sized / "test" / "knot").glob("*.png"))
     reply = client.post("/predict", files={"file": (path.name, path.read_bytes(), "image/png")}).json()
     assert reply["score"] == pytest.approx(detector.predict(path).score, rel=1e-5)

@@ -45,6 +45,11 @@ def require_run(run: str | Path) -> Path:
     return run
 
 
+def is_fused(folder: str | Path) -> bool:
+    """Whether `folder` holds a fused detector (written by `surfad fuse`) rather than a trained run."""
+    return (Path(folder) / ENSEMBLE).is_file()
+
+
 def save_weights(model: torch.nn.Module, path: str | Path) -> None:
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     atomic_write(path, lambda tmp: save_file(state, str(tmp)))

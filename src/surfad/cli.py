@@ -140,12 +140,10 @@ def cmd_predict(args: argparse.Namespace) -> None:
 
 
 def cmd_export(args: argparse.Namespace) -> None:
-    from surfad.bundle import ENSEMBLE
-    from surfad.ensemble import member_runs
+    from surfad.ensemble import model_runs
     from surfad.export.onnx import EXPORT_JSON, export_onnx
 
-    runs = member_runs(args.run) if (Path(args.run) / ENSEMBLE).is_file() else [Path(args.run)]
-    for run in runs:  # a fused detector: each member's own model.onnx
+    for run in model_runs(args.run):  # a fused detector: each member's own model.onnx
         path = export_onnx(run, opset=args.opset)
         parity = json.loads((run / EXPORT_JSON).read_text())["parity"]
         print(f"exported {path} (opset {args.opset}); torch vs onnxruntime max abs diff: map "

@@ -26,12 +26,11 @@ import numpy as np
 
 from surfad import bundle
 from surfad.calibrate import Calibration, calibrate
-from surfad.config import RunConfig
 from surfad.data.samples import Sample
 from surfad.data.splits import Splits
 from surfad.data.transforms import resize_map
 from surfad.errors import SurfadError
-from surfad.inference import Detector, Prediction, as_image, inspect
+from surfad.inference import BaseDetector, Detector, Prediction, as_image, inspect
 from surfad.scoring import ScoredSet
 from surfad.utils import atomic_write_json, read_json
 
@@ -65,18 +64,15 @@ def _resized(maps: np.ndarray, size: tuple[int, ...]) -> np.ndarray:
     return maps if maps.shape[1:] == size else np.stack([resize_map(m, *size) for m in maps])
 
 
-class FusedDetector:
-    """Several runs inspecting as one: Detector's interface (predict, score_samples, info, ...)."""
+class FusedDetector(BaseDetector):
+    """Several runs inspecting as one; `config` is the first member's (the data settings and splits
+    they share)."""
 
     def __init__(self, run: Path, members: list[Detector], stats: list[MemberStats], calibration: Calibration,
                  runtime: str, min_area: int = 16) -> None:
-        self.run = run
+        super().__init__(run, members[0].config, calibration, runtime, min_area)
         self.members = members
         self.stats = stats
-        self.calibration = calibration
-        self.runtime = runtime
-        self.min_area = min_area
-        self.config: RunConfig = members[0].config  # data settings and splits the members share
 
     @classmethod
     def load(cls, run: str | Path, runtime: str = "torch", device: str = "cpu", min_area: int = 16,
@@ -84,15 +80,9 @@ class FusedDetector:
         run = Path(run)
         if checkpoint != "best_detect":
             raise SurfadError(f"{run}: a fused detector uses its members' shipped weights (best_detect) only")
-        if not (run / bundle.CALIBRATION).is_file():
-            raise SurfadError(f"{run}: no {bundle.CALIBRATION}; run `surfad calibrate {run} --data PATH`")
-        stats = read_stats(run)
-        members = [Detector.load(member, runtime=runtime, device=device, min_area=min_area) for member in member_runs(run)]
-        return cls(run, members, stats, Calibration.load(run / bundle.CALIBRATION), runtime, min_area)
-
-    @property
-    def threshold(self) -> float:
-        return self.calibration.threshold
+        calibration = cls.read_calibration(run)
+        members = [Detector.load(member, runtime=runtime, device=device, min_area=min_area) for member in model_runs(run)]
+        return cls(run, members, read_stats(run), calibration, runtime, min_area)
 
     @property
     def channels(self) -> int:
@@ -115,9 +105,6 @@ class FusedDetector:
         rate = 1.0 / sum(1.0 / r for _, r in outputs)  # the members run one after another
         return fuse_scored([scored for scored, _ in outputs], self.stats), rate
 
-    def predict(self, image: np.ndarray | str | Path, threshold: float | None = None) -> Prediction:
-        return self.predict_batch([image], threshold)[0]
-
     def predict_batch(self, images: Sequence[np.ndarray | str | Path], threshold: float | None = None) -> list[Prediction]:
         """Inspect images: each member's map and score at the image's size, standardised and averaged."""
         arrays = [as_image(im) for im in images]
@@ -132,16 +119,21 @@ class FusedDetector:
 
 
 def read_stats(run: Path) -> list[MemberStats]:
-    raw = read_json(run / bundle.ENSEMBLE, "fused detector")
-    try:
-        return [MemberStats(**member) for member in raw["members"]]
-    except (KeyError, TypeError) as err:
-        raise SurfadError(f"{run / bundle.ENSEMBLE}: not a valid fused-detector record ({err})") from None
+    """The members and statistics in a fused folder's ensemble.json."""
+    def parse(raw: dict) -> list[MemberStats]:
+        try:
+            return [MemberStats(**member) for member in raw["members"]]
+        except (KeyError, TypeError) as err:
+            raise SurfadError(f"not a valid fused-detector record ({err})") from None
+
+    return read_json(run / bundle.ENSEMBLE, "fused detector", parse)
 
 
-def member_runs(run: str | Path) -> list[Path]:
-    """The member run folders of a fused folder."""
-    return [Path(os.path.normpath(Path(run) / s.run)) for s in read_stats(Path(run))]
+def model_runs(folder: str | Path) -> list[Path]:
+    """The trained run folders a detector folder uses: a fused detector's members, or the run itself."""
+    if not bundle.is_fused(folder):
+        return [Path(folder)]
+    return [Path(os.path.normpath(Path(folder) / s.run)) for s in read_stats(Path(folder))]
 
 
 def fuse_runs(runs: Sequence[str | Path], out: str | Path, strategy: str | None = None) -> Path:

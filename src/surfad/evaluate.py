@@ -62,7 +62,7 @@ def calibrate_run(run: str | Path, data: str | None = None, split: str = "val", 
                   layout: str | None = None, checkpoint: str = "best_detect") -> Calibration:
     """Choose thresholds on a split and store them in the run's calibration.json."""
     run = Path(run)
-    if (run / bundle.ENSEMBLE).is_file():
+    if bundle.is_fused(run):
         detector = Detector.load(run, checkpoint=checkpoint)
         config, score = detector.config, detector.score_samples
     else:  # a single run need not be calibrated yet, as Detector.load requires

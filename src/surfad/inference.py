@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import cv2
 import numpy as np
@@ -36,9 +36,6 @@ from surfad.scoring import (
     score_samples,
     torch_score_fn,
 )
-
-if TYPE_CHECKING:
-    from surfad.ensemble import FusedDetector
 
 RUNTIMES = ("torch", "onnx")
 
@@ -107,33 +104,57 @@ def inspect(image: np.ndarray, model_map: np.ndarray, score: float, threshold: f
     return Prediction(score, threshold, verdict, amap, mask, regions)
 
 
-class Detector:
-    """A trained, calibrated model ready to inspect images."""
+class BaseDetector:
+    """What every detector shares: its folder, data settings, calibration and the verdict rule.
+    Subclasses implement predict_batch, score_samples and info."""
 
-    def __init__(self, run: Path, config: RunConfig, score_fn: ScoreFn, calibration: Calibration, runtime: str, min_area: int = 16) -> None:
-        """score_fn takes the run's preprocessed images (see scoring.image_score_fn); `load` builds it."""
+    def __init__(self, run: Path, config: RunConfig, calibration: Calibration, runtime: str, min_area: int = 16) -> None:
         self.run = run
         self.config = config
-        self.score_fn = score_fn
         self.calibration = calibration
         self.runtime = runtime
         self.min_area = min_area
 
+    @staticmethod
+    def read_calibration(run: Path) -> Calibration:
+        """The folder's calibration.json, or a clear error saying how to make one."""
+        if not (run / bundle.CALIBRATION).is_file():
+            raise SurfadError(f"{run}: no {bundle.CALIBRATION}; run `surfad calibrate {run} --data PATH`")
+        return Calibration.load(run / bundle.CALIBRATION)
+
+    @property
+    def threshold(self) -> float:
+        return self.calibration.threshold
+
+    def predict(self, image: np.ndarray | str | Path, threshold: float | None = None) -> Prediction:
+        """Inspect one image (a path or a uint8 array HxW, HxWx1 or HxWx3 RGB)."""
+        return self.predict_batch([image], threshold)[0]
+
+    def predict_batch(self, images: Sequence[np.ndarray | str | Path], threshold: float | None = None) -> list[Prediction]:
+        raise NotImplementedError  # pragma: no cover - abstract
+
+
+class Detector(BaseDetector):
+    """A trained, calibrated model ready to inspect images."""
+
+    def __init__(self, run: Path, config: RunConfig, score_fn: ScoreFn, calibration: Calibration, runtime: str, min_area: int = 16) -> None:
+        """score_fn takes the run's preprocessed images (see scoring.image_score_fn); `load` builds it."""
+        super().__init__(run, config, calibration, runtime, min_area)
+        self.score_fn = score_fn
+
     @classmethod
     def load(cls, run: str | Path, runtime: str = "torch", device: str = "cpu", min_area: int = 16,
-             checkpoint: str = "best_detect") -> Detector | FusedDetector:
+             checkpoint: str = "best_detect") -> BaseDetector:
         """Load a run folder; checkpoint (torch runtime): best_detect (shipped), best_seg, last or a path.
         A folder written by `surfad fuse` loads as a FusedDetector (surfad.ensemble)."""
-        if (Path(run) / bundle.ENSEMBLE).is_file():
+        if bundle.is_fused(run):
             from surfad.ensemble import FusedDetector
 
             return FusedDetector.load(run, runtime=runtime, device=device, min_area=min_area, checkpoint=checkpoint)
         run = bundle.require_run(run)
         if runtime not in RUNTIMES:
             raise SurfadError(f"runtime must be one of {', '.join(RUNTIMES)}, got {runtime!r}")
-        if not (run / bundle.CALIBRATION).is_file():
-            raise SurfadError(f"{run}: no {bundle.CALIBRATION}; run `surfad calibrate {run} --data PATH`")
-        calibration = Calibration.load(run / bundle.CALIBRATION)
+        calibration = cls.read_calibration(run)
         if runtime == "torch":
             import torch
 
@@ -151,10 +172,6 @@ class Detector:
                 raise SurfadError(f"{run}: no {bundle.ONNX}; run `surfad export {run} --format onnx` first")
             score_fn = onnx_score_fn(run / bundle.ONNX)
         return cls(run, config, image_score_fn(score_fn, config), calibration, runtime, min_area)
-
-    @property
-    def threshold(self) -> float:
-        return self.calibration.threshold
 
     @property
     def image_size(self) -> int:
@@ -191,10 +208,6 @@ class Detector:
     def score_samples(self, samples: list[Sample], batch_size: int = 16) -> tuple[ScoredSet, float]:
         """Scores and maps of dataset samples at model resolution, and the rate in images/s."""
         return score_samples(self.score_batch, self.config, samples, batch_size)
-
-    def predict(self, image: np.ndarray | str | Path, threshold: float | None = None) -> Prediction:
-        """Inspect one image (a path or a uint8 array HxW, HxWx1 or HxWx3 RGB)."""
-        return self.predict_batch([image], threshold)[0]
 
     def predict_batch(self, images: Sequence[np.ndarray | str | Path], threshold: float | None = None) -> list[Prediction]:
         """Inspect several images in one forward pass."""

@@ -32,11 +32,11 @@ from surfad import __version__, bundle
 from surfad.calibrate import calibrate
 from surfad.config import RunConfig, TrainConfig
 from surfad.data.dataset import ImageDataset, TileDataset
-from surfad.data.defects import DefectSynthesizer
+from surfad.data.defects import DefectSynthesizer, synthetic_defect
 from surfad.data.io import read_image
 from surfad.data.samples import Sample
 from surfad.data.splits import Splits, make_splits
-from surfad.data.tiles import default_stride, pad_to_tile
+from surfad.data.tiles import default_stride
 from surfad.data.transforms import resize_mask
 from surfad.errors import SurfadError
 from surfad.metrics import image_metrics, pixel_metrics
@@ -136,29 +136,6 @@ def validation_dataset(val: ImageDataset, synthetic: bool, source: str, seed: in
             masks.append(resize_mask(mask, val.image_size))
     fake = ArrayDataset(images, masks, np.ones(len(images), dtype=np.int64))
     return torch.utils.data.ConcatDataset([val, fake])
-
-
-def synthetic_defect(image: np.ndarray, synthesizer: DefectSynthesizer, rng: np.random.Generator,
-                     attempts: int = 10) -> tuple[np.ndarray, np.ndarray]:
-    """(C, H, W) image -> (image with one synthetic defect, bool (H, W) mask); square model-sized
-    images directly, others (tiling) in a random window of the synthesizer's size."""
-    size = synthesizer.image_size
-    _, height, width = image.shape
-    if height == width == size:
-        out, mask = synthesizer(image, rng)
-        return out.astype(np.float32), mask > 0.5
-    padded = pad_to_tile(image, size)
-    for _ in range(attempts):  # a small image's window reaches into the padding: keep a defect that shows
-        y = int(rng.integers(0, padded.shape[1] - size + 1))
-        x = int(rng.integers(0, padded.shape[2] - size + 1))
-        window, window_mask = synthesizer(np.ascontiguousarray(padded[:, y : y + size, x : x + size]), rng)
-        full = np.zeros(padded.shape[1:], dtype=bool)
-        full[y : y + size, x : x + size] = window_mask > 0.5
-        if full[:height, :width].any():
-            break
-    out = padded.copy()
-    out[:, y : y + size, x : x + size] = window
-    return np.ascontiguousarray(out[:, :height, :width], dtype=np.float32), full[:height, :width]
 
 
 def validate(graph: torch.nn.Module, config: RunConfig, dataset: Dataset, device: torch.device,

@@ -24,6 +24,7 @@ import cv2
 import numpy as np
 
 from surfad.data.io import IMAGE_SUFFIXES, read_image
+from surfad.data.tiles import pad_to_tile
 from surfad.data.transforms import resize_image
 from surfad.errors import SurfadError
 from surfad.utils import atomic_write
@@ -398,6 +399,29 @@ class DefectSynthesizer:
             return np.roll(rotated, shift=tuple(int(s) for s in rng.integers(0, size, size=2)), axis=(0, 1))
         path = self.files[int(rng.integers(len(self.files)))]
         return resize_image(read_image(path, channels=3), self.image_size).astype(np.float32) / 255.0
+
+
+def synthetic_defect(image: np.ndarray, synthesizer: DefectSynthesizer, rng: np.random.Generator,
+                     attempts: int = 10) -> tuple[np.ndarray, np.ndarray]:
+    """(C, H, W) image -> (image with one synthetic defect, bool (H, W) mask); square model-sized
+    images directly, others (tiling) in a random window of the synthesizer's size."""
+    size = synthesizer.image_size
+    _, height, width = image.shape
+    if height == width == size:
+        out, mask = synthesizer(image, rng)
+        return out.astype(np.float32), mask > 0.5
+    padded = pad_to_tile(image, size)
+    for _ in range(attempts):  # a small image's window reaches into the padding: keep a defect that shows
+        y = int(rng.integers(0, padded.shape[1] - size + 1))
+        x = int(rng.integers(0, padded.shape[2] - size + 1))
+        window, window_mask = synthesizer(np.ascontiguousarray(padded[:, y : y + size, x : x + size]), rng)
+        full = np.zeros(padded.shape[1:], dtype=bool)
+        full[y : y + size, x : x + size] = window_mask > 0.5
+        if full[:height, :width].any():
+            break
+    out = padded.copy()
+    out[:, y : y + size, x : x + size] = window
+    return np.ascontiguousarray(out[:, :height, :width], dtype=np.float32), full[:height, :width]
 
 
 def write_defect_preview(

@@ -50,7 +50,7 @@ from surfad import __version__, bundle
 from surfad.config import RunConfig
 from surfad.data.io import read_image
 from surfad.data.splits import Splits
-from surfad.data.tiles import cut_tiles, default_stride
+from surfad.data.tiles import default_stride, pad_to_tile
 from surfad.data.transforms import preprocess
 from surfad.errors import BadInputError, SurfadError
 from surfad.scoring import ScoreFn, torch_score_fn
@@ -199,7 +199,7 @@ def _val_batches(run: Path, channels: int, size: int, tile_scale: float = 0.0) -
     for sample in samples:
         try:
             image = preprocess(read_image(sample.path), size, channels, tile_scale)
-            batches.append(cut_tiles(image, size, size)[0][:1] if tile_scale > 0 else image[None])
+            batches.append(pad_to_tile(image, size)[None, :, :size, :size] if tile_scale > 0 else image[None])
         except BadInputError:
             continue  # the dataset moved or changed since training
     return batches
