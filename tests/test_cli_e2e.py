@@ -75,6 +75,18 @@ def test_calibrate_evaluate_predict(trained_run: Path, tiny_mvtec: Path, tmp_pat
             assert 0 <= x0 <= x1 < 64 and 0 <= y0 <= y1 < 64  # original-image pixels (64 px), not model input (32)
 
 
+def test_scoring_shows_progress_unless_quiet(trained_run: Path, tmp_path: Path, capsys):
+    """calibrate and evaluate show a bar (images done of the split, rate) on stderr; --quiet hides it."""
+    assert main(["evaluate", str(trained_run), "--out", str(tmp_path / "loud")]) == 0
+    err = capsys.readouterr().err
+    assert f"score {trained_run.name}" in err and "/12 " in err and "img/s" in err  # the test split: 12 images
+    assert main(["calibrate", str(trained_run), "--strategy", "youden"]) == 0
+    assert f"score {trained_run.name}" in capsys.readouterr().err
+    for verb in (["evaluate", str(trained_run), "--out", str(tmp_path / "quiet")], ["calibrate", str(trained_run)]):
+        assert main([*verb, "--quiet"]) == 0
+        assert capsys.readouterr().err == ""
+
+
 def test_detector_in_a_fresh_process(trained_run: Path, tiny_mvtec: Path):
     from surfad import Detector
 

@@ -31,7 +31,7 @@ def train_categories(config: RunConfig, categories: list[str], out: str | Path, 
         if not (run / bundle.CALIBRATION).is_file():  # finished categories are kept when resuming
             per_category = replace(config, data=replace(config.data, path=str(root / category)))
             train(per_category, run, resume=resume and (run / bundle.LAST_STATE).is_file(), progress=progress)
-        metrics = evaluate_run(run, split="test", out=run / "eval_test")
+        metrics = evaluate_run(run, split="test", out=run / "eval_test", progress=progress)
         rows.append({"category": category, **{k: metrics.get(k, float("nan")) for k in SUMMARY_KEYS}})
     mean = {"category": "mean", **{k: float(np.nanmean([r[k] for r in rows])) for k in SUMMARY_KEYS}}
     atomic_write_csv(out / "summary.csv", rows + [mean])

@@ -112,7 +112,7 @@ def cmd_calibrate(args: argparse.Namespace) -> None:
     from surfad.evaluate import calibrate_run
 
     c = calibrate_run(args.run, data=args.data, split=args.split, strategy=args.strategy, layout=args.layout,
-                      checkpoint=args.checkpoint)
+                      checkpoint=args.checkpoint, progress=not args.quiet)
     print(f"threshold {c.threshold:.6g} ({c.strategy} on {c.split}: {c.n_good} good, {c.n_defect} defective); "
           f"pixel threshold {c.pixel_threshold:.6g}; saved in {Path(args.run) / 'calibration.json'}")
 
@@ -122,7 +122,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
     out = Path(args.out) if args.out else Path(args.run) / f"eval_{args.split}"
     metrics = evaluate_run(args.run, data=args.data, split=args.split, out=out, runtime=args.runtime, layout=args.layout,
-                           checkpoint=args.checkpoint)
+                           checkpoint=args.checkpoint, progress=not args.quiet)
     print(summary_line(metrics))
     print(f"report: {out / 'report.html'}")
 
@@ -154,7 +154,7 @@ def cmd_export(args: argparse.Namespace) -> None:
 def cmd_fuse(args: argparse.Namespace) -> None:
     from surfad.ensemble import fuse_runs
 
-    out = fuse_runs(args.runs, args.out, strategy=args.strategy)
+    out = fuse_runs(args.runs, args.out, strategy=args.strategy, progress=not args.quiet)
     print(f"fused {len(args.runs)} runs into {out} (standardised and calibrated on their validation split)")
 
 
@@ -277,7 +277,7 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue the run in --out exactly where it stopped")
     p.add_argument("--step", type=int, default=0, help="-1: same as --resume")
     add_model_flags(p)
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("calibrate", help="choose the decision threshold on a split")
@@ -286,6 +286,7 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="val", help="train | val | test | test_a | test_b | all")
     p.add_argument("--strategy", default="f1", help="f1 | youden | recall:X | fpr:X")
     add_checkpoint_flag(p)
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_calibrate)
 
     p = sub.add_parser("evaluate", help="metrics and an HTML report on a split")
@@ -295,6 +296,7 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--out")
     add_checkpoint_flag(p)
     p.add_argument("--runtime", default="torch", choices=["torch", "onnx"])
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("predict", help="inspect images: verdict, score, heatmap, mask, regions")
@@ -306,7 +308,7 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--min-area", type=int, default=16, help="smallest region kept, in pixels")
     add_checkpoint_flag(p)
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("export", help="export the model to ONNX (checked against torch) for CPU deployment")
@@ -319,6 +321,7 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("runs", nargs="+", help="run folders trained on the same data and splits")
     p.add_argument("--out", required=True, help="folder for the fused detector")
     p.add_argument("--strategy", help="calibration strategy (default: f1 with real validation defects, else fpr:0.01)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_fuse)
 
     p = sub.add_parser("serve", help="HTTP service and web page: POST /predict, GET / (see surfad.serve.app)")
@@ -344,7 +347,7 @@ def make_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="synth -> train -> calibrate -> evaluate -> predict on built-in data")
     p.add_argument("--out", default="demo_out")
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_demo)
     return parser
 

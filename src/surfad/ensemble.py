@@ -99,9 +99,10 @@ class FusedDetector(BaseDetector):
             "members": [{"run": s.run, **m.info()} for s, m in zip(self.stats, self.members)],
         }
 
-    def score_samples(self, samples: list[Sample], batch_size: int = 16) -> tuple[ScoredSet, float]:
-        """Fused scores and maps of dataset samples (at the first member's resolution), and the rate in images/s."""
-        outputs = [m.score_samples(samples, batch_size) for m in self.members]
+    def score_samples(self, samples: list[Sample], batch_size: int = 16, progress: bool = False) -> tuple[ScoredSet, float]:
+        """Fused scores and maps of dataset samples (at the first member's resolution), and the rate in images/s;
+        progress: one bar per member."""
+        outputs = [m.score_samples(samples, batch_size, progress) for m in self.members]
         rate = 1.0 / sum(1.0 / r for _, r in outputs)  # the members run one after another
         return fuse_scored([scored for scored, _ in outputs], self.stats), rate
 
@@ -136,11 +137,11 @@ def model_runs(folder: str | Path) -> list[Path]:
     return [Path(os.path.normpath(Path(folder) / s.run)) for s in read_stats(Path(folder))]
 
 
-def fuse_runs(runs: Sequence[str | Path], out: str | Path, strategy: str | None = None) -> Path:
+def fuse_runs(runs: Sequence[str | Path], out: str | Path, strategy: str | None = None, progress: bool = False) -> Path:
     """Write a fused detector of `runs` into `out`, standardised and calibrated on their validation split.
 
     strategy: the calibration strategy (default: f1 when validation has real defects, else fpr:0.01,
-    as training does).
+    as training does). progress: a bar while each member scores the validation split.
     """
     out = Path(out)
     if len(runs) < 2:
@@ -155,7 +156,7 @@ def fuse_runs(runs: Sequence[str | Path], out: str | Path, strategy: str | None 
                 raise SurfadError(f"fuse: {run} has another {name} split than {runs[0]}; fuse runs trained on the same "
                                   "data with the same split settings")
     val = splits[0].get("val")
-    outputs = [m.score_samples(val)[0] for m in members]
+    outputs = [m.score_samples(val, progress=progress)[0] for m in members]
     good = outputs[0].labels == 0
     if not good.any():
         raise SurfadError(f"fuse: {runs[0]} has no good validation images to standardise with")

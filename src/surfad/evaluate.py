@@ -59,16 +59,17 @@ def select_split(splits: Splits, name: str, seed: int = 0) -> list[Sample]:
 
 
 def calibrate_run(run: str | Path, data: str | None = None, split: str = "val", strategy: str = "f1",
-                  layout: str | None = None, checkpoint: str = "best_detect") -> Calibration:
-    """Choose thresholds on a split and store them in the run's calibration.json."""
+                  layout: str | None = None, checkpoint: str = "best_detect", progress: bool = False) -> Calibration:
+    """Choose thresholds on a split and store them in the run's calibration.json; progress: show a bar
+    while scoring."""
     run = Path(run)
     if bundle.is_fused(run):
         detector = Detector.load(run, checkpoint=checkpoint)
-        config, score = detector.config, detector.score_samples
+        config, score = detector.config, partial(detector.score_samples, progress=progress)
     else:  # a single run need not be calibrated yet, as Detector.load requires
         config, graph = bundle.load_graph(run, checkpoint)
         graph_score = image_score_fn(torch_score_fn(graph, torch.device("cpu")), config)
-        score = partial(score_samples, graph_score, config)
+        score = partial(score_samples, graph_score, config, progress=f"score {run.name}" if progress else None)
     samples = select_split(run_splits(config, run, data, layout), split, config.data.split_seed)
     scored, _ = score(samples)
     calibration = calibrate(scored.scores, scored.labels, scored.maps, scored.masks, strategy, split=split)
@@ -78,12 +79,13 @@ def calibrate_run(run: str | Path, data: str | None = None, split: str = "val", 
 
 def evaluate_run(run: str | Path, data: str | None = None, split: str = "test", out: str | Path | None = None,
                  runtime: str = "torch", threshold: float | None = None, layout: str | None = None,
-                 checkpoint: str = "best_detect") -> dict[str, Any]:
-    """Metrics, per-image scores and an HTML report for a split; returns the metrics."""
+                 checkpoint: str = "best_detect", progress: bool = False) -> dict[str, Any]:
+    """Metrics, per-image scores and an HTML report for a split; returns the metrics. progress: show
+    a bar while scoring."""
     detector = Detector.load(run, runtime=runtime, checkpoint=checkpoint)
     out = Path(out) if out is not None else Path(run) / f"eval_{split}"
     samples = select_split(run_splits(detector.config, detector.run, data, layout), split, detector.config.data.split_seed)
-    scored, rate = detector.score_samples(samples)
+    scored, rate = detector.score_samples(samples, progress=progress)
     t = detector.threshold if threshold is None else threshold
     metrics: dict[str, Any] = image_metrics(scored.scores, scored.labels, t)
     if scored.masks.any():

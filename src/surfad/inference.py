@@ -205,9 +205,11 @@ class Detector(BaseDetector):
         """Preprocessed float32 images (B, C, H, W) of one shape -> (maps (B, H, W), scores (B,))."""
         return self.score_fn(np.ascontiguousarray(batch, dtype=np.float32))
 
-    def score_samples(self, samples: list[Sample], batch_size: int = 16) -> tuple[ScoredSet, float]:
-        """Scores and maps of dataset samples at model resolution, and the rate in images/s."""
-        return score_samples(self.score_batch, self.config, samples, batch_size)
+    def score_samples(self, samples: list[Sample], batch_size: int = 16, progress: bool = False) -> tuple[ScoredSet, float]:
+        """Scores and maps of dataset samples at model resolution, and the rate in images/s;
+        progress: show a bar named after the run."""
+        return score_samples(self.score_batch, self.config, samples, batch_size,
+                             progress=f"score {self.run.name}" if progress else None)
 
     def predict_batch(self, images: Sequence[np.ndarray | str | Path], threshold: float | None = None) -> list[Prediction]:
         """Inspect several images in one forward pass."""

@@ -14,6 +14,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 import torch
 from torch.utils.data import Dataset
+from tqdm import tqdm
 
 from surfad.config import RunConfig, ScoreConfig
 from surfad.data.dataset import ImageDataset
@@ -101,10 +102,12 @@ def score_images(score: ScoreFn, images: Sequence[np.ndarray], batch_size: int =
     return maps, np.concatenate(scores) if scores else np.zeros(0, np.float32)
 
 
-def score_dataset(score: ScoreFn, dataset: Dataset, batch_size: int = 16) -> ScoredSet:
+def score_dataset(score: ScoreFn, dataset: Dataset, batch_size: int = 16, progress: str | None = None) -> ScoredSet:
     """Score every item of a dataset yielding {"image", "mask", "label"} dicts; maps are resized to the
-    masks' resolution (model resolution) when the inputs are larger (tiling)."""
+    masks' resolution (model resolution) when the inputs are larger (tiling). progress: the label of
+    a progress bar (images, rate, ETA), or None for none."""
     scores, maps, labels, masks = [], [], [], []
+    bar = tqdm(total=len(dataset), desc=progress, disable=progress is None, unit="img", leave=False, dynamic_ncols=True)
     for start in range(0, len(dataset), batch_size):
         items = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
         amaps, s = score_images(score, [item["image"].numpy() for item in items], batch_size)
@@ -114,18 +117,28 @@ def score_dataset(score: ScoreFn, dataset: Dataset, batch_size: int = 16) -> Sco
             masks.append(mask)
             labels.append(int(item["label"]))
         scores.append(s)
+        bar.update(len(items))
+    bar.close()
     return ScoredSet(np.concatenate(scores), np.stack(maps), np.array(labels), np.stack(masks))
 
 
-def score_samples(score: ScoreFn, config: RunConfig, samples: list[Sample], batch_size: int = 16) -> tuple[ScoredSet, float]:
-    """Scores/maps of dataset samples at model resolution, and the inference rate in images/s; `score`
-    takes the run's preprocessed images (whole scaled images when tiling: see image_score_fn)."""
+def score_samples(score: ScoreFn, config: RunConfig, samples: list[Sample], batch_size: int = 16,
+                  progress: str | None = None) -> tuple[ScoredSet, float]:
+    """Scores/maps of dataset samples at model resolution, and the model's rate in images/s (time spent
+    in `score` alone, not decoding); `score` takes the run's preprocessed images (whole scaled images
+    when tiling: see image_score_fn). progress: as for score_dataset."""
     if not samples:
         raise SurfadError("no images to score in the chosen split")
     data = config.data
     dataset = ImageDataset(samples, data.image_size, int(data.channels or 3), tile_scale=data.tile_scale)
-    for i in range(len(dataset)):  # decode first, so the rate measures the model alone
-        dataset.load(i)
-    start = time.perf_counter()
-    scored = score_dataset(score, dataset, batch_size)
-    return scored, len(samples) / (time.perf_counter() - start)
+    seconds = 0.0
+
+    def timed(batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        nonlocal seconds
+        start = time.perf_counter()
+        result = score(batch)
+        seconds += time.perf_counter() - start
+        return result
+
+    scored = score_dataset(timed, dataset, batch_size, progress)
+    return scored, len(samples) / max(seconds, 1e-9)

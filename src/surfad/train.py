@@ -139,11 +139,12 @@ def validation_dataset(val: ImageDataset, synthetic: bool, source: str, seed: in
 
 
 def validate(graph: torch.nn.Module, config: RunConfig, dataset: Dataset, device: torch.device,
-             batch_size: int) -> tuple[dict[str, float], ScoredSet]:
+             batch_size: int, progress: bool = False) -> tuple[dict[str, float], ScoredSet]:
     """Validation figures: image AUROC/AP when defects exist, pixel AUROC/AUPRO when masks
-    exist, and the mean score of good images."""
+    exist, and the mean score of good images. progress: a bar while scoring."""
     graph.eval()
-    scored = score_dataset(image_score_fn(torch_score_fn(graph, device), config), dataset, batch_size)
+    scored = score_dataset(image_score_fn(torch_score_fn(graph, device), config), dataset, batch_size,
+                           progress="validate" if progress else None)
     figures = {"val_good_score": float(scored.scores[scored.labels == 0].mean())}
     if (scored.labels == 1).any() and (scored.labels == 0).any():
         m = image_metrics(scored.scores, scored.labels, threshold=float(np.median(scored.scores)))
@@ -301,7 +302,7 @@ def train(config: RunConfig, out: str | Path, resume: bool = False, progress: bo
         elapsed = elapsed_before + time.monotonic() - started
         over_budget = tc.time_budget_min > 0 and elapsed > tc.time_budget_min * 60
         if (epoch + 1) % tc.val_every == 0 or is_last or over_budget:
-            figures, scored = validate(shipped_graph, config, val_set, device, batch_size)
+            figures, scored = validate(shipped_graph, config, val_set, device, batch_size, progress)
             row.update(figures)
             eligible = epoch + 1 > tc.select_after or is_last or over_budget  # see TrainConfig.select_after
             if eligible and detection_value(figures) >= best:  # ties go to the later, longer-trained epoch
@@ -331,7 +332,7 @@ def train(config: RunConfig, out: str | Path, resume: bool = False, progress: bo
     # Ship the best epoch and calibrate it on the validation split right away, so the bundle is
     # usable; synthetic defects choose epochs but not thresholds: without real defects, fpr:0.01.
     bundle.load_weights(model, out / bundle.WEIGHTS)
-    _, scored = validate(graph, config, val_set, device, batch_size)
+    _, scored = validate(graph, config, val_set, device, batch_size, progress)
     real = np.arange(len(scored.labels)) < len(splits.val)
     strategy = "f1" if any(s.label == 1 for s in splits.val) else "fpr:0.01"
     calibration = calibrate(
