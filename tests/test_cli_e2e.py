@@ -87,6 +87,18 @@ def test_scoring_shows_progress_unless_quiet(trained_run: Path, tmp_path: Path, 
         assert capsys.readouterr().err == ""
 
 
+def test_info_describes_the_run(trained_run: Path, capsys):
+    assert main(["info", str(trained_run)]) == 0
+    info = json.loads(capsys.readouterr().out)
+    calibration = json.loads((trained_run / "calibration.json").read_text())
+    assert info["model"] == "unet_vae" and info["image_size"] == 32 and info["channels"] == 3
+    assert info["threshold"] == pytest.approx(calibration["threshold"])
+    history = list(csv.DictReader((trained_run / "history.csv").open()))
+    shipped = [row for row in history if row["best"] == "1"][-1]
+    assert info["training"]["epochs_trained"] == 2 and info["training"]["shipped_epoch"] == int(shipped["epoch"])
+    assert info["training"]["shipped_validation"]["val_auroc"] == pytest.approx(float(shipped["val_auroc"]))
+
+
 def test_detector_in_a_fresh_process(trained_run: Path, tiny_mvtec: Path):
     from surfad import Detector
 

@@ -54,7 +54,11 @@ def test_fused_standardisation_comes_from_validation_good_images(fused: Path, me
     assert calibration["strategy"] == "f1" and calibration["split"] == "val"  # tiny_mvtec has real validation defects
 
 
-def test_fused_detector_through_every_verb(fused: Path, members: list[Path], tiny_mvtec: Path, tmp_path: Path):
+def test_fused_detector_through_every_verb(fused: Path, members: list[Path], tiny_mvtec: Path, tmp_path: Path, capsys):
+    assert main(["info", str(fused)]) == 0
+    described = json.loads(capsys.readouterr().out)
+    assert [m["model"] for m in described["members"]] == ["unet_vae", "recondiff"]
+    assert all(m["training"]["shipped_epoch"] >= 1 for m in described["members"])
     assert main(["calibrate", str(fused), "--strategy", "fpr:0.1"]) == 0
     assert json.loads((fused / "calibration.json").read_text())["strategy"] == "fpr:0.1"
     assert main(["evaluate", str(fused), "--out", str(tmp_path / "eval")]) == 0

@@ -15,6 +15,7 @@ Weights are safetensors, so loading a bundle never unpickles anything.
 
 from __future__ import annotations
 
+import csv
 from pathlib import Path
 from typing import Any
 
@@ -102,3 +103,19 @@ def read_meta(run: str | Path) -> dict[str, Any]:
     """The run's meta.json, or {} for a run written without one."""
     path = Path(run) / META
     return read_json(path, "run metadata") if path.is_file() else {}
+
+
+def training_summary(run: str | Path) -> dict[str, Any]:
+    """From history.csv: epochs trained, the shipped epoch (the last one marked best) and its
+    validation figures; {} for a folder without a history."""
+    path = Path(run) / HISTORY
+    if not path.is_file():
+        return {}
+    with path.open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    shipped = [row for row in rows if row.get("best") == "1"]
+    summary: dict[str, Any] = {"epochs_trained": len(rows)}
+    if shipped:
+        summary["shipped_epoch"] = int(shipped[-1]["epoch"])
+        summary["shipped_validation"] = {k: float(v) for k, v in shipped[-1].items() if k.startswith("val_") and v}
+    return summary

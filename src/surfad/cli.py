@@ -158,6 +158,12 @@ def cmd_fuse(args: argparse.Namespace) -> None:
     print(f"fused {len(args.runs)} runs into {out} (standardised and calibrated on their validation split)")
 
 
+def cmd_info(args: argparse.Namespace) -> None:
+    from surfad.inference import Detector
+
+    print(json.dumps(Detector.load(args.run).info(), indent=2))
+
+
 def cmd_serve(args: argparse.Namespace) -> None:
     import os
 
@@ -323,6 +329,10 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--strategy", help="calibration strategy (default: f1 with real validation defects, else fpr:0.01)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_fuse)
+
+    p = sub.add_parser("info", help="what a run (or fused detector) is: model, input, thresholds, training data, shipped epoch")
+    p.add_argument("run")
+    p.set_defaults(func=cmd_info)
 
     p = sub.add_parser("serve", help="HTTP service and web page: POST /predict, GET / (see surfad.serve.app)")
     p.add_argument("run")

@@ -194,6 +194,7 @@ class Detector(BaseDetector):
             "calibration_strategy": self.calibration.strategy,
             "runtime": self.runtime,
             "training_data": meta.get("data", {}),
+            "training": bundle.training_summary(self.run),
             "surfad_version": meta.get("surfad_version"),
         }
 
