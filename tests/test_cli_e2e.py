@@ -34,7 +34,7 @@ def trained_run(tiny_mvtec: Path, tmp_path_factory: pytest.TempPathFactory) -> P
 
 def test_train_writes_a_complete_bundle(trained_run: Path):
     for name in ("config.yaml", "meta.json", "splits.json", "model.safetensors", "calibration.json", "history.csv",
-                 "checkpoints/last.safetensors", "checkpoints/last_state.pt"):
+                 "checkpoints/last.safetensors", "checkpoints/last_state.pt", "history.png"):
         assert (trained_run / name).is_file(), name
     history = (trained_run / "history.csv").read_text().splitlines()
     assert history[0].startswith("epoch,lr,loss,recon,kl") and len(history) == 3

@@ -7,13 +7,14 @@ import re
 from html.parser import HTMLParser
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
 from surfad.errors import SurfadError
 from surfad.metrics import image_metrics, per_type_auroc
-from surfad.report import worst_cases, write_report
+from surfad.report import history_plot, worst_cases, write_report
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 VOID = {"meta", "img", "br", "hr", "link", "input"}
@@ -120,3 +121,19 @@ def test_report_without_images_and_bad_records(tmp_path: Path) -> None:
     del broken[1]["score"]
     with pytest.raises(SurfadError, match=r"records\[1\]: missing key\(s\) score"):
         write_report(tmp_path, broken, {"threshold": 1.0}, "Broken")
+
+
+def test_history_plot_draws_losses_validation_and_the_shipped_epoch() -> None:
+    """Epochs without validation (val_every > 1) and a zero loss term (KL warm-up) still plot."""
+    rows = [
+        {"epoch": 1, "lr": 1e-3, "loss": 0.9, "recon": 0.8, "kl": 0.0, "seconds": 1.0},
+        {"epoch": 2, "lr": 1e-3, "loss": 0.5, "recon": 0.4, "kl": 0.1, "val_auroc": 0.7, "val_aupro": 0.4,
+         "seconds": 2.0, "best": 1},
+        {"epoch": 3, "lr": 1e-3, "loss": 0.4, "recon": 0.3, "kl": 0.1, "seconds": 3.0},
+        {"epoch": 4, "lr": 1e-3, "loss": 0.3, "recon": 0.2, "kl": 0.1, "val_auroc": 0.6, "val_aupro": 0.5,
+         "seconds": 4.0, "best_seg": 1},
+    ]
+    png = history_plot(rows)
+    assert png.startswith(b"\x89PNG")
+    image = cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_COLOR)
+    assert image.shape[1] > image.shape[0] > 200  # two panels side by side

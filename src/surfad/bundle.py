@@ -6,6 +6,7 @@
     RUN/model.safetensors    the weights to ship (best by validation)
     RUN/calibration.json     image and pixel thresholds, normal-score statistics
     RUN/history.csv          per-epoch losses and validation figures
+    RUN/history.png          the same as curves, the shipped epoch marked
     RUN/grids/               input / reconstruction / map grids during training
     RUN/checkpoints/         last.safetensors + last_state.pt (optimiser, scheduler, RNG) for --resume
     RUN/model.onnx           after `surfad export`
@@ -33,6 +34,7 @@ SPLITS = "splits.json"
 WEIGHTS = "model.safetensors"
 CALIBRATION = "calibration.json"
 HISTORY = "history.csv"
+HISTORY_PLOT = "history.png"
 ONNX = "model.onnx"
 ENSEMBLE = "ensemble.json"  # marks a folder written by `surfad fuse`: members and their standardisation
 

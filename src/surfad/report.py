@@ -3,6 +3,7 @@
 It shows the metrics, ROC and PR curves with the operating point, the score distributions of
 both classes against the threshold, the worst-scored images and a per-defect-type breakdown.
 Nothing is loaded from the internet, so the page can be archived or mailed as one file.
+Training's curves (history.png: losses and validation figures per epoch) are drawn here too.
 """
 
 from __future__ import annotations
@@ -159,6 +160,30 @@ def _png(fig: Figure) -> bytes:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=100)  # Figure without pyplot renders with Agg
     return buffer.getvalue()
+
+
+def history_plot(rows: list[dict[str, Any]]) -> bytes:
+    """PNG of a run's history rows (history.csv): each loss term per epoch (log scale) on the left,
+    the validation figures on the right, the shipped epoch (the last marked best) as a dashed line."""
+    epochs = [int(r["epoch"]) for r in rows]
+    losses = [k for k in rows[0] if k not in ("epoch", "lr", "seconds", "best", "best_seg") and not k.startswith("val_")]
+    figures = [k for k in ("val_auroc", "val_ap", "val_pixel_auroc", "val_aupro") if any(k in r for r in rows)]
+    fig = Figure(figsize=(10, 3.8), layout="constrained")
+    left, right = fig.subplots(1, 2)
+    for key in losses:
+        left.plot(epochs, [max(float(r[key]), 1e-8) for r in rows], marker=".", label=key)
+    left.set(yscale="log", xlabel="epoch", title="training losses (epoch means)")
+    for key in figures:
+        points = [(e, float(r[key])) for e, r in zip(epochs, rows) if r.get(key) not in (None, "")]
+        right.plot(*zip(*points), marker=".", label=key)
+    right.set(xlabel="epoch", ylim=(-0.02, 1.02), title="validation")
+    shipped = [e for e, r in zip(epochs, rows) if str(r.get("best")) == "1"]
+    for ax in (left, right):
+        if shipped:
+            ax.axvline(shipped[-1], ls="--", color=POINT_COLOR, lw=1, label=f"shipped (epoch {shipped[-1]})")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize="small")
+    return _png(fig)
 
 
 def _operating_point(scores: np.ndarray, labels: np.ndarray, threshold: float) -> tuple[float, float, float]:
