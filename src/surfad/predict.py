@@ -20,7 +20,7 @@ from tqdm import tqdm
 from surfad.data.io import IMAGE_SUFFIXES, read_image
 from surfad.errors import BadInputError, SurfadError
 from surfad.inference import Detector
-from surfad.utils import atomic_write, atomic_write_csv
+from surfad.utils import atomic_write_csv, atomic_write_text
 from surfad.visualize import heatmap, heatmap_scale, overlay, write_png
 
 JSONL = "predictions.jsonl"
@@ -125,7 +125,7 @@ def _done_paths(jsonl: Path) -> set[str]:
             continue
     kept = "".join(line + "\n" for line in good_lines)
     if kept != text:
-        atomic_write(jsonl, lambda tmp: tmp.write_text(kept))
+        atomic_write_text(jsonl, kept)
     return done
 
 

@@ -45,6 +45,7 @@ from surfad.report import history_plot
 from surfad.scoring import ScoredSet, image_score_fn, score_dataset, torch_score_fn
 from surfad.utils import (
     atomic_write,
+    atomic_write_bytes,
     atomic_write_csv,
     atomic_write_json,
     resolve_device,
@@ -319,8 +320,7 @@ def train(config: RunConfig, out: str | Path, resume: bool = False, progress: bo
         row["seconds"] = round(elapsed, 1)
         history.append(row)
         atomic_write_csv(out / bundle.HISTORY, history)
-        plot = history_plot(history)
-        atomic_write(out / bundle.HISTORY_PLOT, lambda tmp: tmp.write_bytes(plot))
+        atomic_write_bytes(out / bundle.HISTORY_PLOT, history_plot(history))
         save_last(out, model, optimizer, scheduler, {
             "epoch": epoch + 1, "best": best, "best_seg": best_seg, "history": history, "elapsed": elapsed,
             **({} if average is None else {"average": average.state_dict()}),

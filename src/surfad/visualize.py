@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from surfad.data.tiles import pad_to_tile
-from surfad.utils import atomic_write
+from surfad.utils import atomic_write_bytes
 
 if TYPE_CHECKING:
     from surfad.inference import Region
@@ -58,8 +58,7 @@ def encode_png(rgb: np.ndarray) -> bytes:
 
 
 def write_png(path: str | Path, rgb: np.ndarray) -> None:
-    data = encode_png(rgb)
-    atomic_write(path, lambda tmp: tmp.write_bytes(data))
+    atomic_write_bytes(path, encode_png(rgb))
 
 
 def training_grid(model: torch.nn.Module, graph: torch.nn.Module, dataset, device: torch.device, path: Path, n: int = 8) -> None:

@@ -27,7 +27,7 @@ from surfad.data.io import IMAGE_SUFFIXES, read_image
 from surfad.data.tiles import pad_to_tile
 from surfad.data.transforms import resize_image
 from surfad.errors import SurfadError
-from surfad.utils import atomic_write
+from surfad.utils import atomic_write_bytes
 
 SOURCES = ("procedural", "self", "surface")  # built-in texture sources; anything else is a folder
 PROCEDURAL_BANK_SIZE = 256  # textures in the built-in bank (made on first use, from the seed)
@@ -448,5 +448,5 @@ def write_defect_preview(
     bgr = cv2.cvtColor((np.clip(grid, 0, 1) * 255).round().astype(np.uint8), cv2.COLOR_RGB2BGR)
     encoded = cv2.imencode(".png", bgr)[1]
     out_png = Path(out_png)
-    atomic_write(out_png, lambda tmp: tmp.write_bytes(encoded.tobytes()))
+    atomic_write_bytes(out_png, encoded.tobytes())
     return out_png
