@@ -40,14 +40,15 @@ DATA = HERE.parent.parent / "shared" / "data"
 # experiments while the working tree changes), else next to this script.
 RESULTS = Path(os.environ.get("SURFAD_BENCH_OUT", HERE)) / "results"
 DATASETS = {
-    "mt": dict(path=DATA / "magnetic-tile", layout="mt", train_list=DATA / "magnetic-tile" / "splits" / "train_good.txt"),
-    "wood": dict(path=DATA / "wood-vsb-256" / "wood", layout="mvtec", train_list=None),
+    "mt": {"path": DATA / "magnetic-tile", "layout": "mt", "train_list": DATA / "magnetic-tile" / "splits" / "train_good.txt"},
+    "wood": {"path": DATA / "wood-vsb-256" / "wood", "layout": "mvtec", "train_list": None},
 }
 
 
 def provenance() -> dict[str, str]:
     """The command line, date and commit a benchmark record was made with."""
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=HERE, capture_output=True, text=True)
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=HERE, capture_output=True, text=True,
+                            check=False)  # outside a git checkout the record just has no commit
     return {"command": f"python benchmarks/{Path(sys.argv[0]).name} " + " ".join(sys.argv[1:]),
             "date": datetime.date.today().isoformat(), "commit": commit.stdout.strip()}
 
