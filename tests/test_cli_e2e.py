@@ -92,6 +92,7 @@ def test_info_describes_the_run(trained_run: Path, capsys):
     info = json.loads(capsys.readouterr().out)
     calibration = json.loads((trained_run / "calibration.json").read_text())
     assert info["model"] == "unet_vae" and info["image_size"] == 32 and info["channels"] == 3
+    assert info["parameters"] == json.loads((trained_run / "meta.json").read_text())["parameters"] > 0
     assert info["threshold"] == pytest.approx(calibration["threshold"])
     history = list(csv.DictReader((trained_run / "history.csv").open()))
     shipped = [row for row in history if row["best"] == "1"][-1]

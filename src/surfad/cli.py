@@ -330,7 +330,7 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_fuse)
 
-    p = sub.add_parser("info", help="what a run (or fused detector) is: model, input, thresholds, training data, shipped epoch")
+    p = sub.add_parser("info", help="what a run (or fused detector) is: model, size, input, thresholds, training data, shipped epoch")
     p.add_argument("run")
     p.set_defaults(func=cmd_info)
 

@@ -186,6 +186,7 @@ class Detector(BaseDetector):
         meta = bundle.read_meta(self.run)
         return {
             "model": self.config.model,
+            "parameters": meta.get("parameters"),
             "image_size": self.image_size,
             "tile_scale": self.config.data.tile_scale,
             "channels": self.channels,
