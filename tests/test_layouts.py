@@ -10,6 +10,7 @@ import pytest
 
 from surfad.config import DataConfig
 from surfad.data.layouts import detect_layout, load_layout
+from surfad.data.splits import make_splits
 from surfad.errors import BadInputError, SurfadError
 
 
@@ -231,16 +232,47 @@ def test_dagm_layout(tmp_path):
         load_layout(cfg(cls))
 
 
+def make_ksdd2(root: Path) -> Path:
+    """A KolektorSDD2 folder: train/ and test/ with <name>.png and <name>_GT.png (empty mask = good)."""
+    for split, flags in (("train", [0, 1, 0, 0]), ("test", [1, 0, 1])):
+        for i, flag in enumerate(flags):
+            name = f"{split[:2]}{i:03d}"
+            write_image(root / split / f"{name}.png", 40, 16, seed=i)
+            if flag:
+                write_mask(root / split / f"{name}_GT.png", 40, 16)
+            else:
+                assert cv2.imwrite(str(root / split / f"{name}_GT.png"), np.zeros((40, 16), np.uint8))
+    return root
+
+
+def test_ksdd2_layout(tmp_path):
+    root = make_ksdd2(tmp_path / "KolektorSDD2")
+    index = load_layout(cfg(root))
+    assert index.layout == "ksdd2"
+    assert [s.path.name for s in index.train] == ["tr000.png", "tr002.png", "tr003.png"]
+    # a defective training image is never trained on: it is a real validation defect
+    assert [(s.path.name, s.label, s.mask_path.name) for s in index.validation] == [("tr001.png", 1, "tr001_GT.png")]
+    assert [(s.path.name, s.label) for s in index.test] == [("te001.png", 0), ("te000.png", 1), ("te002.png", 1)]
+    assert all(s.mask_path is None for s in index.test if s.label == 0)
+    splits = make_splits(cfg(root, val_ratio=0.34))
+    assert {s.path.name for s in splits.val} >= {"tr001.png"} and not {s.path.name for s in splits.train} & {"tr001.png"}
+    (root / "test/te002_GT.png").unlink()
+    with pytest.raises(BadInputError, match=r"test/te002\.png: mask not found: expected .*te002_GT\.png"):
+        load_layout(cfg(root))
+    assert [s.path.name for s in load_layout(cfg(root, skip_bad=True)).test] == ["te001.png", "te000.png"]
+
+
 def test_detect_layout_and_unknown_names(tmp_path):
     assert detect_layout(make_mvtec(tmp_path / "a/cat")) == "mvtec"
     assert detect_layout(make_mt(tmp_path / "mt", n_free=2)) == "mt"
     assert detect_layout(make_dagm(tmp_path / "Class1")) == "dagm"
+    assert detect_layout(make_ksdd2(tmp_path / "ksdd2")) == "ksdd2"
     expected = r"/a: cannot tell the dataset layout; expected mvtec .* mt .* dagm.*subfolders cat"
     with pytest.raises(SurfadError, match=expected):
         detect_layout(tmp_path / "a")
     with pytest.raises(SurfadError, match="not found"):
         detect_layout(tmp_path / "missing")
-    with pytest.raises(SurfadError, match="unknown layout 'voc'; valid: auto, mvtec, mt, folder, dagm"):
+    with pytest.raises(SurfadError, match="unknown layout 'voc'; valid: auto, mvtec, mt, folder, dagm, ksdd2"):
         load_layout(cfg(tmp_path / "a/cat", layout="voc"))
 
 

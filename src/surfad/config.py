@@ -13,7 +13,7 @@ import yaml
 
 from surfad.errors import SurfadError
 
-LAYOUTS = ("mvtec", "mt", "folder", "dagm")  # dataset layouts surfad.data.layouts reads
+LAYOUTS = ("mvtec", "mt", "folder", "dagm", "ksdd2")  # dataset layouts surfad.data.layouts reads
 
 
 @dataclass
@@ -21,7 +21,7 @@ class DataConfig:
     """Where the images are and how they become model inputs."""
 
     path: str = ""
-    layout: str = "auto"  # "auto" (detects mvtec, mt or dagm) or one of LAYOUTS
+    layout: str = "auto"  # "auto" (detects mvtec, mt, dagm or ksdd2) or one of LAYOUTS
     image_size: int = 128  # the model's input side, in pixels (the tile side when tile_scale > 0)
     tile_scale: float = 0.0  # 0: squash each whole image to image_size x image_size. > 0: rescale every
     # image by this one factor (keeping aspect ratio and texture scale) and work on image_size tiles of it

@@ -1,6 +1,6 @@
 """Dataset layouts on disk -> lists of Samples, one reader per layout.
 
-Supported layouts (cfg.layout; "auto" detects mvtec, mt and dagm):
+Supported layouts (cfg.layout; "auto" detects mvtec, mt, dagm and ksdd2):
 
 - mvtec: MVTec AD style. ``train/good/*``; ``test/<type>/*`` (``good`` = label 0); masks
   ``ground_truth/<type>/<stem>_mask.<ext>``. MVTec AD 2 keeps ground truth inside its split folder
@@ -14,6 +14,9 @@ Supported layouts (cfg.layout; "auto" detects mvtec, mt and dagm):
   ``<mask_dir>/`` of masks named by ``mask_name`` (``{stem}`` = image name without extension).
 - dagm: one DAGM 2007 class folder (``ClassN``): ``Train/`` and ``Test/``, each with
   ``Label/Labels.txt`` (columns: index, flag 0/1, image name, 0, mask name or 0) and the masks.
+- ksdd2: KolektorSDD2. ``train/`` and ``test/`` hold ``<name>.png`` with its mask ``<name>_GT.png``;
+  an image is defective iff its mask has a nonzero pixel. Defective training images are never
+  trained on: they become validation images, so epochs and thresholds are chosen on real defects.
 
 The mt and folder layouts have no test split: cfg.train_list (a file of good image names) or a
 seeded cfg.test_ratio share of the good images decides which good images are tested; defective
@@ -29,9 +32,11 @@ from pathlib import Path
 import numpy as np
 
 from surfad.config import LAYOUTS, DataConfig
-from surfad.data.io import IMAGE_SUFFIXES
+from surfad.data.io import IMAGE_SUFFIXES, read_mask
 from surfad.data.samples import DEFECT, GOOD, Sample
 from surfad.errors import BadInputError, SurfadError
+
+KSDD2_MASK = "_GT"  # KolektorSDD2: the mask of <name>.png is <name>_GT.png
 
 
 @dataclass
@@ -91,7 +96,7 @@ def check_ratio(value: float, name: str) -> None:
 
 
 def detect_layout(root: Path) -> str:
-    """The layout of dataset folder root: "mvtec", "mt" or "dagm"; SurfadError when none fits."""
+    """The layout of dataset folder root: "mvtec", "mt", "dagm" or "ksdd2"; SurfadError when none fits."""
     root = Path(root)
     if not root.is_dir():
         raise SurfadError(f"{root}: dataset folder not found")
@@ -104,8 +109,8 @@ def detect_layout(root: Path) -> str:
         hint = f"; its subfolders {', '.join(inner[:8])} look like datasets: use one of them as the data path"
     raise SurfadError(
         f"{root}: cannot tell the dataset layout; expected mvtec (train/good, test/<type>), "
-        f"mt (MT_<Type>/Imgs) or dagm (Train/Label, Test/Label); for plain folders of good and "
-        f"defective images set the layout to folder{hint}"
+        f"mt (MT_<Type>/Imgs), dagm (Train/Label, Test/Label) or ksdd2 (train/<name>_GT.png); for plain "
+        f"folders of good and defective images set the layout to folder{hint}"
     )
 
 
@@ -116,6 +121,8 @@ def _detect(root: Path) -> str | None:
         return "mt"
     if (root / "Train" / "Label").is_dir():
         return "dagm"
+    if (root / "train").is_dir() and any(p.stem.endswith(KSDD2_MASK) for p in (root / "train").iterdir()):
+        return "ksdd2"
     return None
 
 
@@ -314,4 +321,27 @@ def _read_dagm_labels(path: Path) -> dict[str, tuple[bool, str | None]]:
     return labels
 
 
-_READERS = {"mvtec": _load_mvtec, "mt": _load_mt, "folder": _load_folder, "dagm": _load_dagm}
+def _load_ksdd2(root: Path, cfg: DataConfig, bad: BadFiles) -> Reader:
+    train_good, train_defects = _ksdd2_split(root / "train", bad)
+    test_good, test_defects = _ksdd2_split(root / "test", bad)
+    return root / "train", train_good, test_good + test_defects, train_defects
+
+
+def _ksdd2_split(split_dir: Path, bad: BadFiles) -> tuple[list[Sample], list[Sample]]:
+    """(good, defective) samples of a KolektorSDD2 folder, labelled by whether each mask is empty."""
+    good: list[Sample] = []
+    defects: list[Sample] = []
+    for p in list_images(split_dir):
+        if p.stem.endswith(KSDD2_MASK):
+            continue
+        mask = p.with_name(f"{p.stem}{KSDD2_MASK}.png")
+        if not mask.is_file():
+            bad.report(p, f"mask not found: expected {mask}")
+        elif read_mask(mask).any():
+            defects.append(Sample(p, 1, DEFECT, mask))
+        else:
+            good.append(Sample(p, 0))
+    return good, defects
+
+
+_READERS = {"mvtec": _load_mvtec, "mt": _load_mt, "folder": _load_folder, "dagm": _load_dagm, "ksdd2": _load_ksdd2}
