@@ -201,6 +201,25 @@ def test_folder_layout(tmp_path):
         load_layout(cfg(make_mvtec(tmp_path / "cat"), train_list="x.txt"))
 
 
+def test_folder_layout_validation_folders(tmp_path):
+    """Given validation folders, their good and defective images (with masks) are validation images."""
+    root = tmp_path / "parts"
+    for i in range(4):
+        write_image(root / f"good/{i}.png", seed=i)
+    write_image(root / "val_ok/a.png")
+    write_image(root / "val_ng/b.png")
+    write_mask(root / "masks/b_mask.png")
+    options = {"layout": "folder", "val_good_dir": "val_ok", "val_defect_dir": "val_ng", "mask_dir": "masks"}
+    index = load_layout(cfg(root, **options))
+    assert [(s.path.name, s.label, s.defect_type) for s in index.validation] == [("a.png", 0, "good"), ("b.png", 1, "val_ng")]
+    assert index.validation[1].mask_path == root / "masks/b_mask.png"
+    splits = make_splits(cfg(root, **options))
+    assert {"a.png", "b.png"} <= {s.path.name for s in splits.val}
+    assert not {"a.png", "b.png"} & {s.path.name for s in splits.train + splits.test}
+    with pytest.raises(SurfadError, match=r"data.val_defect_dir: validation folder .*parts/nope not found"):
+        load_layout(cfg(root, **{**options, "val_defect_dir": "nope"}))
+
+
 def make_dagm(cls: Path) -> Path:
     """A DAGM 2007 class folder: Train and Test, each with Label/Labels.txt and *_label.PNG masks."""
     for split, flags in (("Train", [0, 1, 0, 0]), ("Test", [0, 1, 1, 0])):

@@ -36,6 +36,9 @@ class DataConfig:
     defect_dir: str = "defect"  # folder layout: folder of defective images (optional)
     mask_dir: str | None = None  # folder layout: folder of masks (optional)
     mask_name: str = "{stem}_mask.png"  # folder layout: mask file name for image <stem>.<ext>
+    val_good_dir: str | None = None  # folder layout: good validation images (optional; never trained on)
+    val_defect_dir: str | None = None  # folder layout: defective validation images (optional): real defects
+    # then choose the shipped epoch and the threshold
     skip_bad: bool = False  # skip unreadable files (and count them) instead of stopping
 
 

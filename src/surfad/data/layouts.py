@@ -12,6 +12,8 @@ Supported layouts (cfg.layout; "auto" detects mvtec, mt, dagm and ksdd2):
   (``.png`` files there are always masks, never images); ``MT_Free`` holds the good images.
 - folder: ``<good_dir>/`` of good images, optional ``<defect_dir>/`` of defective ones and optional
   ``<mask_dir>/`` of masks named by ``mask_name`` (``{stem}`` = image name without extension).
+  Optional ``<val_good_dir>/`` and ``<val_defect_dir>/`` (masks from the same mask folder) are
+  validation images, beside the held-out share of the good images.
 - dagm: one DAGM 2007 class folder (``ClassN``): ``Train/`` and ``Test/``, each with
   ``Label/Labels.txt`` (columns: index, flag 0/1, image name, 0, mask name or 0) and the masks.
 - ksdd2: KolektorSDD2. ``train/`` and ``test/`` hold ``<name>.png`` with its mask ``<name>_GT.png``;
@@ -223,20 +225,35 @@ def _load_folder(root: Path, cfg: DataConfig, bad: BadFiles) -> Reader:
     mask_dir = root / cfg.mask_dir if cfg.mask_dir else None
     if mask_dir is not None and not mask_dir.is_dir():
         raise SurfadError(f"data.mask_dir: mask folder {mask_dir} not found")
-    defects: list[Sample] = []
-    if cfg.defect_dir:
-        kind = Path(cfg.defect_dir).name
-        for p in list_images(root / cfg.defect_dir):
-            if mask_dir is None:
-                defects.append(Sample(p, 1, kind))
-                continue
-            mask = mask_dir / _mask_name(cfg.mask_name, p.stem)
-            if mask.is_file():
-                defects.append(Sample(p, 1, kind, mask))
-            else:
-                bad.report(p, f"mask not found: expected {mask}")
+    defects = _folder_defects(root, cfg.defect_dir, mask_dir, cfg.mask_name, bad)
+    validation: list[Sample] = []
+    for name, folder in (("val_good_dir", cfg.val_good_dir), ("val_defect_dir", cfg.val_defect_dir)):
+        if folder and not (root / folder).is_dir():
+            raise SurfadError(f"data.{name}: validation folder {root / folder} not found")
+    if cfg.val_good_dir:
+        validation += [Sample(p, 0) for p in list_images(root / cfg.val_good_dir)]
+    validation += _folder_defects(root, cfg.val_defect_dir, mask_dir, cfg.mask_name, bad)
     train, test_good = _split_good([Sample(p, 0) for p in list_images(good_dir)], cfg, root, good_dir)
-    return good_dir, train, test_good + defects, []
+    return good_dir, train, test_good + defects, validation
+
+
+def _folder_defects(root: Path, folder: str | None, mask_dir: Path | None, mask_name: str, bad: BadFiles) -> list[Sample]:
+    """Defective images of a folder-layout folder (none when `folder` is unset or absent), typed by the
+    folder's name, each with its mask when there is a mask folder."""
+    if not folder:
+        return []
+    kind = Path(folder).name
+    defects: list[Sample] = []
+    for p in list_images(root / folder):
+        if mask_dir is None:
+            defects.append(Sample(p, 1, kind))
+            continue
+        mask = mask_dir / _mask_name(mask_name, p.stem)
+        if mask.is_file():
+            defects.append(Sample(p, 1, kind, mask))
+        else:
+            bad.report(p, f"mask not found: expected {mask}")
+    return defects
 
 
 def _mask_name(pattern: str, stem: str) -> str:
