@@ -278,3 +278,27 @@ def test_validation_ties_ship_the_later_epoch(tiny_mvtec: Path, tmp_path: Path, 
     shipped = load_file(run / "model.safetensors")
     for key in last:
         np.testing.assert_array_equal(last[key], shipped[key])
+
+
+def test_patience_stops_early_and_resume_keeps_it_stopped(tiny_mvtec: Path, tmp_path: Path, monkeypatch, capsys):
+    """Validation AUROC falls after epoch 2: with --patience 2 training stops after epoch 4, ships
+    epoch 2, and --resume does not train further."""
+    real_validate = surfad.train.validate
+    calls = []
+
+    def falling(*args, **kwargs):
+        figures, scored = real_validate(*args, **kwargs)
+        calls.append(1)
+        return {**figures, "val_auroc": [0.5, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3][len(calls) - 1]}, scored
+
+    monkeypatch.setattr(surfad.train, "validate", falling)
+    run = tmp_path / "run"
+    assert main(train_args(tiny_mvtec, run, epochs=8) + ["--select-after", "0", "--patience", "2"]) == 0
+    rows = list(csv.DictReader((run / "history.csv").open()))
+    assert [r["epoch"] for r in rows] == ["1", "2", "3", "4"] and rows[1]["best"] == "1"
+    assert "stopping early: no better validation for 2 validations (best: epoch 2)" in capsys.readouterr().out
+    assert main(["info", str(run)]) == 0
+    assert json.loads(capsys.readouterr().out)["training"]["shipped_epoch"] == 2
+    assert main(["train", "--out", str(run), "--resume", "--quiet"]) == 0
+    assert len(list(csv.DictReader((run / "history.csv").open()))) == 4  # nothing trained
+    assert main(train_args(tiny_mvtec, tmp_path / "bad", epochs=2) + ["--patience", "-1"]) == 2

@@ -36,6 +36,7 @@ TRAIN_FLAGS = {
     "select_after": ("train", "select_after"),
     "val_defect_source": ("train", "val_defect_source"),
     "time_budget": ("train", "time_budget_min"),
+    "patience": ("train", "patience"),
     "ema_decay": ("train", "ema_decay"),
 }
 
@@ -275,6 +276,8 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--select-after", type=int, help="epochs 1..N are validated but never shipped (default 5)")
     p.add_argument("--val-defect-source", help="synthetic validation defects: procedural | self | surface | a texture folder")
     p.add_argument("--time-budget", type=float, help="stop after this many minutes (at an epoch end)")
+    p.add_argument("--patience", type=int, help="stop once this many validations in a row bring no new best "
+                   "(default 0: off)")
     p.add_argument("--ema-decay", type=float, help="ship a moving average of the weights with this decay, e.g. 0.998 (default 0: off)")
     p.add_argument("--skip-bad", action="store_true", help="skip unreadable images instead of stopping")
     p.add_argument("--out", help="run folder (default: runs/TAG)")

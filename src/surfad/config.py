@@ -58,6 +58,7 @@ class TrainConfig:
     # untrained net's error maps can rank salient defects well by chance on a small validation set
     grid_every: int = 5  # write an input/reconstruction/map grid every N epochs (0 = never)
     time_budget_min: float = 0.0  # stop after the epoch that passes this many minutes (0 = off)
+    patience: int = 0  # stop once this many validations in a row bring no new best (0 = off)
     val_synthetic: bool = True  # add synthetic defects to validation when it has no real ones
     val_defect_source: str = "self"  # their texture source: procedural | self | surface | a folder (differs from
     # recondiff's default training source, so validation does not reward fitting one defect style)

@@ -162,6 +162,14 @@ def detection_value(figures: dict[str, float]) -> float:
     return figures["val_auroc"] if "val_auroc" in figures else -figures["val_good_score"]
 
 
+def stalled(history: list[dict[str, Any]], patience: int) -> bool:
+    """Whether the last `patience` validations (> 0) all came after the last new best (never before
+    a first best: epochs up to select_after are not eligible)."""
+    validated = [row for row in history if "val_good_score" in row]
+    best_rows = [i for i, row in enumerate(validated) if row.get("best")]
+    return patience > 0 and bool(best_rows) and len(validated) - 1 - best_rows[-1] >= patience
+
+
 def _rng_state() -> dict[str, Any]:
     """RNG states as tensors and plain tuples, so the checkpoint loads with weights_only=True."""
     kind, keys, pos, has_gauss, cached = np.random.get_state()
@@ -230,6 +238,8 @@ def train(config: RunConfig, out: str | Path, resume: bool = False, progress: bo
         raise SurfadError(f"{dc.path}: the validation split is empty; set data.val_ratio > 0 or add a validation/ folder")
     if not 0.0 <= tc.ema_decay < 1.0:
         raise SurfadError(f"train.ema_decay must be in [0, 1) (0 = off), got {tc.ema_decay}")
+    if tc.patience < 0:
+        raise SurfadError(f"train.patience must be >= 0 (0 = off), got {tc.patience}")
     if dc.tile_scale < 0 or not 0 <= dc.tile_stride <= dc.image_size or dc.tiles_per_image < 1:
         raise SurfadError(f"data: tile_scale must be >= 0 (0 = off), tile_stride in [0, image_size={dc.image_size}] "
                           f"and tiles_per_image >= 1; got {dc.tile_scale}, {dc.tile_stride}, {dc.tiles_per_image}")
@@ -269,7 +279,11 @@ def train(config: RunConfig, out: str | Path, resume: bool = False, progress: bo
             average.load_state_dict(state["average"])
         start_epoch, best, best_seg, history = state["epoch"], state["best"], state["best_seg"], state["history"]
         elapsed_before = state["elapsed"]
-        print(f"resuming {out} at epoch {start_epoch + 1}/{tc.epochs}")
+        if stalled(history, tc.patience):
+            start_epoch = tc.epochs  # it had stopped early: resuming finishes it without training
+            print(f"{out} had stopped early (no better validation for {tc.patience} validations)")
+        else:
+            print(f"resuming {out} at epoch {start_epoch + 1}/{tc.epochs}")
     else:
         out.mkdir(parents=True, exist_ok=True)
         config.save(out / bundle.CONFIG)
@@ -329,6 +343,10 @@ def train(config: RunConfig, out: str | Path, resume: bool = False, progress: bo
         bar.write(f"epoch {epoch + 1}: loss {row.get('loss', float('nan')):.4f} {shown}{' *best' if row.get('best') else ''}")
         if over_budget and not is_last:
             bar.write(f"time budget of {tc.time_budget_min} min reached after epoch {epoch + 1}")
+            break
+        if stalled(history, tc.patience) and not is_last:
+            bar.write(f"stopping early: no better validation for {tc.patience} validations (best: epoch "
+                      f"{max(row['epoch'] for row in history if row.get('best'))})")
             break
     bar.close()
 
