@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 import random
 import time
-from dataclasses import replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +29,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from surfad import __version__, bundle
-from surfad.calibrate import calibrate
+from surfad.calibrate import Calibration, calibrate
 from surfad.config import RunConfig, TrainConfig
 from surfad.data.dataset import ImageDataset, TileDataset
 from surfad.data.defects import DefectSynthesizer, synthetic_defect
@@ -211,13 +211,100 @@ def train_epoch(model: torch.nn.Module, train_set: Dataset, optimizer: torch.opt
     return {k: v / len(loader) for k, v in sums.items()}
 
 
+@dataclass
+class TrainState:
+    """Where a run stands after an epoch: what --resume restores besides the weights, optimiser,
+    scheduler, RNG and weight average."""
+
+    epoch: int = 0  # epochs done
+    best: float = -math.inf  # the best detection_value so far (model.safetensors)
+    best_seg: float = -math.inf  # the best validation AUPRO so far (best_seg checkpoint)
+    history: list[dict[str, Any]] = field(default_factory=list)  # one row per epoch (history.csv)
+    elapsed: float = 0.0  # training seconds so far, over every session
+
+
 def save_last(out: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-              scheduler: torch.optim.lr_scheduler.LRScheduler | None, state: dict[str, Any]) -> None:
+              scheduler: torch.optim.lr_scheduler.LRScheduler | None, average: AveragedModel | None,
+              state: TrainState) -> None:
     """The `last` checkpoint: weights plus what --resume needs (optimiser, scheduler, RNG, progress)."""
     bundle.save_weights(model, out / LAST_WEIGHTS)
-    full = {**state, "rng": _rng_state(), "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict() if scheduler else None}
+    full = {**asdict(state), "rng": _rng_state(), "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict() if scheduler else None,
+            **({} if average is None else {"average": average.state_dict()})}
     atomic_write(out / LAST_STATE, lambda tmp: torch.save(full, tmp))
+
+
+def load_last(out: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+              scheduler: torch.optim.lr_scheduler.LRScheduler | None, average: AveragedModel | None) -> TrainState:
+    """Restore what save_last wrote into the given objects; returns the run's TrainState."""
+    bundle.load_weights(model, out / LAST_WEIGHTS)
+    full = torch.load(out / LAST_STATE, weights_only=True)
+    optimizer.load_state_dict(full["optimizer"])
+    if scheduler is not None:
+        scheduler.load_state_dict(full["scheduler"])
+    _set_rng_state(full["rng"])
+    if average is not None:
+        average.load_state_dict(full["average"])
+    return TrainState(**{f.name: full[f.name] for f in fields(TrainState)})
+
+
+def check_settings(config: RunConfig, splits: Splits) -> None:
+    """Clear errors for training settings that cannot work, before anything is built."""
+    tc, dc = config.train, config.data
+    if not splits.val:
+        raise SurfadError(f"{dc.path}: the validation split is empty; set data.val_ratio > 0 or add a validation/ folder")
+    if not 0.0 <= tc.ema_decay < 1.0:
+        raise SurfadError(f"train.ema_decay must be in [0, 1) (0 = off), got {tc.ema_decay}")
+    if tc.patience < 0:
+        raise SurfadError(f"train.patience must be >= 0 (0 = off), got {tc.patience}")
+    if dc.tile_scale < 0 or not 0 <= dc.tile_stride <= dc.image_size or dc.tiles_per_image < 1:
+        raise SurfadError(f"data: tile_scale must be >= 0 (0 = off), tile_stride in [0, image_size={dc.image_size}] "
+                          f"and tiles_per_image >= 1; got {dc.tile_scale}, {dc.tile_stride}, {dc.tiles_per_image}")
+
+
+def start_run_folder(out: Path, config: RunConfig, splits: Splits, n_params: int) -> None:
+    """A new run folder with its config, splits and meta.json."""
+    dc = config.data
+    out.mkdir(parents=True, exist_ok=True)
+    config.save(out / bundle.CONFIG)
+    splits.save(out / bundle.SPLITS)
+    atomic_write_json(out / bundle.META, {
+        "surfad_version": __version__,
+        "model": config.model,
+        "image_size": dc.image_size,
+        "channels": dc.channels,
+        "parameters": n_params,
+        "data": {"path": dc.path, "layout": splits.layout, "train": len(splits.train), "val": len(splits.val)},
+    })
+
+
+def select(state: TrainState, row: dict[str, Any], figures: dict[str, float], shipped: torch.nn.Module,
+           out: Path) -> None:
+    """Keep the shipped weights as best_detect and/or best_seg when this validation is the best so far
+    (ties go to the later, longer-trained epoch), and mark the history row."""
+    if detection_value(figures) >= state.best:
+        state.best = detection_value(figures)
+        bundle.save_weights(shipped, out / bundle.WEIGHTS)
+        row["best"] = 1
+    if figures.get("val_aupro", -math.inf) >= state.best_seg:
+        state.best_seg = figures["val_aupro"]
+        bundle.save_weights(shipped, out / BEST_SEG_WEIGHTS)
+        row["best_seg"] = 1
+
+
+def calibrate_shipped(model: torch.nn.Module, graph: torch.nn.Module, config: RunConfig, splits: Splits,
+                      val_set: Dataset, device: torch.device, batch_size: int, out: Path, progress: bool) -> Calibration:
+    """Load the shipped weights and calibrate them on the real validation images, so the bundle is
+    usable at once. Synthetic defects choose epochs but not thresholds: without real defects, fpr:0.01."""
+    bundle.load_weights(model, out / bundle.WEIGHTS)
+    _, scored = validate(graph, config, val_set, device, batch_size, progress)
+    real = np.arange(len(scored.labels)) < len(splits.val)
+    strategy = "f1" if any(s.label == 1 for s in splits.val) else "fpr:0.01"
+    calibration = calibrate(
+        scored.scores[real], scored.labels[real], scored.maps[real], scored.masks[real], strategy, split="val"
+    )
+    calibration.save(out / bundle.CALIBRATION)
+    return calibration
 
 
 def train(config: RunConfig, out: str | Path, resume: bool = False, progress: bool = True) -> Path:
@@ -233,16 +320,8 @@ def train(config: RunConfig, out: str | Path, resume: bool = False, progress: bo
             raise SurfadError(f"{out}: already holds a run; use --resume to continue it or choose another --out")
         splits = make_splits(config.data)
         config = resolve_config(config, splits)
+    check_settings(config, splits)
     tc, dc = config.train, config.data
-    if not splits.val:
-        raise SurfadError(f"{dc.path}: the validation split is empty; set data.val_ratio > 0 or add a validation/ folder")
-    if not 0.0 <= tc.ema_decay < 1.0:
-        raise SurfadError(f"train.ema_decay must be in [0, 1) (0 = off), got {tc.ema_decay}")
-    if tc.patience < 0:
-        raise SurfadError(f"train.patience must be >= 0 (0 = off), got {tc.patience}")
-    if dc.tile_scale < 0 or not 0 <= dc.tile_stride <= dc.image_size or dc.tiles_per_image < 1:
-        raise SurfadError(f"data: tile_scale must be >= 0 (0 = off), tile_stride in [0, image_size={dc.image_size}] "
-                          f"and tiles_per_image >= 1; got {dc.tile_scale}, {dc.tile_stride}, {dc.tiles_per_image}")
     set_threads(tc.threads)
     seed_everything(tc.seed)
     device = resolve_device(tc.device)
@@ -266,45 +345,25 @@ def train(config: RunConfig, out: str | Path, resume: bool = False, progress: bo
     optimizer, scheduler = model.configure_optimizer(tc, steps_per_epoch)
 
     n_params = sum(p.numel() for p in model.parameters())
-    history: list[dict[str, Any]] = []
-    start_epoch, best, best_seg, elapsed_before = 0, -math.inf, -math.inf, 0.0
+    state = TrainState()
     if resume:
-        bundle.load_weights(model, out / LAST_WEIGHTS)
-        state = torch.load(out / LAST_STATE, weights_only=True)
-        optimizer.load_state_dict(state["optimizer"])
-        if scheduler is not None:
-            scheduler.load_state_dict(state["scheduler"])
-        _set_rng_state(state["rng"])
-        if average is not None:
-            average.load_state_dict(state["average"])
-        start_epoch, best, best_seg, history = state["epoch"], state["best"], state["best_seg"], state["history"]
-        elapsed_before = state["elapsed"]
-        if stalled(history, tc.patience):
-            start_epoch = tc.epochs  # it had stopped early: resuming finishes it without training
+        state = load_last(out, model, optimizer, scheduler, average)
+        if stalled(state.history, tc.patience):
+            state.epoch = tc.epochs  # it had stopped early: resuming finishes it without training
             print(f"{out} had stopped early (no better validation for {tc.patience} validations)")
         else:
-            print(f"resuming {out} at epoch {start_epoch + 1}/{tc.epochs}")
+            print(f"resuming {out} at epoch {state.epoch + 1}/{tc.epochs}")
     else:
-        out.mkdir(parents=True, exist_ok=True)
-        config.save(out / bundle.CONFIG)
-        splits.save(out / bundle.SPLITS)
-        atomic_write_json(out / bundle.META, {
-            "surfad_version": __version__,
-            "model": config.model,
-            "image_size": dc.image_size,
-            "channels": dc.channels,
-            "parameters": n_params,
-            "data": {"path": dc.path, "layout": splits.layout, "train": len(splits.train), "val": len(splits.val)},
-        })
+        start_run_folder(out, config, splits, n_params)
     print(f"model {config.model}: {n_params / 1e6:.2f} M parameters, {dc.image_size}x{dc.image_size}x{dc.channels}, device {device}")
     if dc.tile_scale > 0:
         print(f"tiling: images scaled by {dc.tile_scale}, {dc.tiles_per_image} random tile(s) per training image per epoch, "
               f"inference tiles {default_stride(dc.image_size, dc.tile_stride)} px apart")
 
-    started = time.monotonic()
-    total_steps = tc.epochs * steps_per_epoch
-    bar = tqdm(total=total_steps, initial=start_epoch * steps_per_epoch, disable=not progress, unit="step", dynamic_ncols=True)
-    for epoch in range(start_epoch, tc.epochs):
+    started, elapsed_before = time.monotonic(), state.elapsed
+    bar = tqdm(total=tc.epochs * steps_per_epoch, initial=state.epoch * steps_per_epoch, disable=not progress,
+               unit="step", dynamic_ncols=True)
+    for epoch in range(state.epoch, tc.epochs):
         bar.set_description(f"epoch {epoch + 1}/{tc.epochs}")
         for dataset in (train_images, train_set):  # datasets that draw new tiles or synthetic samples each epoch
             if hasattr(dataset, "set_epoch"):
@@ -312,53 +371,34 @@ def train(config: RunConfig, out: str | Path, resume: bool = False, progress: bo
         sums = train_epoch(model, train_set, optimizer, epoch, tc, batch_size, device, bar, average)
         if scheduler is not None:
             scheduler.step()
-        row: dict[str, Any] = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"]}
-        row.update(sums)
+        row: dict[str, Any] = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"], **sums}
         is_last = epoch + 1 == tc.epochs
-        elapsed = elapsed_before + time.monotonic() - started
-        over_budget = tc.time_budget_min > 0 and elapsed > tc.time_budget_min * 60
+        state.epoch, state.elapsed = epoch + 1, elapsed_before + time.monotonic() - started
+        over_budget = tc.time_budget_min > 0 and state.elapsed > tc.time_budget_min * 60
         if (epoch + 1) % tc.val_every == 0 or is_last or over_budget:
-            figures, scored = validate(shipped_graph, config, val_set, device, batch_size, progress)
+            figures, _ = validate(shipped_graph, config, val_set, device, batch_size, progress)
             row.update(figures)
-            eligible = epoch + 1 > tc.select_after or is_last or over_budget  # see TrainConfig.select_after
-            if eligible and detection_value(figures) >= best:  # ties go to the later, longer-trained epoch
-                best = detection_value(figures)
-                bundle.save_weights(shipped, out / bundle.WEIGHTS)
-                row["best"] = 1
-            if eligible and figures.get("val_aupro", -math.inf) >= best_seg:
-                best_seg = figures["val_aupro"]
-                bundle.save_weights(shipped, out / BEST_SEG_WEIGHTS)
-                row["best_seg"] = 1
+            if epoch + 1 > tc.select_after or is_last or over_budget:  # see TrainConfig.select_after
+                select(state, row, figures, shipped, out)
             if tc.grid_every and ((epoch + 1) % tc.grid_every == 0 or is_last):
                 training_grid(shipped, shipped_graph, val_set, device, out / "grids" / f"epoch_{epoch + 1:04d}.png")
-        row["seconds"] = round(elapsed, 1)
-        history.append(row)
-        atomic_write_csv(out / bundle.HISTORY, history)
-        atomic_write_bytes(out / bundle.HISTORY_PLOT, history_plot(history))
-        save_last(out, model, optimizer, scheduler, {
-            "epoch": epoch + 1, "best": best, "best_seg": best_seg, "history": history, "elapsed": elapsed,
-            **({} if average is None else {"average": average.state_dict()}),
-        })
+        row["seconds"] = round(state.elapsed, 1)
+        state.history.append(row)
+        atomic_write_csv(out / bundle.HISTORY, state.history)
+        atomic_write_bytes(out / bundle.HISTORY_PLOT, history_plot(state.history))
+        save_last(out, model, optimizer, scheduler, average, state)
         shown = {k: round(v, 4) for k, v in row.items() if k.startswith("val_")}
         bar.write(f"epoch {epoch + 1}: loss {row.get('loss', float('nan')):.4f} {shown}{' *best' if row.get('best') else ''}")
         if over_budget and not is_last:
             bar.write(f"time budget of {tc.time_budget_min} min reached after epoch {epoch + 1}")
             break
-        if stalled(history, tc.patience) and not is_last:
+        if stalled(state.history, tc.patience) and not is_last:
             bar.write(f"stopping early: no better validation for {tc.patience} validations (best: epoch "
-                      f"{max(row['epoch'] for row in history if row.get('best'))})")
+                      f"{max(r['epoch'] for r in state.history if r.get('best'))})")
             break
     bar.close()
 
-    # Ship the best epoch and calibrate it on the validation split right away, so the bundle is
-    # usable; synthetic defects choose epochs but not thresholds: without real defects, fpr:0.01.
-    bundle.load_weights(model, out / bundle.WEIGHTS)
-    _, scored = validate(graph, config, val_set, device, batch_size, progress)
-    real = np.arange(len(scored.labels)) < len(splits.val)
-    strategy = "f1" if any(s.label == 1 for s in splits.val) else "fpr:0.01"
-    calibration = calibrate(
-        scored.scores[real], scored.labels[real], scored.maps[real], scored.masks[real], strategy, split="val"
-    )
-    calibration.save(out / bundle.CALIBRATION)
-    print(f"trained {out}: best epoch shipped, calibrated on val ({strategy}): threshold {calibration.threshold:.5g}")
+    calibration = calibrate_shipped(model, graph, config, splits, val_set, device, batch_size, out, progress)
+    print(f"trained {out}: best epoch shipped, calibrated on val ({calibration.strategy}): "
+          f"threshold {calibration.threshold:.5g}")
     return out
