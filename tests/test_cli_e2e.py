@@ -100,6 +100,18 @@ def test_info_describes_the_run(trained_run: Path, capsys):
     assert info["training"]["shipped_validation"]["val_auroc"] == pytest.approx(float(shipped["val_auroc"]))
 
 
+def test_info_on_a_run_still_training(trained_run: Path, tmp_path: Path, capsys):
+    """Before calibration (training still going) info shows the model and progress, no thresholds."""
+    run = tmp_path / "training"
+    shutil.copytree(trained_run, run)
+    (run / "calibration.json").unlink()
+    assert main(["info", str(run)]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["model"] == "unet_vae" and info["threshold"] is None and info["training"]["epochs_trained"] == 2
+    assert main(["info", str(tmp_path)]) == 2
+    assert "not a run folder" in capsys.readouterr().err
+
+
 def test_detector_in_a_fresh_process(trained_run: Path, tiny_mvtec: Path):
     from surfad import Detector
 

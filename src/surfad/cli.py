@@ -160,9 +160,9 @@ def cmd_fuse(args: argparse.Namespace) -> None:
 
 
 def cmd_info(args: argparse.Namespace) -> None:
-    from surfad.inference import Detector
+    from surfad.inference import describe
 
-    print(json.dumps(Detector.load(args.run).info(), indent=2))
+    print(json.dumps(describe(args.run), indent=2))
 
 
 def cmd_serve(args: argparse.Namespace) -> None:

@@ -183,21 +183,7 @@ class Detector(BaseDetector):
 
     def info(self) -> dict[str, Any]:
         """What the model is: name, input, threshold, training data summary, versions."""
-        meta = bundle.read_meta(self.run)
-        return {
-            "model": self.config.model,
-            "parameters": meta.get("parameters"),
-            "image_size": self.image_size,
-            "tile_scale": self.config.data.tile_scale,
-            "channels": self.channels,
-            "threshold": self.threshold,
-            "pixel_threshold": self.calibration.pixel_threshold,
-            "calibration_strategy": self.calibration.strategy,
-            "runtime": self.runtime,
-            "training_data": meta.get("data", {}),
-            "training": bundle.training_summary(self.run),
-            "surfad_version": meta.get("surfad_version"),
-        }
+        return {**run_info(self.run, self.config, self.calibration), "runtime": self.runtime}
 
     def preprocess(self, image: np.ndarray) -> np.ndarray:
         """uint8 HxWxC -> the model's float32 input: (C, S, S), or the whole scaled image when tiling."""
@@ -219,6 +205,36 @@ class Detector(BaseDetector):
         maps, scores = score_images(self.score_batch, [self.preprocess(a) for a in arrays], batch_size=len(arrays))
         t = self.threshold if threshold is None else float(threshold)
         return [inspect(a, m, float(s), t, self.calibration, self.min_area) for a, m, s in zip(arrays, maps, scores)]
+
+
+def run_info(run: Path, config: RunConfig, calibration: Calibration | None) -> dict[str, Any]:
+    """A run folder's model, input, thresholds (None before calibration), training data, progress
+    and versions."""
+    meta = bundle.read_meta(run)
+    return {
+        "model": config.model,
+        "parameters": meta.get("parameters"),
+        "image_size": config.data.image_size,
+        "tile_scale": config.data.tile_scale,
+        "channels": int(config.data.channels or 3),
+        "threshold": None if calibration is None else calibration.threshold,
+        "pixel_threshold": None if calibration is None else calibration.pixel_threshold,
+        "calibration_strategy": None if calibration is None else calibration.strategy,
+        "training_data": meta.get("data", {}),
+        "training": bundle.training_summary(run),
+        "surfad_version": meta.get("surfad_version"),
+    }
+
+
+def describe(folder: str | Path) -> dict[str, Any]:
+    """What `surfad info` prints: a detector's info(), or for a run still training (not calibrated
+    yet) what its folder already says."""
+    run = Path(folder)
+    if bundle.is_fused(run) or (run / bundle.CALIBRATION).is_file():
+        return Detector.load(run).info()
+    if not (run / bundle.CONFIG).is_file():
+        raise SurfadError(f"{run}: not a run folder (no {bundle.CONFIG}); train one with `surfad train`")
+    return run_info(run, RunConfig.load(run / bundle.CONFIG), None)
 
 
 def as_image(image: np.ndarray | str | Path) -> np.ndarray:
