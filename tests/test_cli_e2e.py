@@ -60,7 +60,8 @@ def test_calibrate_evaluate_predict(trained_run: Path, tiny_mvtec: Path, tmp_pat
     assert set(metrics["per_type_image_auroc"]) == defect_types
     assert all(0 <= v <= 1 for v in metrics["per_type_image_auroc"].values())
     assert len(defect_types) == 4 and "image AUROC by type: " in capsys.readouterr().out
-    assert "<img" in (out / "report.html").read_text()
+    report = (out / "report.html").read_text()
+    assert "<img" in report and 'alt="Training curves"' in report  # the run's history.csv, drawn
 
     preds = tmp_path / "preds"
     assert main(["predict", str(trained_run), str(tiny_mvtec / "test"), "--out", str(preds), "--quiet", "--threshold", "0"]) == 0

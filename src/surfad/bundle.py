@@ -107,14 +107,21 @@ def read_meta(run: str | Path) -> dict[str, Any]:
     return read_json(path, "run metadata") if path.is_file() else {}
 
 
+def read_history(run: str | Path) -> list[dict[str, str]]:
+    """The rows of the run's history.csv ([] for a folder without one, e.g. a fused detector)."""
+    path = Path(run) / HISTORY
+    if not path.is_file():
+        return []
+    with path.open(newline="") as f:
+        return list(csv.DictReader(f))
+
+
 def training_summary(run: str | Path) -> dict[str, Any]:
     """From history.csv: epochs trained, the shipped epoch (the last one marked best) and its
     validation figures; {} for a folder without a history."""
-    path = Path(run) / HISTORY
-    if not path.is_file():
+    rows = read_history(run)
+    if not rows:
         return {}
-    with path.open(newline="") as f:
-        rows = list(csv.DictReader(f))
     shipped = [row for row in rows if row.get("best") == "1"]
     summary: dict[str, Any] = {"epochs_trained": len(rows)}
     if shipped:

@@ -101,7 +101,7 @@ def evaluate_run(run: str | Path, data: str | None = None, split: str = "test", 
     atomic_write_json(out / "metrics.json", metrics)
     atomic_write_csv(out / "per_image.csv", records, ["path", "label", "defect_type", "score", "verdict"])
     write_report(out, records, metrics, title=f"{detector.config.model} on {split} ({len(samples)} images)",
-                 overlays=_worst_overlays(detector, records, scored, samples))
+                 overlays=_worst_overlays(detector, records, scored, samples), history=bundle.read_history(detector.run))
     return metrics
 
 
