@@ -2,9 +2,8 @@
 
 It shows the metrics, ROC and PR curves with the operating point, the score distributions of
 both classes against the threshold, the worst-scored images, a per-defect-type breakdown and the
-run's training curves.
-Nothing is loaded from the internet, so the page can be archived or mailed as one file.
-Training's curves (history.png: losses and validation figures per epoch) are drawn here too.
+run's training curves (the same drawing as the run's history.png). Nothing is loaded from the
+internet, so the page can be archived or mailed as one file.
 """
 
 from __future__ import annotations
