@@ -88,9 +88,13 @@ class FusedDetector(BaseDetector):
     def channels(self) -> int:
         return max(m.channels for m in self.members)  # report overlays in colour if any member sees colour
 
+    @property
+    def name(self) -> str:
+        return "fused(" + ", ".join(m.name for m in self.members) + ")"
+
     def info(self) -> dict[str, Any]:
         return {
-            "model": "fused(" + ", ".join(m.config.model for m in self.members) + ")",
+            "model": self.name,
             "image_size": self.members[0].image_size,
             "threshold": self.threshold,
             "pixel_threshold": self.calibration.pixel_threshold,

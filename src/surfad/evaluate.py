@@ -91,7 +91,7 @@ def evaluate_run(run: str | Path, data: str | None = None, split: str = "test", 
     if scored.masks.any():
         metrics.update(pixel_metrics(scored.maps, scored.masks))
     metrics["per_type_image_auroc"] = per_type_auroc(scored.scores, scored.labels, [s.defect_type for s in samples])
-    metrics.update(split=split, n_images=len(samples), images_per_s=rate, runtime=runtime, model=detector.info()["model"],
+    metrics.update(split=split, n_images=len(samples), images_per_s=rate, runtime=runtime, model=detector.name,
                    checkpoint=checkpoint)
     records = [
         {"path": str(s.path), "label": int(s.label), "defect_type": s.defect_type, "score": float(score),
@@ -100,7 +100,7 @@ def evaluate_run(run: str | Path, data: str | None = None, split: str = "test", 
     ]
     atomic_write_json(out / "metrics.json", metrics)
     atomic_write_csv(out / "per_image.csv", records, ["path", "label", "defect_type", "score", "verdict"])
-    write_report(out, records, metrics, title=f"{detector.config.model} on {split} ({len(samples)} images)",
+    write_report(out, records, metrics, title=f"{detector.name} on {split} ({len(samples)} images)",
                  overlays=_worst_overlays(detector, records, scored, samples), history=bundle.read_history(detector.run))
     return metrics
 

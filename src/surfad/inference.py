@@ -126,6 +126,11 @@ class BaseDetector:
     def threshold(self) -> float:
         return self.calibration.threshold
 
+    @property
+    def name(self) -> str:
+        """The model's name, as metrics and reports show it."""
+        return self.config.model
+
     def predict(self, image: np.ndarray | str | Path, threshold: float | None = None) -> Prediction:
         """Inspect one image (a path or a uint8 array HxW, HxWx1 or HxWx3 RGB)."""
         return self.predict_batch([image], threshold)[0]
@@ -227,14 +232,15 @@ def run_info(run: Path, config: RunConfig, calibration: Calibration | None) -> d
 
 
 def describe(folder: str | Path) -> dict[str, Any]:
-    """What `surfad info` prints: a detector's info(), or for a run still training (not calibrated
-    yet) what its folder already says."""
+    """What `surfad info` prints: a run's folder read as it is (no weights loaded; thresholds None
+    while it is still training), or a fused detector's info()."""
     run = Path(folder)
-    if bundle.is_fused(run) or (run / bundle.CALIBRATION).is_file():
+    if bundle.is_fused(run):
         return Detector.load(run).info()
     if not (run / bundle.CONFIG).is_file():
         raise SurfadError(f"{run}: not a run folder (no {bundle.CONFIG}); train one with `surfad train`")
-    return run_info(run, RunConfig.load(run / bundle.CONFIG), None)
+    calibration = Calibration.load(run / bundle.CALIBRATION) if (run / bundle.CALIBRATION).is_file() else None
+    return run_info(run, RunConfig.load(run / bundle.CONFIG), calibration)
 
 
 def as_image(image: np.ndarray | str | Path) -> np.ndarray:
