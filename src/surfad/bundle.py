@@ -116,15 +116,22 @@ def read_history(run: str | Path) -> list[dict[str, str]]:
         return list(csv.DictReader(f))
 
 
+def shipped_row(history: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The history row of the shipped epoch: the last one marked best (1 in memory, "1" in
+    history.csv); None before any epoch was eligible."""
+    marked = [row for row in history if str(row.get("best")) == "1"]
+    return marked[-1] if marked else None
+
+
 def training_summary(run: str | Path) -> dict[str, Any]:
     """From history.csv: epochs trained, the shipped epoch (the last one marked best) and its
     validation figures; {} for a folder without a history."""
     rows = read_history(run)
     if not rows:
         return {}
-    shipped = [row for row in rows if row.get("best") == "1"]
+    shipped = shipped_row(rows)
     summary: dict[str, Any] = {"epochs_trained": len(rows)}
-    if shipped:
-        summary["shipped_epoch"] = int(shipped[-1]["epoch"])
-        summary["shipped_validation"] = {k: float(v) for k, v in shipped[-1].items() if k.startswith("val_") and v}
+    if shipped is not None:
+        summary["shipped_epoch"] = int(shipped["epoch"])
+        summary["shipped_validation"] = {k: float(v) for k, v in shipped.items() if k.startswith("val_") and v}
     return summary

@@ -20,6 +20,7 @@ from matplotlib.figure import Figure
 from sklearn.metrics import precision_recall_curve, roc_curve
 
 from surfad import __version__
+from surfad.bundle import shipped_row
 from surfad.errors import SurfadError
 from surfad.utils import atomic_write_text
 
@@ -180,10 +181,10 @@ def history_plot(rows: list[dict[str, Any]]) -> bytes:
         points = [(e, float(r[key])) for e, r in zip(epochs, rows) if r.get(key) not in (None, "")]
         right.plot(*zip(*points), marker=".", label=key)
     right.set(xlabel="epoch", ylim=(-0.02, 1.02), title="validation")
-    shipped = [e for e, r in zip(epochs, rows) if str(r.get("best")) == "1"]
+    shipped = shipped_row(rows)
     for ax in (left, right):
-        if shipped:
-            ax.axvline(shipped[-1], ls="--", color=POINT_COLOR, lw=1, label=f"shipped (epoch {shipped[-1]})")
+        if shipped is not None:
+            ax.axvline(int(shipped["epoch"]), ls="--", color=POINT_COLOR, lw=1, label=f"shipped (epoch {shipped['epoch']})")
         ax.grid(alpha=0.3)
         ax.legend(fontsize="small")
     return _png(fig)

@@ -394,7 +394,7 @@ def train(config: RunConfig, out: str | Path, resume: bool = False, progress: bo
             break
         if stalled(state.history, tc.patience) and not is_last:
             bar.write(f"stopping early: no better validation for {tc.patience} validations (best: epoch "
-                      f"{max(r['epoch'] for r in state.history if r.get('best'))})")
+                      f"{bundle.shipped_row(state.history)['epoch']})")
             break
     bar.close()
 
