@@ -40,3 +40,11 @@ def test_run_metadata_that_is_not_json_is_a_clear_error(tmp_path):
     (tmp_path / bundle.META).write_text("{not json")
     with pytest.raises(SurfadError, match=r"meta.json: not a readable run metadata file"):
         bundle.read_meta(tmp_path)
+
+
+def test_input_channels_needs_a_resolved_config():
+    """Training fills in data.channels; reading a model's input size from a config without it is a clear error."""
+    config = RunConfig.from_dict({"data": {"channels": 1}})
+    assert config.data.input_channels == 1
+    with pytest.raises(SurfadError, match="data.channels is not set"):
+        _ = RunConfig().data.input_channels

@@ -41,6 +41,13 @@ class DataConfig:
     # then choose the shipped epoch and the threshold
     skip_bad: bool = False  # skip unreadable files (and count them) instead of stopping
 
+    @property
+    def input_channels(self) -> int:
+        """The model's input channels. Training resolves `channels`, so every run's config.yaml has it."""
+        if self.channels is None:
+            raise SurfadError("data.channels is not set: it is resolved from the training images when training starts")
+        return self.channels
+
 
 @dataclass
 class TrainConfig:

@@ -184,7 +184,7 @@ class Detector(BaseDetector):
 
     @property
     def channels(self) -> int:
-        return int(self.config.data.channels or 3)
+        return self.config.data.input_channels
 
     def info(self) -> dict[str, Any]:
         """What the model is: name, input, threshold, training data summary, versions."""
@@ -221,7 +221,7 @@ def run_info(run: Path, config: RunConfig, calibration: Calibration | None) -> d
         "parameters": meta.get("parameters"),
         "image_size": config.data.image_size,
         "tile_scale": config.data.tile_scale,
-        "channels": int(config.data.channels or 3),
+        "channels": config.data.input_channels,
         "threshold": None if calibration is None else calibration.threshold,
         "pixel_threshold": None if calibration is None else calibration.pixel_threshold,
         "calibration_strategy": None if calibration is None else calibration.strategy,

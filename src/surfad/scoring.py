@@ -130,7 +130,7 @@ def score_samples(score: ScoreFn, config: RunConfig, samples: list[Sample], batc
     if not samples:
         raise SurfadError("no images to score in the chosen split")
     data = config.data
-    dataset = ImageDataset(samples, data.image_size, int(data.channels or 3), tile_scale=data.tile_scale)
+    dataset = ImageDataset(samples, data.image_size, data.input_channels, tile_scale=data.tile_scale)
     seconds = 0.0
 
     def timed(batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -334,11 +334,11 @@ def train(config: RunConfig, out: str | Path, resume: bool = False, progress: bo
     shipped, shipped_graph = model, graph  # what is validated, selected and shipped
     if average is not None:
         shipped, shipped_graph = average.module, InferenceGraph(average.module, graph.scorer)
-    train_images: Dataset = ImageDataset(splits.train, dc.image_size, dc.channels, tile_scale=dc.tile_scale)
+    train_images: Dataset = ImageDataset(splits.train, dc.image_size, dc.input_channels, tile_scale=dc.tile_scale)
     if dc.tile_scale > 0:
         train_images = TileDataset(train_images, dc.tiles_per_image, tc.seed)
     train_set = model.make_train_dataset(train_images, tc.seed)
-    val_set = validation_dataset(ImageDataset(splits.val, dc.image_size, dc.channels, tile_scale=dc.tile_scale),
+    val_set = validation_dataset(ImageDataset(splits.val, dc.image_size, dc.input_channels, tile_scale=dc.tile_scale),
                                  tc.val_synthetic, tc.val_defect_source, tc.seed + 1)
     batch_size = min(tc.batch_size, len(train_set))
     steps_per_epoch = len(train_set) // batch_size
@@ -355,7 +355,7 @@ def train(config: RunConfig, out: str | Path, resume: bool = False, progress: bo
             print(f"resuming {out} at epoch {state.epoch + 1}/{tc.epochs}")
     else:
         start_run_folder(out, config, splits, n_params)
-    print(f"model {config.model}: {n_params / 1e6:.2f} M parameters, {dc.image_size}x{dc.image_size}x{dc.channels}, device {device}")
+    print(f"model {config.model}: {n_params / 1e6:.2f} M parameters, {dc.image_size}x{dc.image_size}x{dc.input_channels}, device {device}")
     if dc.tile_scale > 0:
         print(f"tiling: images scaled by {dc.tile_scale}, {dc.tiles_per_image} random tile(s) per training image per epoch, "
               f"inference tiles {default_stride(dc.image_size, dc.tile_stride)} px apart")

@@ -72,7 +72,7 @@ def export_onnx(run: str | Path, opset: int = 17) -> Path:
     run = bundle.require_run(run)
     config, graph = bundle.load_graph(run)
     graph.to("cpu")
-    channels, size = int(config.data.channels or 3), config.data.image_size
+    channels, size = config.data.input_channels, config.data.image_size
     random_batch = np.random.default_rng(0).random((N_RANDOM, channels, size, size), dtype=np.float32)
     val_batches = _val_batches(run, channels, size, config.data.tile_scale)
     example = torch.rand(2, channels, size, size, generator=torch.Generator().manual_seed(0))
