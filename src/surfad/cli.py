@@ -93,6 +93,13 @@ def cmd_train(args: argparse.Namespace) -> None:
     from surfad.config import RunConfig
     from surfad.train import train
 
+    if args.dry_run:
+        from surfad.plan import plan_training
+
+        if args.category or args.resume or args.step:
+            raise SurfadError("--dry-run checks one new run: drop --category, --resume and --step")
+        print(plan_training(build_run_config(args), progress=not args.quiet).report())
+        return
     if args.step not in (0, -1):
         raise SurfadError(f"--step {args.step}: only -1 (resume from the last checkpoint) or 0 (start) are kept")
     resume = args.resume or args.step == -1
@@ -285,6 +292,9 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--category", help="a,b,c: train one model per category folder of --data, then a summary table")
     p.add_argument("--resume", action="store_true", help="continue the run in --out exactly where it stopped")
     p.add_argument("--step", type=int, default=0, help="-1: same as --resume")
+    p.add_argument("--dry-run", action="store_true",
+                   help="check the data and settings, show the splits, image and defect sizes, the model, the "
+                        "estimated duration on this machine and advice; then stop without writing anything")
     add_model_flags(p)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_train)

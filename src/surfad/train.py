@@ -40,7 +40,7 @@ from surfad.data.tiles import default_stride
 from surfad.data.transforms import resize_mask
 from surfad.errors import SurfadError
 from surfad.metrics import image_metrics, pixel_metrics
-from surfad.models import InferenceGraph, default_score, resolve_params
+from surfad.models import AnomalyModel, InferenceGraph, default_score, resolve_params
 from surfad.report import history_plot
 from surfad.scoring import ScoredSet, image_score_fn, score_dataset, torch_score_fn
 from surfad.utils import (
@@ -189,14 +189,15 @@ def _set_rng_state(state: dict[str, Any]) -> None:
 
 def train_epoch(model: torch.nn.Module, train_set: Dataset, optimizer: torch.optim.Optimizer, epoch: int,
                 tc: TrainConfig, batch_size: int, device: torch.device, bar: tqdm,
-                average: AveragedModel | None = None) -> dict[str, float]:
-    """One pass over the training samples (order seeded by seed and epoch); mean loss terms.
-    `average`, if given, is updated after every optimiser step."""
+                average: AveragedModel | None = None, max_steps: int | None = None) -> dict[str, float]:
+    """One pass over the training samples (order seeded by seed and epoch), or its first `max_steps`
+    steps; mean loss terms. `average`, if given, is updated after every optimiser step."""
     model.train()
     loader = DataLoader(train_set, batch_size=batch_size, shuffle=True, drop_last=True,
                         generator=torch.Generator().manual_seed(tc.seed * 1000 + epoch))
     sums: dict[str, float] = {}
-    for step, batch in enumerate(loader):
+    steps = len(loader) if max_steps is None else min(max_steps, len(loader))
+    for step, batch in zip(range(steps), loader):
         batch = {k: v.to(device) for k, v in batch.items()}
         losses = model.training_loss(batch, (epoch + step / len(loader)) / tc.epochs)
         optimizer.zero_grad(set_to_none=True)
@@ -208,7 +209,7 @@ def train_epoch(model: torch.nn.Module, train_set: Dataset, optimizer: torch.opt
             sums[k] = sums.get(k, 0.0) + float(v.detach())
         bar.set_postfix({k: f"{v / (step + 1):.4f}" for k, v in sums.items()}, refresh=False)
         bar.update()
-    return {k: v / len(loader) for k, v in sums.items()}
+    return {k: v / steps for k, v in sums.items()}
 
 
 @dataclass
@@ -307,6 +308,52 @@ def calibrate_shipped(model: torch.nn.Module, graph: torch.nn.Module, config: Ru
     return calibration
 
 
+@dataclass
+class Training:
+    """What a run trains and validates: built from a resolved config and its splits by build_training."""
+
+    model: AnomalyModel
+    graph: InferenceGraph  # model + scorer: calibration scores with it
+    average: AveragedModel | None  # the weight average (ema_decay > 0)
+    shipped_graph: InferenceGraph  # what is validated, selected and shipped (the average's when there is one)
+    train_images: Dataset  # the good training images (or random tiles of them)
+    train_set: Dataset  # the model's training samples built on them
+    val_set: Dataset  # the val split, plus synthetic defects when it has no real ones
+    batch_size: int
+    steps_per_epoch: int
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None
+    device: torch.device
+
+    @property
+    def shipped(self) -> torch.nn.Module:
+        return self.shipped_graph.model
+
+
+def build_training(config: RunConfig, splits: Splits) -> Training:
+    """Seed, set threads, and build the model, its datasets and its optimiser (nothing is written)."""
+    tc, dc = config.train, config.data
+    set_threads(tc.threads)
+    seed_everything(tc.seed)
+    device = resolve_device(tc.device)
+    model, graph = bundle.build_from_config(config)
+    model.to(device)
+    graph.to(device)
+    average = weight_average(model, tc.ema_decay) if tc.ema_decay > 0 else None
+    shipped_graph = graph if average is None else InferenceGraph(average.module, graph.scorer)
+    train_images: Dataset = ImageDataset(splits.train, dc.image_size, dc.input_channels, tile_scale=dc.tile_scale)
+    if dc.tile_scale > 0:
+        train_images = TileDataset(train_images, dc.tiles_per_image, tc.seed)
+    train_set = model.make_train_dataset(train_images, tc.seed)
+    val_set = validation_dataset(ImageDataset(splits.val, dc.image_size, dc.input_channels, tile_scale=dc.tile_scale),
+                                 tc.val_synthetic, tc.val_defect_source, tc.seed + 1)
+    batch_size = min(tc.batch_size, len(train_set))
+    steps_per_epoch = len(train_set) // batch_size
+    optimizer, scheduler = model.configure_optimizer(tc, steps_per_epoch)
+    return Training(model, graph, average, shipped_graph, train_images, train_set, val_set, batch_size,
+                    steps_per_epoch, optimizer, scheduler, device)
+
+
 def train(config: RunConfig, out: str | Path, resume: bool = False, progress: bool = True) -> Path:
     """Train a model as `config` says into the run folder `out`; returns the run folder."""
     out = Path(out)
@@ -322,32 +369,12 @@ def train(config: RunConfig, out: str | Path, resume: bool = False, progress: bo
         config = resolve_config(config, splits)
     check_settings(config, splits)
     tc, dc = config.train, config.data
-    set_threads(tc.threads)
-    seed_everything(tc.seed)
-    device = resolve_device(tc.device)
     print(splits.summary())
-
-    model, graph = bundle.build_from_config(config)
-    model.to(device)
-    graph.to(device)
-    average = weight_average(model, tc.ema_decay) if tc.ema_decay > 0 else None
-    shipped, shipped_graph = model, graph  # what is validated, selected and shipped
-    if average is not None:
-        shipped, shipped_graph = average.module, InferenceGraph(average.module, graph.scorer)
-    train_images: Dataset = ImageDataset(splits.train, dc.image_size, dc.input_channels, tile_scale=dc.tile_scale)
-    if dc.tile_scale > 0:
-        train_images = TileDataset(train_images, dc.tiles_per_image, tc.seed)
-    train_set = model.make_train_dataset(train_images, tc.seed)
-    val_set = validation_dataset(ImageDataset(splits.val, dc.image_size, dc.input_channels, tile_scale=dc.tile_scale),
-                                 tc.val_synthetic, tc.val_defect_source, tc.seed + 1)
-    batch_size = min(tc.batch_size, len(train_set))
-    steps_per_epoch = len(train_set) // batch_size
-    optimizer, scheduler = model.configure_optimizer(tc, steps_per_epoch)
-
-    n_params = sum(p.numel() for p in model.parameters())
+    t = build_training(config, splits)
+    n_params = sum(p.numel() for p in t.model.parameters())
     state = TrainState()
     if resume:
-        state = load_last(out, model, optimizer, scheduler, average)
+        state = load_last(out, t.model, t.optimizer, t.scheduler, t.average)
         if stalled(state.history, tc.patience):
             state.epoch = tc.epochs  # it had stopped early: resuming finishes it without training
             print(f"{out} had stopped early (no better validation for {tc.patience} validations)")
@@ -355,38 +382,38 @@ def train(config: RunConfig, out: str | Path, resume: bool = False, progress: bo
             print(f"resuming {out} at epoch {state.epoch + 1}/{tc.epochs}")
     else:
         start_run_folder(out, config, splits, n_params)
-    print(f"model {config.model}: {n_params / 1e6:.2f} M parameters, {dc.image_size}x{dc.image_size}x{dc.input_channels}, device {device}")
+    print(f"model {config.model}: {n_params / 1e6:.2f} M parameters, {dc.image_size}x{dc.image_size}x{dc.input_channels}, device {t.device}")
     if dc.tile_scale > 0:
         print(f"tiling: images scaled by {dc.tile_scale}, {dc.tiles_per_image} random tile(s) per training image per epoch, "
               f"inference tiles {default_stride(dc.image_size, dc.tile_stride)} px apart")
 
     started, elapsed_before = time.monotonic(), state.elapsed
-    bar = tqdm(total=tc.epochs * steps_per_epoch, initial=state.epoch * steps_per_epoch, disable=not progress,
+    bar = tqdm(total=tc.epochs * t.steps_per_epoch, initial=state.epoch * t.steps_per_epoch, disable=not progress,
                unit="step", dynamic_ncols=True)
     for epoch in range(state.epoch, tc.epochs):
         bar.set_description(f"epoch {epoch + 1}/{tc.epochs}")
-        for dataset in (train_images, train_set):  # datasets that draw new tiles or synthetic samples each epoch
+        for dataset in (t.train_images, t.train_set):  # datasets that draw new tiles or synthetic samples each epoch
             if hasattr(dataset, "set_epoch"):
                 dataset.set_epoch(epoch)
-        sums = train_epoch(model, train_set, optimizer, epoch, tc, batch_size, device, bar, average)
-        if scheduler is not None:
-            scheduler.step()
-        row: dict[str, Any] = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"], **sums}
+        sums = train_epoch(t.model, t.train_set, t.optimizer, epoch, tc, t.batch_size, t.device, bar, t.average)
+        if t.scheduler is not None:
+            t.scheduler.step()
+        row: dict[str, Any] = {"epoch": epoch + 1, "lr": t.optimizer.param_groups[0]["lr"], **sums}
         is_last = epoch + 1 == tc.epochs
         state.epoch, state.elapsed = epoch + 1, elapsed_before + time.monotonic() - started
         over_budget = tc.time_budget_min > 0 and state.elapsed > tc.time_budget_min * 60
         if (epoch + 1) % tc.val_every == 0 or is_last or over_budget:
-            figures, _ = validate(shipped_graph, config, val_set, device, batch_size, progress)
+            figures, _ = validate(t.shipped_graph, config, t.val_set, t.device, t.batch_size, progress)
             row.update(figures)
             if epoch + 1 > tc.select_after or is_last or over_budget:  # see TrainConfig.select_after
-                select(state, row, figures, shipped, out)
+                select(state, row, figures, t.shipped, out)
             if tc.grid_every and ((epoch + 1) % tc.grid_every == 0 or is_last):
-                training_grid(shipped, shipped_graph, val_set, device, out / "grids" / f"epoch_{epoch + 1:04d}.png")
+                training_grid(t.shipped, t.shipped_graph, t.val_set, t.device, out / "grids" / f"epoch_{epoch + 1:04d}.png")
         row["seconds"] = round(state.elapsed, 1)
         state.history.append(row)
         atomic_write_csv(out / bundle.HISTORY, state.history)
         atomic_write_bytes(out / bundle.HISTORY_PLOT, history_plot(state.history))
-        save_last(out, model, optimizer, scheduler, average, state)
+        save_last(out, t.model, t.optimizer, t.scheduler, t.average, state)
         shown = {k: round(v, 4) for k, v in row.items() if k.startswith("val_")}
         bar.write(f"epoch {epoch + 1}: loss {row.get('loss', float('nan')):.4f} {shown}{' *best' if row.get('best') else ''}")
         if over_budget and not is_last:
@@ -398,7 +425,7 @@ def train(config: RunConfig, out: str | Path, resume: bool = False, progress: bo
             break
     bar.close()
 
-    calibration = calibrate_shipped(model, graph, config, splits, val_set, device, batch_size, out, progress)
+    calibration = calibrate_shipped(t.model, t.graph, config, splits, t.val_set, t.device, t.batch_size, out, progress)
     print(f"trained {out}: best epoch shipped, calibrated on val ({calibration.strategy}): "
           f"threshold {calibration.threshold:.5g}")
     return out

@@ -1,0 +1,165 @@
+"""A training run checked before it starts (`surfad train --dry-run`); nothing is written.
+
+It does what training does first (index the data, decode and check every file, hold out the
+validation split, resolve the config, build the model and its datasets), then surveys the data
+(image sizes, defect widths at the model's input), times a few training steps and a validation
+pass on this machine to estimate the run's duration, and gives advice drawn from the measurements
+in benchmarks/RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from torch.utils.data import Subset
+from tqdm import tqdm
+
+from surfad.config import RunConfig
+from surfad.data.splits import Splits, make_splits
+from surfad.data.survey import THIN_DEFECT_PX, DataSurvey, survey_data
+from surfad.train import (
+    Training,
+    build_training,
+    check_settings,
+    resolve_config,
+    train_epoch,
+    validate,
+)
+
+TIMED_STEPS = 2  # training steps timed (after the same steps run once untimed)
+FPR_CALIBRATION = 0.01  # the threshold rule training uses without real validation defects (fpr:0.01)
+
+
+@dataclass
+class TrainingPlan:
+    """What `train` would do with a config, and what it would cost here."""
+
+    config: RunConfig  # resolved, as the run would save it
+    splits: Splits
+    survey: DataSurvey
+    parameters: int
+    steps_per_epoch: int
+    batch_size: int
+    step_seconds: float  # one optimiser step, measured
+    validation_seconds: float  # one validation pass (the calibration at the end is one more), measured
+
+    @property
+    def validations(self) -> int:
+        """Validation passes in a full run, the final calibration included."""
+        return math.ceil(self.config.train.epochs / self.config.train.val_every) + 1
+
+    @property
+    def epoch_seconds(self) -> float:
+        return self.steps_per_epoch * self.step_seconds + self.validation_seconds / self.config.train.val_every
+
+    @property
+    def minutes(self) -> float:
+        """Estimated duration of the whole run."""
+        epochs = self.config.train.epochs
+        return (epochs * self.steps_per_epoch * self.step_seconds + self.validations * self.validation_seconds) / 60
+
+    @property
+    def epochs_in_budget(self) -> int | None:
+        """Epochs the time budget lets the run finish (it stops at the first epoch end past it); None without one."""
+        budget = self.config.train.time_budget_min
+        if budget <= 0:
+            return None
+        return min(self.config.train.epochs, math.ceil(budget * 60 / self.epoch_seconds))
+
+    def advice(self) -> list[str]:
+        """What to change or know before training, each line tied to what surfad measured or does."""
+        tc, dc = self.config.train, self.config.data
+        real_defects = any(s.label == 1 for s in self.splits.val)
+        good_val = sum(s.label == 0 for s in self.splits.val)
+        out: list[str] = []
+        if not real_defects:
+            out.append(f"validation has no real defects: synthetic ones ({tc.val_defect_source}) will choose the shipped "
+                       f"epoch, and the threshold will be set on the {good_val} good validation images "
+                       f"(fpr:{FPR_CALIBRATION:g}). Even a handful of real defects in a validation folder would "
+                       "choose both.")
+            if good_val * FPR_CALIBRATION < 1:
+                out.append(f"with {good_val} good validation images, fpr:{FPR_CALIBRATION:g} allows none of them "
+                           "to be NG: the threshold will sit at their highest score. More good images (or a larger "
+                           "--val-ratio) make it less dependent on one image.")
+        if not any(s.label == 1 for s in self.splits.test):
+            out.append("the test split has no defective images: evaluation can report false alarms but no AUROC, "
+                       "AP or recall.")
+        low, high = self.survey.aspect_range
+        if dc.tile_scale == 0 and (len(self.survey.sizes) > 1 and high / low > 1.1):
+            out.append(f"image shapes vary (width/height {low:.2f} to {high:.2f}): squashing each to "
+                       f"{dc.image_size}x{dc.image_size} stretches them differently; --tile-scale keeps one scale "
+                       "(on magnetic tile it localised better: AUPRO 63.3 against 57.8).")
+        if self.survey.thin_share >= 0.25:
+            scale = "--tile-scale" if dc.tile_scale > 0 else "--image-size"
+            out.append(f"{self.survey.thin_share:.0%} of defect regions are under {THIN_DEFECT_PX:g} px wide at the "
+                       f"model's input. A larger {scale} makes them wider at a higher cost; whether that pays "
+                       "depends on the data (on magnetic tile neither a larger size nor scale did: see "
+                       "benchmarks/RESULTS.md).")
+        if tc.time_budget_min <= 0 and self.minutes > 60:
+            out.append(f"the run would take about {self.minutes:.0f} min: --time-budget MIN, --patience N or fewer "
+                       "--epochs bound it.")
+        return out
+
+    def report(self) -> str:
+        """The plan as text for people."""
+        tc, dc = self.config.train, self.config.data
+        tiling = f", tiles of the images scaled by {dc.tile_scale:g}" if dc.tile_scale > 0 else ""
+        model = (f"model {self.config.model}: {self.parameters / 1e6:.2f} M parameters, input "
+                 f"{dc.image_size}x{dc.image_size}x{dc.input_channels}{tiling}")
+        cost = (f"cost here: {self.step_seconds:.2f} s per step of {self.batch_size} "
+                f"({self.batch_size / self.step_seconds:.1f} images/s), {self.steps_per_epoch} steps per epoch, "
+                f"{self.validation_seconds:.1f} s per validation")
+        estimate = (f"estimated run: about {self.minutes:.1f} min for {tc.epochs} epochs "
+                    f"({self.validations} validations, calibration included)")
+        lines = [self.splits.summary(), *self.survey.lines(), model, cost, estimate]
+        if self.epochs_in_budget is not None and self.epochs_in_budget < tc.epochs:
+            lines.append(f"the time budget of {tc.time_budget_min:g} min stops it after about "
+                         f"{self.epochs_in_budget} of {tc.epochs} epochs")
+        advice = self.advice()
+        lines += ["advice:" if advice else "advice: none", *(f"- {line}" for line in advice)]
+        return "\n".join(lines)
+
+
+def time_training(t: Training, config: RunConfig) -> tuple[float, float]:
+    """Seconds per optimiser step and per validation pass, measured on the run's own data and model.
+
+    Each is run twice and the second run is timed: the first decodes the images and makes the first
+    allocations, which an epoch after the first does not repeat (the same seeded batches come
+    back). The validation time is scaled up from one batch.
+    """
+    steps = min(TIMED_STEPS, t.steps_per_epoch)
+    part = Subset(t.val_set, range(min(len(t.val_set), t.batch_size)))
+
+    def train_steps() -> None:
+        train_epoch(t.model, t.train_set, t.optimizer, 0, config.train, t.batch_size, t.device, tqdm(disable=True),
+                    t.average, max_steps=steps)
+
+    def validate_part() -> None:
+        validate(t.shipped_graph, config, part, t.device, t.batch_size)
+
+    return (second_run_seconds(train_steps) / steps,
+            second_run_seconds(validate_part) * len(t.val_set) / len(part))
+
+
+def second_run_seconds(work: Callable[[], None]) -> float:
+    """Run `work` twice; the seconds the second run took."""
+    work()
+    started = time.perf_counter()
+    work()
+    return time.perf_counter() - started
+
+
+def plan_training(config: RunConfig, progress: bool = True) -> TrainingPlan:
+    """Check a run's data and settings, survey the data and time the run here, writing nothing."""
+    splits = make_splits(config.data)
+    config = resolve_config(config, splits)
+    check_settings(config, splits)
+    survey = survey_data(splits, config.data, progress)
+    t = build_training(config, splits)
+    step_seconds, validation_seconds = time_training(t, config)
+    parameters = sum(p.numel() for p in t.model.parameters())
+    return TrainingPlan(config, splits, survey, parameters, t.steps_per_epoch, t.batch_size, step_seconds,
+                        validation_seconds)

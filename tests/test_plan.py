@@ -1,0 +1,101 @@
+"""`surfad train --dry-run`: the data survey, the cost estimate and the advice, with nothing written."""
+
+from __future__ import annotations
+
+import shutil
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from surfad.cli import main
+from surfad.config import DataConfig, RunConfig
+from surfad.data.samples import Sample
+from surfad.data.splits import Splits
+from surfad.data.survey import DataSurvey, input_scale, region_widths
+from surfad.plan import TrainingPlan
+
+TINY_MODEL = ["--param", "base_width=4", "--param", "depth=2", "--param", "skip_levels=[1]", "--param", "latent_channels=4"]
+
+
+def test_region_widths_measure_each_region_where_it_is_thickest():
+    mask = np.zeros((40, 40), dtype=bool)
+    mask[5, 2:30] = True  # a one-pixel line
+    mask[20:25, 20:25] = True  # a 5x5 square
+    mask[30:33, 2:38] = True  # a three-pixel band
+    assert sorted(region_widths(mask)) == pytest.approx([1.0, 3.0, 5.0], abs=0.1)
+    assert region_widths(np.zeros((8, 8), dtype=bool)).size == 0
+
+
+def test_input_scale_follows_preprocessing():
+    assert input_scale((512, 128), DataConfig(image_size=128)) == pytest.approx(0.5)  # sqrt(1/4 * 1)
+    assert input_scale((512, 128), DataConfig(image_size=128, tile_scale=0.75)) == 0.75
+
+
+def plan_with(val: list[Sample], test: list[Sample], survey: DataSurvey, minutes: float = 10.0,
+              **train: float) -> TrainingPlan:
+    """A plan with the given splits and survey, whose run takes `minutes` (one step per epoch, no validation cost)."""
+    config = RunConfig.from_dict({"data": {"channels": 1}, "train": {"epochs": 10, **train}})
+    splits = Splits("folder", "data", [Sample(Path("t.png"), 0)], val, test)
+    return TrainingPlan(config, splits, survey, parameters=1000, steps_per_epoch=1, batch_size=8,
+                        step_seconds=minutes * 6, validation_seconds=0.0)
+
+
+GOOD = [Sample(Path(f"g{i}.png"), 0) for i in range(20)]
+DEFECT = [Sample(Path("d.png"), 1, "crack", Path("d_mask.png"))]
+SQUARE = DataSurvey(Counter({(256, 256): 30}), np.full(10, 6.0), masks=10)
+
+
+def test_advice_names_what_the_run_will_rely_on():
+    quiet = plan_with(GOOD + DEFECT, GOOD + DEFECT, SQUARE)
+    assert quiet.advice() == []
+    assert "advice: none" in quiet.report()
+
+    no_real_defects = plan_with(GOOD, GOOD + DEFECT, SQUARE).advice()
+    assert any("no real defects" in line for line in no_real_defects)
+    assert any("20 good validation images" in line and "highest score" in line for line in no_real_defects)
+
+    assert any("no defective images" in line for line in plan_with(GOOD + DEFECT, GOOD, SQUARE).advice())
+
+    varied = DataSurvey(Counter({(300, 100): 5, (100, 300): 5}), np.full(10, 6.0), masks=10)
+    assert any("--tile-scale" in line for line in plan_with(GOOD + DEFECT, GOOD + DEFECT, varied).advice())
+
+    thin = DataSurvey(Counter({(256, 256): 30}), np.array([1.0, 1.5, 6.0, 6.0]), masks=4)
+    assert any("50% of defect regions" in line for line in plan_with(GOOD + DEFECT, GOOD + DEFECT, thin).advice())
+
+    long = plan_with(GOOD + DEFECT, GOOD + DEFECT, SQUARE, minutes=90)
+    assert any("--time-budget" in line for line in long.advice())
+
+
+def test_estimate_and_time_budget():
+    plan = plan_with(GOOD + DEFECT, GOOD + DEFECT, SQUARE, minutes=10)
+    assert plan.minutes == pytest.approx(10.0)
+    assert plan.validations == 11  # every epoch, plus the calibration at the end
+    assert plan.epochs_in_budget is None
+    budgeted = plan_with(GOOD + DEFECT, GOOD + DEFECT, SQUARE, minutes=10, time_budget_min=4.5)
+    assert budgeted.epochs_in_budget == 5  # training stops at the first epoch end past the budget
+    assert "stops it after about 5 of 10 epochs" in budgeted.report()
+
+
+def test_dry_run_checks_and_times_without_writing(tiny_mvtec: Path, tmp_path: Path, monkeypatch, capsys):
+    data = tmp_path / "data"
+    shutil.copytree(tiny_mvtec, data)
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    monkeypatch.chdir(tmp_path)
+    args = ["train", "--data", str(data), "--image-size", "32", "--epochs", "3", "--batch-size", "4",
+            "--threads", "1", "--dry-run", "--quiet", *TINY_MODEL]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "split  images" in out and "train      10" in out  # the splits training would use
+    assert "images: 30, 64x64" in out and "defects:" in out
+    assert "estimated run: about" in out and "for 3 epochs (4 validations" in out
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before  # nothing written
+
+    bad = sorted((data / "train" / "good").iterdir())[0]
+    bad.write_bytes(b"not an image")
+    assert main(args) == 2  # the same file checks as training, with the same clear error
+    assert bad.name in capsys.readouterr().err
+
+    assert main([*args, "--category", "a,b"]) == 2
+    assert "--dry-run checks one new run" in capsys.readouterr().err
