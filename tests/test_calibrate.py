@@ -15,6 +15,7 @@ from surfad.calibrate import (
     choose_threshold,
     parse_strategy,
     pixel_threshold,
+    trade_offs,
 )
 from surfad.errors import SurfadError
 
@@ -182,3 +183,12 @@ def test_load_errors_name_the_file_and_field(tmp_path: Path) -> None:
         Calibration.from_dict({**cal.to_dict(), "threshold": "high"})
     assert Calibration.from_dict({**cal.to_dict(), "threshold": 1}).threshold == 1.0
     assert math.isnan(Calibration.from_dict({**cal.to_dict(), "pixel_threshold": float("nan")}).pixel_threshold)
+
+
+def test_trade_offs_show_what_each_rule_gives_on_the_data():
+    scores = [0.1, 0.2, 0.3, 0.4, 0.35, 0.5]
+    labels = [0, 0, 0, 0, 1, 1]
+    table = trade_offs(scores, labels, ("fpr:0", "recall:1"))
+    assert table["fpr:0"] == pytest.approx({"threshold": 0.45, "fpr": 0.0, "recall": 0.5, "precision": 1.0})
+    assert table["recall:1"] == pytest.approx({"threshold": 0.325, "fpr": 0.25, "recall": 1.0, "precision": 2 / 3})
+    assert trade_offs([0.1, 0.2], [0, 0]) == {}  # one class: no trade-off to show

@@ -62,6 +62,7 @@ def test_calibrate_evaluate_predict(trained_run: Path, tiny_mvtec: Path, tmp_pat
     assert len(defect_types) == 4 and "image AUROC by type: " in capsys.readouterr().out
     report = (out / "report.html").read_text()
     assert "<img" in report and 'alt="Training curves"' in report  # the run's history.csv, drawn
+    assert set(metrics["trade_offs"]) >= {"fpr:0.01", "recall:0.95", "f1"} and "Thresholds by calibration rule" in report
 
     preds = tmp_path / "preds"
     assert main(["predict", str(trained_run), str(tiny_mvtec / "test"), "--out", str(preds), "--quiet", "--threshold", "0"]) == 0

@@ -134,6 +134,36 @@ def choose_threshold(scores: object, labels: object, strategy: str) -> float:
     return float(thresholds[int(np.argmax(tp >= needed))])
 
 
+TRADE_OFF_STRATEGIES = ("fpr:0", "fpr:0.01", "fpr:0.05", "fpr:0.1", "recall:0.9", "recall:0.95", "recall:0.99",
+                        "recall:1", "f1", "youden")
+
+
+def trade_offs(scores: object, labels: object,
+               strategies: tuple[str, ...] = TRADE_OFF_STRATEGIES) -> dict[str, dict[str, float]]:
+    """What each strategy would choose on these scores, and what its threshold gives on them.
+
+    Returns {strategy: {"threshold", "fpr", "recall", "precision"}} (precision nan when nothing is
+    NG); empty unless both good and defective images are present. Every figure is read off the same
+    data the thresholds were chosen on, so it shows the trade-off of that data: a threshold to deploy
+    is calibrated on other images than those it is measured on.
+    """
+    s = check_scores(scores)
+    y = check_labels(labels, s.size)
+    if y.all() or not y.any():
+        return {}
+    table = {}
+    for strategy in strategies:
+        threshold = choose_threshold(s, y, strategy)
+        ng = s > threshold
+        table[strategy] = {
+            "threshold": threshold,
+            "fpr": float(ng[~y].mean()),
+            "recall": float(ng[y].mean()),
+            "precision": float(ng[y].sum() / ng.sum()) if ng.any() else math.nan,
+        }
+    return table
+
+
 def pixel_threshold(maps: object, masks: object | None, labels: object, seed: int = 0) -> float:
     """Threshold on anomaly-map values that marks defect pixels (``map > threshold``).
 

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from surfad import bundle
-from surfad.calibrate import Calibration, calibrate
+from surfad.calibrate import Calibration, calibrate, trade_offs
 from surfad.config import RunConfig
 from surfad.data.io import read_image
 from surfad.data.samples import Sample
@@ -90,6 +90,7 @@ def evaluate_run(run: str | Path, data: str | None = None, split: str = "test", 
     metrics: dict[str, Any] = image_metrics(scored.scores, scored.labels, t)
     if scored.masks.any():
         metrics.update(pixel_metrics(scored.maps, scored.masks))
+    metrics["trade_offs"] = trade_offs(scored.scores, scored.labels)
     metrics["per_type_image_auroc"] = per_type_auroc(scored.scores, scored.labels, [s.defect_type for s in samples])
     metrics.update(split=split, n_images=len(samples), images_per_s=rate, runtime=runtime, model=detector.name,
                    checkpoint=checkpoint)

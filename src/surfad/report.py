@@ -117,6 +117,8 @@ def write_report(
                 f'<p class="note">ROC and PR curves need both good and defective images; this set has only '
                 f"{only} images.</p>"
             )
+        if metrics.get("trade_offs"):
+            parts += _trade_off_section(metrics)
         parts += [
             "<h2>Score distributions</h2>",
             '<div class="plots">' + _img(_histogram(scores, labels, threshold), "Score histograms") + "</div>",
@@ -273,6 +275,21 @@ def _worst_section(records: list[dict[str, Any]], threshold: float, overlays: di
             )
         parts.append('<div class="cards">' + "".join(cards) + "</div>")
     return parts
+
+
+def _trade_off_section(metrics: dict[str, Any]) -> list[str]:
+    """The run's threshold and each calibration rule's, with what they give on this split."""
+    columns = ("threshold", "fpr", "recall", "precision")
+    rows = [["this report's threshold"] + [_fmt(metrics.get(c, math.nan)) for c in columns]]
+    rows += [[html.escape(rule)] + [_fmt(figures[c]) for c in columns] for rule, figures in metrics["trade_offs"].items()]
+    return [
+        "<h2>Thresholds by calibration rule</h2>",
+        '<p class="muted">What each <code>surfad calibrate --strategy</code> rule would choose on this split, and '
+        "the false-positive rate (good images called NG), recall (defects called NG) and precision it gives here. "
+        "They are read off the images they were chosen on: to adopt a rule, calibrate it on other images than "
+        "those you measure on (for example <code>--split val</code>).</p>",
+        _table(["rule", "threshold", "FPR", "recall", "precision"], rows),
+    ]
 
 
 def _per_type_table(records: list[dict[str, Any]], threshold: float, auroc: dict[str, float]) -> str:
