@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import copy
+import dataclasses
+import hashlib
+import json
 import struct
 import zlib
 from pathlib import Path
@@ -15,6 +19,7 @@ from fastapi.testclient import TestClient
 
 from surfad.inference import Detector
 from surfad.serve.app import create_app
+from surfad.serve.record import LOG, InspectionLog
 
 KEY = "s3cret-key"
 
@@ -163,7 +168,7 @@ def test_missing_or_wrong_field(client: TestClient, image: np.ndarray) -> None:
 @pytest.mark.parametrize("headers", [{}, {"X-API-Key": "wrong"}])
 def test_api_key(client: TestClient, image: np.ndarray, headers: dict) -> None:
     bare = TestClient(client.app)
-    for response in (bare.get("/model", headers=headers),
+    for response in (bare.get("/model", headers=headers), bare.get("/stats", headers=headers),
                      bare.post("/predict", files={"file": ("a.png", png(image))}, headers=headers)):
         assert response.status_code == 401 and "API key" in response.json()["detail"]
 
@@ -206,6 +211,37 @@ def test_cli_serve_passes_the_options(monkeypatch: pytest.MonkeyPatch) -> None:
     assert main(["serve", "RUN", "--port", "9001", "--runtime", "torch", "--max-upload-mb", "2.5", "--max-pixels", "5000"]) == 0
     assert main(["serve", "RUN", "--api-key", "given", "--host", "0.0.0.0"]) == 0
     assert calls[0] == ("RUN", {"host": "127.0.0.1", "port": 9001, "runtime": "torch", "api_key": "from-env",
-                                "max_upload_bytes": 2_500_000, "max_pixels": 5000, "workers": 1})
+                                "max_upload_bytes": 2_500_000, "max_pixels": 5000, "workers": 1, "record": None,
+                                "keep_images": "ng"})
     assert calls[1][1]["api_key"] == "given" and calls[1][1]["host"] == "0.0.0.0" and calls[1][1]["runtime"] == "onnx"
+    assert main(["serve", "RUN", "--record", "log", "--keep-images", "all"]) == 0
+    assert calls[2][1]["record"] == "log" and calls[2][1]["keep_images"] == "all"
     assert main(["serve", "RUN", "--max-pixels", "0"]) == 2
+
+
+def test_recording_logs_every_inspection_and_keeps_ng_uploads(detector: Detector, tiny_mvtec: Path, tmp_path: Path):
+    paths = [sorted((tiny_mvtec / "test" / "good").iterdir())[0], sorted((tiny_mvtec / "test").glob("[!g]*/*.png"))[0]]
+    uploads = [path.read_bytes() for path in paths]
+    scores = [detector.predict(str(path)).score for path in paths]
+    assert scores[0] != scores[1]
+    between = copy.copy(detector)  # a threshold between the two scores: one OK, one NG
+    between.calibration = dataclasses.replace(detector.calibration, threshold=sum(scores) / 2)
+    folder = tmp_path / "record"
+    client = TestClient(create_app(between, record=InspectionLog(folder)))
+    answers = [client.post("/predict", files={"file": ("../../a part.png", data, "image/png")}).json() for data in uploads]
+
+    lines = [json.loads(line) for line in (folder / LOG).read_text().splitlines()]
+    assert [line["id"] for line in lines] == [answer["inspection_id"] for answer in answers]
+    assert sorted(line["verdict"] for line in lines) == ["NG", "OK"]
+    for line, data, answer in zip(lines, uploads, answers):
+        assert line["sha256"] == hashlib.sha256(data).hexdigest() and line["score"] == answer["score"]
+        if line["verdict"] == "NG":  # kept unchanged, inside the folder whatever the upload's name
+            kept = folder / line["image"]
+            assert kept.read_bytes() == data and kept.is_relative_to(folder / "images") and kept.name.endswith("_a_part.png")
+        else:
+            assert line["image"] is None
+
+    stats = client.get("/stats").json()
+    assert stats["inspected"] == 2 and stats["ng"] == 1 and stats["ng_rate"] == 0.5
+    assert stats["recent_scores"]["n"] == 2 and stats["recording"] == str(folder)
+    assert stats["validation_good_scores"] == detector.calibration.normal_stats

@@ -181,7 +181,8 @@ def cmd_serve(args: argparse.Namespace) -> None:
         raise SurfadError("--max-upload-mb, --max-pixels and --workers must be positive")
     api_key = args.api_key or os.environ.get("SURFAD_API_KEY") or None
     serve(args.run, host=args.host, port=args.port, runtime=args.runtime, api_key=api_key,
-          max_upload_bytes=int(args.max_upload_mb * 1_000_000), max_pixels=args.max_pixels, workers=args.workers)
+          max_upload_bytes=int(args.max_upload_mb * 1_000_000), max_pixels=args.max_pixels, workers=args.workers,
+          record=args.record, keep_images=args.keep_images)
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
@@ -357,6 +358,10 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-upload-mb", type=float, default=10.0, help="largest upload, in MB (10^6 bytes)")
     p.add_argument("--max-pixels", type=int, default=40_000_000, help="largest image, width x height")
     p.add_argument("--workers", type=int, default=1, help="images inspected at once")
+    p.add_argument("--record", help="folder: log every inspection to inspections.jsonl and keep the uploads "
+                   "chosen by --keep-images (for traceability, and to collect real defects for validation)")
+    p.add_argument("--keep-images", default="ng", choices=["ng", "all", "none"],
+                   help="with --record: which uploads to keep, unchanged (default: ng)")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("preview-defects", help="write a grid of synthetic defects on your images")

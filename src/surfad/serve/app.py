@@ -7,10 +7,15 @@ Routes:
     GET  /          the web page (static, self-contained; holds no model data, so it needs no key)
     GET  /health    {"status": "ok"}; never needs a key (for load balancers and monitoring)
     GET  /model     Detector.info(): model, input size, thresholds, training data, versions, limits
+    GET  /stats     verdict counts since the start, NG rate, quantiles of the last 1000 scores beside
+                    those of the good validation images (surfad.serve.record.LiveStats)
     POST /predict   multipart/form-data, the image in field "file"; `images=true` (query or form
                     field) adds base64 PNGs of the heatmap and the overlay with the regions drawn
 
-API key: with `api_key` set, /model and /predict need the header ``X-API-Key``. The page asks for
+Recording (`record`, an InspectionLog): every inspection is appended to inspections.jsonl and NG
+uploads (or all, or none) are kept as they were sent; the answer then carries its "inspection_id".
+
+API key: with `api_key` set, /model, /stats and /predict need the header ``X-API-Key``. The page asks for
 the key when the service answers 401 and keeps it in the browser's localStorage, then sends it as
 that header; it is never put in a URL. Use HTTPS (a reverse proxy) when the key crosses a network.
 
@@ -47,6 +52,7 @@ from surfad import __version__
 from surfad.data.io import decode_image
 from surfad.errors import BadInputError
 from surfad.inference import Detector
+from surfad.serve.record import InspectionLog, LiveStats
 from surfad.visualize import encode_png, heatmap, heatmap_scale, overlay
 
 STATIC = Path(__file__).parent / "static"
@@ -70,14 +76,15 @@ class _BodyTooLarge(Exception):
 
 
 def create_app(detector: Detector, api_key: str | None = None, max_upload_bytes: int = 10_000_000,
-               max_pixels: int = 40_000_000, workers: int = 1) -> FastAPI:
-    """The service around one loaded Detector (see the module doc for routes, limits and keys)."""
+               max_pixels: int = 40_000_000, workers: int = 1, record: InspectionLog | None = None) -> FastAPI:
+    """The service around one loaded Detector (see the module doc for routes, limits, keys and recording)."""
     if max_upload_bytes < 1 or max_pixels < 1 or workers < 1:
         raise ValueError("max_upload_bytes, max_pixels and workers must be positive")
     app = FastAPI(title="surfad", version=__version__, docs_url=None, redoc_url=None, openapi_url=None)
     page = (STATIC / "index.html").read_text(encoding="utf-8")
     limiter = anyio.CapacityLimiter(workers)
     limits = {"max_upload_bytes": max_upload_bytes, "max_pixels": max_pixels}
+    stats = LiveStats(detector.threshold, detector.calibration.normal_stats)
 
     @app.exception_handler(RequestError)
     async def _request_error(request: Request, err: RequestError) -> JSONResponse:
@@ -113,6 +120,10 @@ def create_app(detector: Detector, api_key: str | None = None, max_upload_bytes:
     async def model() -> dict[str, Any]:
         return {**detector.info(), "service_version": __version__, "limits": limits}
 
+    @app.get("/stats", dependencies=[Depends(check_key)])
+    async def live_stats() -> dict[str, Any]:
+        return {**stats.summary(), "recording": None if record is None else str(record.folder)}
+
     @app.post("/predict", dependencies=[Depends(check_key)])
     async def predict(request: Request, images: str | None = None) -> dict[str, Any]:
         started = time.perf_counter()
@@ -121,6 +132,9 @@ def create_app(detector: Detector, api_key: str | None = None, max_upload_bytes:
         result = await anyio.to_thread.run_sync(
             _inspect, detector, data, name, max_pixels, want_images, limiter=limiter
         )
+        stats.add(result["verdict"], result["score"])
+        if record is not None:
+            result["inspection_id"] = await anyio.to_thread.run_sync(record.record, data, result, detector.name)
         result["timing_ms"]["total"] = round(1000 * (time.perf_counter() - started), 2)
         return result
 
@@ -226,13 +240,13 @@ def _header_pixels(data: bytes) -> int | None:
 
 def serve(run: str | Path, host: str = "127.0.0.1", port: int = 8000, runtime: str = "onnx",
           api_key: str | None = None, max_upload_bytes: int = 10_000_000, max_pixels: int = 40_000_000,
-          workers: int = 1) -> None:
-    """Load the run and serve it with uvicorn until interrupted."""
+          workers: int = 1, record: str | Path | None = None, keep_images: str = "ng") -> None:
+    """Load the run and serve it with uvicorn until interrupted; `record`: a folder for the InspectionLog."""
     import uvicorn
 
     detector = Detector.load(run, runtime=runtime)
     app = create_app(detector, api_key=api_key, max_upload_bytes=max_upload_bytes, max_pixels=max_pixels,
-                     workers=workers)
+                     workers=workers, record=None if record is None else InspectionLog(record, keep_images))
     if host not in ("127.0.0.1", "localhost", "::1") and not api_key:
         print(f"warning: serving on {host} without --api-key: anyone who can reach it can use the model")
     print(f"serving {run} ({detector.config.model}, runtime {runtime}) on http://{host}:{port}/")
