@@ -284,10 +284,10 @@ def _trade_off_section(metrics: dict[str, Any]) -> list[str]:
     rows += [[html.escape(rule)] + [_fmt(figures[c]) for c in columns] for rule, figures in metrics["trade_offs"].items()]
     return [
         "<h2>Thresholds by calibration rule</h2>",
-        '<p class="muted">What each <code>surfad calibrate --strategy</code> rule would choose on this split, and '
-        "the false-positive rate (good images called NG), recall (defects called NG) and precision it gives here. "
-        "They are read off the images they were chosen on: to adopt a rule, calibrate it on other images than "
-        "those you measure on (for example <code>--split val</code>).</p>",
+        ('<p class="muted">What each <code>surfad calibrate --strategy</code> rule would choose on this split, and '
+         "the false-positive rate (good images called NG), recall (defects called NG) and precision it gives here. "
+         "They are read off the images they were chosen on: to adopt a rule, calibrate it on other images than "
+         "those you measure on (for example <code>--split val</code>).</p>"),
         _table(["rule", "threshold", "FPR", "recall", "precision"], rows),
     ]
 

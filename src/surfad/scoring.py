@@ -22,7 +22,7 @@ from surfad.data.samples import Sample
 from surfad.data.tiles import cut_tiles, default_stride, stitch
 from surfad.data.transforms import resize_map
 from surfad.errors import SurfadError
-from surfad.models.base import ImageScorer
+from surfad.models.base import IMAGE_LAYOUT, ImageScorer
 
 ScoreFn = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
 MAX_TILES = 64  # tiles per forward pass when tiling
@@ -43,7 +43,7 @@ def torch_score_fn(graph: torch.nn.Module, device: torch.device) -> ScoreFn:
 
     def score(batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         with torch.inference_mode():
-            amap, scores = graph(torch.from_numpy(batch).to(device))
+            amap, scores = graph(torch.from_numpy(batch).to(device, memory_format=IMAGE_LAYOUT))
         return amap[:, 0].float().cpu().numpy(), scores.float().cpu().numpy()
 
     return score

@@ -40,7 +40,13 @@ from surfad.data.tiles import default_stride
 from surfad.data.transforms import resize_mask
 from surfad.errors import SurfadError
 from surfad.metrics import image_metrics, pixel_metrics
-from surfad.models import AnomalyModel, InferenceGraph, default_score, resolve_params
+from surfad.models import (
+    IMAGE_LAYOUT,
+    AnomalyModel,
+    InferenceGraph,
+    default_score,
+    resolve_params,
+)
 from surfad.report import history_plot
 from surfad.scoring import ScoredSet, image_score_fn, score_dataset, torch_score_fn
 from surfad.utils import (
@@ -198,7 +204,8 @@ def train_epoch(model: torch.nn.Module, train_set: Dataset, optimizer: torch.opt
     sums: dict[str, float] = {}
     steps = len(loader) if max_steps is None else min(max_steps, len(loader))
     for step, batch in zip(range(steps), loader):
-        batch = {k: v.to(device) for k, v in batch.items()}
+        batch = {k: v.to(device, memory_format=IMAGE_LAYOUT) if v.dim() == 4 else v.to(device)
+                 for k, v in batch.items()}
         losses = model.training_loss(batch, (epoch + step / len(loader)) / tc.epochs)
         optimizer.zero_grad(set_to_none=True)
         losses["loss"].backward()

@@ -7,7 +7,7 @@ from typing import Any
 
 from surfad.config import ScoreConfig, from_dict
 from surfad.errors import SurfadError
-from surfad.models.base import AnomalyModel, ImageScorer, InferenceGraph
+from surfad.models.base import IMAGE_LAYOUT, AnomalyModel, ImageScorer, InferenceGraph
 
 _REGISTRY: dict[str, type[AnomalyModel]] = {}
 
@@ -46,9 +46,10 @@ def resolve_params(name: str, params: dict[str, Any]) -> dict[str, Any]:
 
 
 def build_model(name: str, params: dict[str, Any], in_channels: int, image_size: int) -> AnomalyModel:
+    """Model `name` with its weights in IMAGE_LAYOUT."""
     cls = model_class(name)
     config = from_dict(cls.Config, resolve_params(name, params), f"model_params ({name})")
-    return cls(config, in_channels=in_channels, image_size=image_size)
+    return cls(config, in_channels=in_channels, image_size=image_size).to(memory_format=IMAGE_LAYOUT)
 
 
 def default_score(name: str) -> ScoreConfig:
@@ -59,6 +60,7 @@ def default_score(name: str) -> ScoreConfig:
 from surfad.models import recondiff, unet_vae  # noqa: F401
 
 __all__ = [
+    "IMAGE_LAYOUT",
     "AnomalyModel",
     "ImageScorer",
     "InferenceGraph",
