@@ -39,7 +39,7 @@ def plan_with(val: list[Sample], test: list[Sample], survey: DataSurvey, minutes
     config = RunConfig.from_dict({"data": {"channels": 1}, "train": {"epochs": 10, **train}})
     splits = Splits("folder", "data", [Sample(Path("t.png"), 0)], val, test)
     return TrainingPlan(config, splits, survey, parameters=1000, steps_per_epoch=1, batch_size=8,
-                        step_seconds=minutes * 6, validation_seconds=0.0)
+                        step_seconds=minutes * 6, validation_seconds=0.0, writing_seconds=0.0)
 
 
 GOOD = [Sample(Path(f"g{i}.png"), 0) for i in range(20)]

@@ -9,17 +9,21 @@ in benchmarks/RESULTS.md.
 
 from __future__ import annotations
 
+import io
 import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import torch
+from safetensors.torch import save as save_weights
 from torch.utils.data import Subset
 from tqdm import tqdm
 
 from surfad.config import RunConfig
 from surfad.data.splits import Splits, make_splits
 from surfad.data.survey import THIN_DEFECT_PX, DataSurvey, survey_data
+from surfad.report import history_plot
 from surfad.train import (
     Training,
     build_training,
@@ -45,6 +49,7 @@ class TrainingPlan:
     batch_size: int
     step_seconds: float  # one optimiser step, measured
     validation_seconds: float  # one validation pass (the calibration at the end is one more), measured
+    writing_seconds: float  # what every epoch writes (history plot, checkpoints), measured in memory
 
     @property
     def validations(self) -> int:
@@ -53,13 +58,15 @@ class TrainingPlan:
 
     @property
     def epoch_seconds(self) -> float:
-        return self.steps_per_epoch * self.step_seconds + self.validation_seconds / self.config.train.val_every
+        return (self.steps_per_epoch * self.step_seconds + self.writing_seconds
+                + self.validation_seconds / self.config.train.val_every)
 
     @property
     def minutes(self) -> float:
         """Estimated duration of the whole run."""
         epochs = self.config.train.epochs
-        return (epochs * self.steps_per_epoch * self.step_seconds + self.validations * self.validation_seconds) / 60
+        per_epoch = self.steps_per_epoch * self.step_seconds + self.writing_seconds
+        return (epochs * per_epoch + self.validations * self.validation_seconds) / 60
 
     @property
     def epochs_in_budget(self) -> int | None:
@@ -111,7 +118,7 @@ class TrainingPlan:
                  f"{dc.image_size}x{dc.image_size}x{dc.input_channels}{tiling}")
         cost = (f"cost here: {self.step_seconds:.2f} s per step of {self.batch_size} "
                 f"({self.batch_size / self.step_seconds:.1f} images/s), {self.steps_per_epoch} steps per epoch, "
-                f"{self.validation_seconds:.1f} s per validation")
+                f"{self.validation_seconds:.1f} s per validation, {self.writing_seconds:.1f} s of writing per epoch")
         estimate = (f"estimated run: about {self.minutes:.1f} min for {tc.epochs} epochs "
                     f"({self.validations} validations, calibration included)")
         lines = [self.splits.summary(), *self.survey.lines(), model, cost, estimate]
@@ -123,8 +130,9 @@ class TrainingPlan:
         return "\n".join(lines)
 
 
-def time_training(t: Training, config: RunConfig) -> tuple[float, float]:
-    """Seconds per optimiser step and per validation pass, measured on the run's own data and model.
+def time_training(t: Training, config: RunConfig) -> tuple[float, float, float]:
+    """Seconds per optimiser step, per validation pass and of an epoch's writing, measured on the
+    run's own data and model. The writing (history plot, checkpoints) is done in memory.
 
     Each is run twice and the second run is timed: the first decodes the images and makes the first
     allocations, which an epoch after the first does not repeat (the same seeded batches come
@@ -140,8 +148,14 @@ def time_training(t: Training, config: RunConfig) -> tuple[float, float]:
     def validate_part() -> None:
         validate(t.shipped_graph, config, part, t.device, t.batch_size)
 
+    def write_epoch() -> None:  # as train() does after each epoch: history.png, the last and the best checkpoints
+        history_plot([{"epoch": e, "loss": 1.0 / e, "val_auroc": 0.5, "best": 1} for e in (1, 2)])
+        torch.save({"model": t.model.state_dict(), "optimizer": t.optimizer.state_dict()}, io.BytesIO())
+        save_weights({k: v.contiguous() for k, v in t.shipped.state_dict().items()})
+
     return (second_run_seconds(train_steps) / steps,
-            second_run_seconds(validate_part) * len(t.val_set) / len(part))
+            second_run_seconds(validate_part) * len(t.val_set) / len(part),
+            second_run_seconds(write_epoch))
 
 
 def second_run_seconds(work: Callable[[], None]) -> float:
@@ -159,7 +173,7 @@ def plan_training(config: RunConfig, progress: bool = True) -> TrainingPlan:
     check_settings(config, splits)
     survey = survey_data(splits, config.data, progress)
     t = build_training(config, splits)
-    step_seconds, validation_seconds = time_training(t, config)
+    step_seconds, validation_seconds, writing_seconds = time_training(t, config)
     parameters = sum(p.numel() for p in t.model.parameters())
     return TrainingPlan(config, splits, survey, parameters, t.steps_per_epoch, t.batch_size, step_seconds,
-                        validation_seconds)
+                        validation_seconds, writing_seconds)
