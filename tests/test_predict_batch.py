@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -120,3 +121,18 @@ def test_cli_predict_with_onnx(tiny_run, images: Path, tmp_path: Path, capsys: p
     out = tmp_path / "out"
     assert main(["predict", str(run), str(images / "sub"), "--out", str(out), "--runtime", "onnx", "--quiet"]) == 0
     assert "3 predicted" in capsys.readouterr().out and len(records(out)) == 3
+
+
+def test_index_page_shows_ng_first_then_the_most_doubtful_ok(detector: Detector, images: Path, tmp_path: Path) -> None:
+    scores = sorted(detector.predict(str(p)).score for p in sorted(images.rglob("*.png")))
+    threshold = (scores[2] + scores[3]) / 2  # three NG, three OK
+    out = tmp_path / "out"
+    predict_files(detector, [str(images)], out, threshold=threshold, batch_size=4, progress=False)
+    page = (out / "index.html").read_text()
+    assert "6 images, 3 NG" in page
+    links = re.findall(r'<a href="([^"]+)">', page)
+    assert len(links) == 6 and all((out / link).is_file() and not Path(link).is_absolute() for link in links)
+    ng_part, ok_part = page.split("<h2>OK")
+    for part, expected in ((ng_part, scores[3:]), (ok_part, scores[:3])):  # NG first, then OK; each highest first
+        shown = [float(x) for x in re.findall(r"score ([0-9.e+-]+) \(threshold", part)]
+        assert shown == pytest.approx(sorted(expected, reverse=True), rel=1e-3)  # shown with 4 digits

@@ -1,4 +1,5 @@
-"""Batch prediction to files: heatmap, overlay and mask PNGs plus predictions.jsonl/.csv.
+"""Batch prediction to files: heatmap, overlay and mask PNGs, predictions.jsonl/.csv and index.html
+(the NG and OK images as overlay thumbnails, see surfad.report.write_gallery).
 
 Inputs are files, folders (searched recursively for images) or glob patterns. Re-running into the
 same output folder skips images already in predictions.jsonl, so an interrupted batch resumes.
@@ -20,6 +21,7 @@ from tqdm import tqdm
 from surfad.data.io import IMAGE_SUFFIXES, read_image
 from surfad.errors import BadInputError, SurfadError
 from surfad.inference import Detector
+from surfad.report import write_gallery
 from surfad.utils import atomic_write_csv, atomic_write_text
 from surfad.visualize import heatmap, heatmap_scale, overlay, write_png
 
@@ -105,7 +107,7 @@ def predict_files(detector: Detector, inputs: Iterable[str], out: str | Path, th
                 counts["ng"] += pred.verdict == "NG"
                 bar.update()
     bar.close()
-    _write_csv(out)
+    _write_summaries(out)
     return counts
 
 
@@ -129,8 +131,10 @@ def _done_paths(jsonl: Path) -> set[str]:
     return done
 
 
-def _write_csv(out: Path) -> None:
-    """predictions.csv from predictions.jsonl (one row per image; regions as a count and JSON)."""
+def _write_summaries(out: Path) -> None:
+    """predictions.csv (one row per image; regions as a count and JSON) and the index.html page, from
+    predictions.jsonl, so both cover every run of a resumed batch."""
     records = [json.loads(line) for line in (out / JSONL).read_text().splitlines() if line.strip()]
+    write_gallery(out, records)
     rows = [{**r, "n_regions": len(r["regions"]), "regions": json.dumps(r["regions"])} for r in records]
     atomic_write_csv(out / CSV, rows, ["path", "score", "threshold", "verdict", "n_regions", "regions", "heatmap", "overlay", "mask"])
