@@ -316,3 +316,29 @@ def test_patience_stops_early_and_resume_keeps_it_stopped(tiny_mvtec: Path, tmp_
     assert main(["train", "--out", str(run), "--resume", "--quiet"]) == 0
     assert len(list(csv.DictReader((run / "history.csv").open()))) == 4  # nothing trained
     assert main(train_args(tiny_mvtec, tmp_path / "bad", epochs=2) + ["--patience", "-1"]) == 2
+
+
+def test_calibrate_and_evaluate_on_folders_of_reviewed_images(trained_run: Path, tiny_mvtec: Path, tmp_path: Path, capsys):
+    """Images outside the dataset layout (say, inspections reviewed by people) calibrate and evaluate a run."""
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    good, defect = tmp_path / "ok", tmp_path / "ng"
+    shutil.copytree(tiny_mvtec / "test" / "good", good)
+    defect.mkdir()
+    for path in sorted((tiny_mvtec / "test").glob("[!g]*/*.png")):
+        shutil.copy(path, defect / f"{path.parent.name}_{path.name}")
+
+    assert main(["calibrate", str(run), "--good", str(good), "--defect", str(defect), "--strategy", "f1", "--quiet"]) == 0
+    calibration = json.loads((run / "calibration.json").read_text())
+    assert (calibration["n_good"], calibration["n_defect"]) == (4, 8) and str(good) in calibration["split"]
+    assert main(["evaluate", str(run), "--good", str(good), "--defect", str(defect), "--quiet"]) == 0
+    metrics = json.loads((run / "eval_folders" / "metrics.json").read_text())
+    assert metrics["n_images"] == 12 and 0 <= metrics["image_auroc"] <= 1
+    capsys.readouterr()
+
+    assert main(["calibrate", str(run), "--good", str(tiny_mvtec / "train" / "good"), "--strategy", "fpr:0.1", "--quiet"]) == 0
+    assert "10 of these 12 images were trained on" in capsys.readouterr().err  # the held-out 2 were not
+    assert main(["evaluate", str(run), "--good", str(good), "--split", "val"]) == 2
+    assert "drop --data, --layout and --split" in capsys.readouterr().err
+    assert main(["calibrate", str(run), "--defect", str(tmp_path / "empty")]) == 2
+    assert "no images directly in this folder" in capsys.readouterr().err

@@ -116,11 +116,24 @@ def cmd_train(args: argparse.Namespace) -> None:
     print(f"run folder: {run}")
 
 
+def image_set(args: argparse.Namespace, default_split: str) -> tuple[str, Any]:
+    """(name, samples) from --good/--defect folders, or (split, None) for a split of the dataset."""
+    from surfad.evaluate import folder_samples
+
+    if not (args.good or args.defect):
+        return args.split or default_split, None
+    if args.data or args.split or args.layout:
+        raise SurfadError("--good/--defect replace the dataset: drop --data, --layout and --split")
+    named = [f"{kind} {folder}" for kind, folder in (("good", args.good), ("defect", args.defect)) if folder]
+    return "folders: " + ", ".join(named), folder_samples(args.good, args.defect)
+
+
 def cmd_calibrate(args: argparse.Namespace) -> None:
     from surfad.evaluate import calibrate_run
 
-    c = calibrate_run(args.run, data=args.data, split=args.split, strategy=args.strategy, layout=args.layout,
-                      checkpoint=args.checkpoint, progress=not args.quiet)
+    split, samples = image_set(args, "val")
+    c = calibrate_run(args.run, data=args.data, split=split, strategy=args.strategy, layout=args.layout,
+                      checkpoint=args.checkpoint, progress=not args.quiet, samples=samples)
     print(f"threshold {c.threshold:.6g} ({c.strategy} on {c.split}: {c.n_good} good, {c.n_defect} defective); "
           f"pixel threshold {c.pixel_threshold:.6g}; saved in {Path(args.run) / 'calibration.json'}")
 
@@ -128,9 +141,10 @@ def cmd_calibrate(args: argparse.Namespace) -> None:
 def cmd_evaluate(args: argparse.Namespace) -> None:
     from surfad.evaluate import evaluate_run, summary_line
 
-    out = Path(args.out) if args.out else Path(args.run) / f"eval_{args.split}"
-    metrics = evaluate_run(args.run, data=args.data, split=args.split, out=out, runtime=args.runtime, layout=args.layout,
-                           checkpoint=args.checkpoint, progress=not args.quiet)
+    split, samples = image_set(args, "test")
+    out = Path(args.out) if args.out else Path(args.run) / f"eval_{'folders' if samples else split}"
+    metrics = evaluate_run(args.run, data=args.data, split=split, out=out, runtime=args.runtime, layout=args.layout,
+                           checkpoint=args.checkpoint, progress=not args.quiet, samples=samples)
     print(summary_line(metrics))
     print(f"report: {out / 'report.html'}")
 
@@ -233,9 +247,12 @@ def yaml_list(text: str) -> list[Any]:
     return [yaml.safe_load(part) for part in text.split(",") if part.strip()]
 
 
-def add_data_override_flags(p: argparse.ArgumentParser) -> None:
+def add_data_override_flags(p: argparse.ArgumentParser, default_split: str) -> None:
     p.add_argument("--data", help="dataset (default: the one the run was trained on)")
     p.add_argument("--layout", choices=["auto", *LAYOUTS], help="layout of --data (default: the run's)")
+    p.add_argument("--split", help=f"train | val | test | test_a | test_b | all (default: {default_split})")
+    p.add_argument("--good", help="instead of a dataset split: a folder of good images (e.g. reviewed inspections)")
+    p.add_argument("--defect", help="instead of a dataset split: a folder of defective images")
 
 
 def add_checkpoint_flag(p: argparse.ArgumentParser) -> None:
@@ -302,8 +319,7 @@ def make_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("calibrate", help="choose the decision threshold on a split")
     p.add_argument("run")
-    add_data_override_flags(p)
-    p.add_argument("--split", default="val", help="train | val | test | test_a | test_b | all")
+    add_data_override_flags(p, "val")
     p.add_argument("--strategy", default="f1", help="f1 | youden | recall:X | fpr:X")
     add_checkpoint_flag(p)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -311,8 +327,7 @@ def make_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("evaluate", help="metrics and an HTML report on a split")
     p.add_argument("run")
-    add_data_override_flags(p)
-    p.add_argument("--split", default="test", help="train | val | test | test_a | test_b | all")
+    add_data_override_flags(p, "test")
     p.add_argument("--out")
     add_checkpoint_flag(p)
     p.add_argument("--runtime", default="torch", choices=["torch", "onnx"])

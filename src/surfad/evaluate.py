@@ -4,10 +4,13 @@ Splits are taken from the run's own splits.json when the data path is the one it
 (so the test set is exactly the one held out), or rebuilt with the run's data settings for another
 dataset. Split names: train, val, test, all (every image of the dataset), and for small datasets
 test_a / test_b: two seeded, label-stratified halves of test (calibrate on one, report on the other).
+Instead of a split, both take any labelled samples, such as folder_samples: a folder of good images
+and one of defective ones outside any dataset layout (for instance inspections reviewed by people).
 """
 
 from __future__ import annotations
 
+import sys
 from dataclasses import replace
 from functools import partial
 from pathlib import Path
@@ -20,9 +23,11 @@ from surfad import bundle
 from surfad.calibrate import Calibration, calibrate, trade_offs
 from surfad.config import RunConfig
 from surfad.data.io import read_image
+from surfad.data.layouts import list_images
 from surfad.data.samples import Sample
 from surfad.data.splits import Splits, make_splits
 from surfad.data.transforms import resize_map
+from surfad.errors import SurfadError
 from surfad.inference import Detector
 from surfad.metrics import image_metrics, per_type_auroc, pixel_metrics
 from surfad.report import worst_cases, write_report
@@ -58,10 +63,35 @@ def select_split(splits: Splits, name: str, seed: int = 0) -> list[Sample]:
     return splits.get(name)
 
 
+def folder_samples(good: str | Path | None, defect: str | Path | None) -> list[Sample]:
+    """Every image directly in `good` (label 0) and in `defect` (label 1), without masks."""
+    samples: list[Sample] = []
+    for folder, label in ((good, 0), (defect, 1)):
+        if folder is None:
+            continue
+        images = list_images(Path(folder))
+        if not images:
+            raise SurfadError(f"{folder}: no images directly in this folder (PNG, JPEG, BMP, TIFF or WebP)")
+        samples += [Sample(path, label) for path in images]
+    if not samples:
+        raise SurfadError("no images: give a folder of good images, one of defective images, or both")
+    return samples
+
+
+def warn_if_trained_on(run: Path, samples: list[Sample]) -> None:
+    """Say so on stderr when given samples include the run's training images: their scores are optimistic."""
+    trained = {s.path.resolve() for s in Splits.load(run / bundle.SPLITS).train}
+    seen = sum(s.path.resolve() in trained for s in samples)
+    if seen:
+        print(f"warning: {seen} of these {len(samples)} images were trained on; their scores are lower than "
+              "those of new images", file=sys.stderr)
+
+
 def calibrate_run(run: str | Path, data: str | None = None, split: str = "val", strategy: str = "f1",
-                  layout: str | None = None, checkpoint: str = "best_detect", progress: bool = False) -> Calibration:
-    """Choose thresholds on a split and store them in the run's calibration.json; progress: show a bar
-    while scoring."""
+                  layout: str | None = None, checkpoint: str = "best_detect", progress: bool = False,
+                  samples: list[Sample] | None = None) -> Calibration:
+    """Choose thresholds on a split (or on `samples`, which `split` then names) and store them in the
+    run's calibration.json; progress: show a bar while scoring."""
     run = Path(run)
     if bundle.is_fused(run):
         detector = Detector.load(run, checkpoint=checkpoint)
@@ -70,7 +100,10 @@ def calibrate_run(run: str | Path, data: str | None = None, split: str = "val", 
         config, graph = bundle.load_graph(run, checkpoint)
         graph_score = image_score_fn(torch_score_fn(graph, torch.device("cpu")), config)
         score = partial(score_samples, graph_score, config, progress=f"score {run.name}" if progress else None)
-    samples = select_split(run_splits(config, run, data, layout), split, config.data.split_seed)
+    if samples is None:
+        samples = select_split(run_splits(config, run, data, layout), split, config.data.split_seed)
+    else:
+        warn_if_trained_on(run, samples)
     scored, _ = score(samples)
     calibration = calibrate(scored.scores, scored.labels, scored.maps, scored.masks, strategy, split=split)
     calibration.save(run / bundle.CALIBRATION)
@@ -79,12 +112,17 @@ def calibrate_run(run: str | Path, data: str | None = None, split: str = "val", 
 
 def evaluate_run(run: str | Path, data: str | None = None, split: str = "test", out: str | Path | None = None,
                  runtime: str = "torch", threshold: float | None = None, layout: str | None = None,
-                 checkpoint: str = "best_detect", progress: bool = False) -> dict[str, Any]:
-    """Metrics, per-image scores and an HTML report for a split; returns the metrics. progress: show
-    a bar while scoring."""
+                 checkpoint: str = "best_detect", progress: bool = False,
+                 samples: list[Sample] | None = None) -> dict[str, Any]:
+    """Metrics, per-image scores and an HTML report for a split (or for `samples`, which `split` then
+    names); returns the metrics. progress: show a bar while scoring."""
     detector = Detector.load(run, runtime=runtime, checkpoint=checkpoint)
     out = Path(out) if out is not None else Path(run) / f"eval_{split}"
-    samples = select_split(run_splits(detector.config, detector.run, data, layout), split, detector.config.data.split_seed)
+    if samples is None:
+        samples = select_split(run_splits(detector.config, detector.run, data, layout), split,
+                               detector.config.data.split_seed)
+    else:
+        warn_if_trained_on(detector.run, samples)
     scored, rate = detector.score_samples(samples, progress=progress)
     t = detector.threshold if threshold is None else threshold
     metrics: dict[str, Any] = image_metrics(scored.scores, scored.labels, t)
