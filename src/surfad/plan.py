@@ -20,11 +20,13 @@ from safetensors.torch import save as save_weights
 from torch.utils.data import Subset
 from tqdm import tqdm
 
+from surfad.calibrate import parse_strategy
 from surfad.config import RunConfig
 from surfad.data.splits import Splits, make_splits
 from surfad.data.survey import THIN_DEFECT_PX, DataSurvey, survey_data
 from surfad.report import history_plot
 from surfad.train import (
+    GOOD_ONLY_STRATEGY,
     Training,
     build_training,
     check_settings,
@@ -34,7 +36,6 @@ from surfad.train import (
 )
 
 TIMED_STEPS = 2  # training steps timed (after the same steps run once untimed)
-FPR_CALIBRATION = 0.01  # the threshold rule training uses without real validation defects (fpr:0.01)
 
 
 @dataclass
@@ -57,16 +58,14 @@ class TrainingPlan:
         return math.ceil(self.config.train.epochs / self.config.train.val_every) + 1
 
     @property
-    def epoch_seconds(self) -> float:
-        return (self.steps_per_epoch * self.step_seconds + self.writing_seconds
-                + self.validation_seconds / self.config.train.val_every)
+    def training_seconds(self) -> float:
+        """An epoch without its validation: the steps and the writing."""
+        return self.steps_per_epoch * self.step_seconds + self.writing_seconds
 
     @property
     def minutes(self) -> float:
         """Estimated duration of the whole run."""
-        epochs = self.config.train.epochs
-        per_epoch = self.steps_per_epoch * self.step_seconds + self.writing_seconds
-        return (epochs * per_epoch + self.validations * self.validation_seconds) / 60
+        return (self.config.train.epochs * self.training_seconds + self.validations * self.validation_seconds) / 60
 
     @property
     def epochs_in_budget(self) -> int | None:
@@ -74,7 +73,8 @@ class TrainingPlan:
         budget = self.config.train.time_budget_min
         if budget <= 0:
             return None
-        return min(self.config.train.epochs, math.ceil(budget * 60 / self.epoch_seconds))
+        epoch_seconds = self.training_seconds + self.validation_seconds / self.config.train.val_every
+        return min(self.config.train.epochs, math.ceil(budget * 60 / epoch_seconds))
 
     def advice(self) -> list[str]:
         """What to change or know before training, each line tied to what surfad measured or does."""
@@ -85,10 +85,11 @@ class TrainingPlan:
         if not real_defects:
             out.append(f"validation has no real defects: synthetic ones ({tc.val_defect_source}) will choose the shipped "
                        f"epoch, and the threshold will be set on the {good_val} good validation images "
-                       f"(fpr:{FPR_CALIBRATION:g}). Even a handful of real defects in a validation folder would "
+                       f"({GOOD_ONLY_STRATEGY}). Even a handful of real defects in a validation folder would "
                        "choose both.")
-            if good_val * FPR_CALIBRATION < 1:
-                out.append(f"with {good_val} good validation images, fpr:{FPR_CALIBRATION:g} allows none of them "
+            _, rate = parse_strategy(GOOD_ONLY_STRATEGY)
+            if good_val * (rate or 0.0) < 1:
+                out.append(f"with {good_val} good validation images, {GOOD_ONLY_STRATEGY} allows none of them "
                            "to be NG: the threshold will sit at their highest score. More good images (or a larger "
                            "--val-ratio) make it less dependent on one image.")
         if not any(s.label == 1 for s in self.splits.test):

@@ -63,6 +63,8 @@ from surfad.visualize import training_grid
 LAST_WEIGHTS = bundle.CHECKPOINTS["last"]
 BEST_SEG_WEIGHTS = bundle.CHECKPOINTS["best_seg"]
 LAST_STATE = bundle.LAST_STATE
+DEFECT_STRATEGY = "f1"  # the threshold rule at the end of training when validation has real defects
+GOOD_ONLY_STRATEGY = "fpr:0.01"  # and when it has good images only
 
 
 def infer_channels(samples: list[Sample]) -> int:
@@ -307,7 +309,7 @@ def calibrate_shipped(model: torch.nn.Module, graph: torch.nn.Module, config: Ru
     bundle.load_weights(model, out / bundle.WEIGHTS)
     _, scored = validate(graph, config, val_set, device, batch_size, progress)
     real = np.arange(len(scored.labels)) < len(splits.val)
-    strategy = "f1" if any(s.label == 1 for s in splits.val) else "fpr:0.01"
+    strategy = DEFECT_STRATEGY if any(s.label == 1 for s in splits.val) else GOOD_ONLY_STRATEGY
     calibration = calibrate(
         scored.scores[real], scored.labels[real], scored.maps[real], scored.masks[real], strategy, split="val"
     )
