@@ -44,7 +44,7 @@ def plan_with(val: list[Sample], test: list[Sample], survey: DataSurvey, minutes
 
 GOOD = [Sample(Path(f"g{i}.png"), 0) for i in range(20)]
 DEFECT = [Sample(Path("d.png"), 1, "crack", Path("d_mask.png"))]
-SQUARE = DataSurvey(Counter({(256, 256): 30}), np.full(10, 6.0), masks=10)
+SQUARE = DataSurvey(Counter({(256, 256): 30}), np.full(10, 6.0), masks=10, cross_split_copies=[])
 
 
 def test_advice_names_what_the_run_will_rely_on():
@@ -58,10 +58,10 @@ def test_advice_names_what_the_run_will_rely_on():
 
     assert any("no defective images" in line for line in plan_with(GOOD + DEFECT, GOOD, SQUARE).advice())
 
-    varied = DataSurvey(Counter({(300, 100): 5, (100, 300): 5}), np.full(10, 6.0), masks=10)
+    varied = DataSurvey(Counter({(300, 100): 5, (100, 300): 5}), np.full(10, 6.0), masks=10, cross_split_copies=[])
     assert any("--tile-scale" in line for line in plan_with(GOOD + DEFECT, GOOD + DEFECT, varied).advice())
 
-    thin = DataSurvey(Counter({(256, 256): 30}), np.array([1.0, 1.5, 6.0, 6.0]), masks=4)
+    thin = DataSurvey(Counter({(256, 256): 30}), np.array([1.0, 1.5, 6.0, 6.0]), masks=4, cross_split_copies=[])
     assert any("50% of defect regions" in line for line in plan_with(GOOD + DEFECT, GOOD + DEFECT, thin).advice())
 
     long = plan_with(GOOD + DEFECT, GOOD + DEFECT, SQUARE, minutes=90)
@@ -91,6 +91,13 @@ def test_dry_run_checks_and_times_without_writing(tiny_mvtec: Path, tmp_path: Pa
     assert "images: 30, 64x64" in out and "defects:" in out
     assert "estimated run: about" in out and "for 3 epochs (4 validations" in out
     assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before  # nothing written
+
+    copied = sorted((data / "train" / "good").iterdir())[-1]
+    shutil.copy(copied, data / "test" / "good" / "copy_of_a_training_image.png")
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "identical files in two splits: 1 pairs" in out and "copy_of_a_training_image.png" in out
+    assert "byte-identical copies" in out  # and the advice says what it does to the metrics
 
     bad = sorted((data / "train" / "good").iterdir())[0]
     bad.write_bytes(b"not an image")

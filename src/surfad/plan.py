@@ -92,6 +92,10 @@ class TrainingPlan:
                 out.append(f"with {good_val} good validation images, {GOOD_ONLY_STRATEGY} allows none of them "
                            "to be NG: the threshold will sit at their highest score. More good images (or a larger "
                            "--val-ratio) make it less dependent on one image.")
+        if self.survey.cross_split_copies:
+            out.append(f"{len(self.survey.cross_split_copies)} files are byte-identical copies of files in another "
+                       "split (listed by the survey line above): a test image that was trained on scores like a good "
+                       "one, so metrics on it are optimistic. Remove one of each pair.")
         if not any(s.label == 1 for s in self.splits.test):
             out.append("the test split has no defective images: evaluation can report false alarms but no AUROC, "
                        "AP or recall.")

@@ -1,6 +1,7 @@
-"""What a dataset looks like to a model: image sizes, and how wide its defects are at the model's input.
+"""What a dataset looks like to a model: image sizes, how wide its defects are at the model's input,
+and files that appear in two splits under different names.
 
-Image sizes come from the file headers (no decoding). A defect region is a connected component of
+Image sizes come from the file headers (no decoding); duplicates from hashes of the file bytes. A defect region is a connected component of
 a mask; its width is measured where it is thickest (twice the largest distance from inside it to
 its border, less one pixel: 1 for a one-pixel line), then scaled as preprocessing scales the
 image: by `tile_scale` when tiling, else by the geometric mean of the two squashing factors.
@@ -8,6 +9,7 @@ image: by `tile_scale` when tiling, else by the geometric mean of the two squash
 
 from __future__ import annotations
 
+import hashlib
 from collections import Counter
 from dataclasses import dataclass
 
@@ -31,6 +33,7 @@ class DataSurvey:
     sizes: Counter[tuple[int, int]]  # (width, height) -> number of images
     defect_widths: np.ndarray  # one per defect region, in model-input pixels
     masks: int  # defective images with a mask (the regions come from these)
+    cross_split_copies: list[tuple[str, str]]  # (path, path) of byte-identical files in different splits
 
     @property
     def aspect_range(self) -> tuple[float, float]:
@@ -53,6 +56,9 @@ class DataSurvey:
             q10, q50 = np.percentile(self.defect_widths, [10, 50])
             lines.append(f"defects: {self.defect_widths.size} regions in {self.masks} masks; width at the model's input: "
                          f"median {q50:.1f} px, 10% under {q10:.1f} px, {self.thin_share:.0%} under {THIN_DEFECT_PX:g} px")
+        if self.cross_split_copies:
+            first, second = self.cross_split_copies[0]
+            lines.append(f"identical files in two splits: {len(self.cross_split_copies)} pairs, e.g. {first} and {second}")
         return lines
 
 
@@ -81,15 +87,21 @@ def input_scale(size: tuple[int, int], data: DataConfig) -> float:
 
 
 def survey_data(splits: Splits, data: DataConfig, progress: bool = False) -> DataSurvey:
-    """Read every image header and every defect mask of the splits (masks are decoded)."""
-    samples = [s for name in SPLIT_NAMES for s in getattr(splits, name)]
+    """Read every image file of the splits (headers decoded, bytes hashed) and decode every defect mask."""
+    samples = [(name, s) for name in SPLIT_NAMES for s in getattr(splits, name)]
     sizes: Counter[tuple[int, int]] = Counter()
     widths: list[np.ndarray] = []
     masks = 0
-    for sample in tqdm(samples, desc="survey", unit="image", disable=not progress, leave=False):
+    first_seen: dict[str, tuple[str, str]] = {}  # hash -> (split, path) of its first file
+    copies: list[tuple[str, str]] = []
+    for split, sample in tqdm(samples, desc="survey", unit="image", disable=not progress, leave=False):
+        digest = hashlib.sha1(sample.path.read_bytes()).hexdigest()
+        seen_split, seen_path = first_seen.setdefault(digest, (split, str(sample.path)))
+        if seen_split != split:
+            copies.append((seen_path, str(sample.path)))
         size = image_size(sample.path)
         sizes[size] += 1
         if sample.mask_path is not None:
             masks += 1
             widths.append(region_widths(read_mask(sample.mask_path)) * input_scale(size, data))
-    return DataSurvey(sizes, np.concatenate(widths) if widths else np.zeros(0), masks)
+    return DataSurvey(sizes, np.concatenate(widths) if widths else np.zeros(0), masks, copies)
