@@ -106,3 +106,16 @@ def test_dry_run_checks_and_times_without_writing(tiny_mvtec: Path, tmp_path: Pa
 
     assert main([*args, "--category", "a,b"]) == 2
     assert "--dry-run checks one new run" in capsys.readouterr().err
+
+
+def test_folder_layout_from_flags(tiny_mvtec: Path, tmp_path: Path, capsys):
+    """Plain folders of good and defective images need no YAML file: --good-dir and --defect-dir name them."""
+    shutil.copytree(tiny_mvtec / "train" / "good", tmp_path / "ok")
+    shutil.copytree(tiny_mvtec / "test" / "crack", tmp_path / "ng")
+    args = ["train", "--data", str(tmp_path), "--layout", "folder", "--image-size", "32", "--epochs", "1",
+            "--threads", "1", "--dry-run", "--quiet", *TINY_MODEL]
+    assert main(args) == 2
+    assert "--good-dir" in capsys.readouterr().err  # the error says which flag names the folder
+    assert main([*args, "--good-dir", "ok", "--defect-dir", "ng"]) == 0
+    out = capsys.readouterr().out
+    assert "(layout folder)" in out and "ng 2" in out and "estimated run: about" in out

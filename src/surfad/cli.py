@@ -25,6 +25,11 @@ TRAIN_FLAGS = {
     "channels": ("data", "channels"),
     "train_list": ("data", "train_list"),
     "val_ratio": ("data", "val_ratio"),
+    "good_dir": ("data", "good_dir"),
+    "defect_dir": ("data", "defect_dir"),
+    "mask_dir": ("data", "mask_dir"),
+    "val_good_dir": ("data", "val_good_dir"),
+    "val_defect_dir": ("data", "val_defect_dir"),
     "skip_bad": ("data", "skip_bad"),
     "epochs": ("train", "epochs"),
     "batch_size": ("train", "batch_size"),
@@ -291,6 +296,11 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--channels", type=int, choices=[1, 3])
     p.add_argument("--train-list", help="file listing the training good images")
     p.add_argument("--val-ratio", type=float)
+    p.add_argument("--good-dir", help="folder layout: the good images, relative to --data (default: good)")
+    p.add_argument("--defect-dir", help="folder layout: defective images for test (default: defect, if present)")
+    p.add_argument("--mask-dir", help="folder layout: their masks, named <stem>_mask.png (data.mask_name to change)")
+    p.add_argument("--val-good-dir", help="folder layout: good validation images, never trained on")
+    p.add_argument("--val-defect-dir", help="folder layout: defective validation images, which choose the epoch and threshold")
     p.add_argument("--epochs", type=int)
     p.add_argument("--batch-size", type=int)
     p.add_argument("--lr", type=float)

@@ -124,7 +124,8 @@ class TrainingPlan:
         cost = (f"cost here: {self.step_seconds:.2f} s per step of {self.batch_size} "
                 f"({self.batch_size / self.step_seconds:.1f} images/s), {self.steps_per_epoch} steps per epoch, "
                 f"{self.validation_seconds:.1f} s per validation, {self.writing_seconds:.1f} s of writing per epoch")
-        estimate = (f"estimated run: about {self.minutes:.1f} min for {tc.epochs} epochs "
+        duration = f"{self.minutes * 60:.0f} s" if self.minutes < 2 else f"{self.minutes:.1f} min"
+        estimate = (f"estimated run: about {duration} for {tc.epochs} epochs "
                     f"({self.validations} validations, calibration included)")
         lines = [self.splits.summary(), *self.survey.lines(), model, cost, estimate]
         if self.epochs_in_budget is not None and self.epochs_in_budget < tc.epochs:

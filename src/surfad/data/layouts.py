@@ -221,7 +221,8 @@ def _load_mt(root: Path, cfg: DataConfig, bad: BadFiles) -> Reader:
 def _load_folder(root: Path, cfg: DataConfig, bad: BadFiles) -> Reader:
     good_dir = root / cfg.good_dir
     if not good_dir.is_dir():
-        raise SurfadError(f"data.good_dir: folder of good images {good_dir} not found")
+        raise SurfadError(f"data.good_dir: folder of good images {good_dir} not found; name the folder of good "
+                          "images with --good-dir (relative to the data path, '.' for the data path itself)")
     mask_dir = root / cfg.mask_dir if cfg.mask_dir else None
     if mask_dir is not None and not mask_dir.is_dir():
         raise SurfadError(f"data.mask_dir: mask folder {mask_dir} not found")
