@@ -136,3 +136,19 @@ def test_index_page_shows_ng_first_then_the_most_doubtful_ok(detector: Detector,
     for part, expected in ((ng_part, scores[3:]), (ok_part, scores[:3])):  # NG first, then OK; each highest first
         shown = [float(x) for x in re.findall(r"score ([0-9.e+-]+) \(threshold", part)]
         assert shown == pytest.approx(sorted(expected, reverse=True), rel=1e-3)  # shown with 4 digits
+
+
+def test_sort_into_copies_each_image_by_verdict(detector: Detector, images: Path, tmp_path: Path) -> None:
+    sources = sorted(images.rglob("*.png"))
+    scores = sorted(detector.predict(str(p)).score for p in sources)
+    threshold = (scores[2] + scores[3]) / 2  # three NG, three OK
+    out, sorted_dir = tmp_path / "out", images / "sorted"  # inside the input folder: its copies are not inputs
+    for _ in range(2):  # the second run resumes: nothing new to copy
+        predict_files(detector, [str(images)], out, threshold=threshold, progress=False, sort_into=sorted_dir)
+    ng, ok = sorted((sorted_dir / "NG").iterdir()), sorted((sorted_dir / "OK").iterdir())
+    assert len(ng) == 3 and len(ok) == 3 and len(records(out)) == 6
+    by_stem = {Path(r["overlay"]).stem: r for r in records(out)}
+    for folder, copies in (("NG", ng), ("OK", ok)):
+        for copy in copies:
+            record = by_stem[copy.stem]  # named as its outputs
+            assert record["verdict"] == folder and copy.read_bytes() == Path(record["path"]).read_bytes()

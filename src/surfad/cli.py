@@ -161,7 +161,7 @@ def cmd_predict(args: argparse.Namespace) -> None:
     detector = Detector.load(args.run, runtime=args.runtime, min_area=args.min_area, checkpoint=args.checkpoint)
     out = Path(args.out) if args.out else Path(args.run) / "predictions"
     counts = predict_files(detector, args.inputs, out, threshold=args.threshold, batch_size=args.batch_size,
-                           progress=not args.quiet)
+                           progress=not args.quiet, sort_into=args.sort_into)
     print(f"{counts['done']} predicted ({counts['ng']} NG), {counts['already_done']} already done, "
           f"{counts['failed']} unreadable; results in {out / 'predictions.jsonl'}")
 
@@ -352,6 +352,8 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--runtime", default="torch", choices=["torch", "onnx"])
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--min-area", type=int, default=16, help="smallest region kept, in pixels")
+    p.add_argument("--sort-into", help="also copy each image into DIR/OK or DIR/NG by its verdict (to review, "
+                   "correct, then `surfad calibrate --good DIR/OK --defect DIR/NG`)")
     add_checkpoint_flag(p)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_predict)

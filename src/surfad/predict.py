@@ -11,6 +11,7 @@ from __future__ import annotations
 import glob
 import hashlib
 import json
+import shutil
 import sys
 from collections.abc import Iterable
 from pathlib import Path
@@ -28,6 +29,7 @@ from surfad.visualize import heatmap, heatmap_scale, overlay, write_png
 JSONL = "predictions.jsonl"
 CSV = "predictions.csv"
 ERRORS = "errors.jsonl"
+VERDICTS = ("OK", "NG")  # the folders of sort_into
 
 
 def expand_inputs(inputs: Iterable[str], exclude: str | Path | None = None) -> list[Path]:
@@ -64,14 +66,20 @@ def output_stem(path: Path) -> str:
 
 
 def predict_files(detector: Detector, inputs: Iterable[str], out: str | Path, threshold: float | None = None,
-                  batch_size: int = 8, progress: bool = True) -> dict[str, int]:
-    """Inspect every input image, writing results under `out`.
+                  batch_size: int = 8, progress: bool = True, sort_into: str | Path | None = None) -> dict[str, int]:
+    """Inspect every input image, writing results under `out`; with `sort_into`, also copy each image
+    (unchanged, named as its outputs) into sort_into/OK or sort_into/NG by its verdict, ready for a
+    person to correct and for `surfad calibrate --good .../OK --defect .../NG`.
 
     Returns counts: images (found), already_done (skipped on resume), done, failed (unreadable,
     retried on the next run), ng (of those done now).
     """
     out = Path(out)
     paths = expand_inputs(inputs, exclude=out)
+    if sort_into is not None:
+        paths = [p for p in paths if not p.is_relative_to(Path(sort_into).resolve())]  # not its own copies
+        for verdict in VERDICTS:
+            (Path(sort_into) / verdict).mkdir(parents=True, exist_ok=True)
     done = _done_paths(out / JSONL)
     todo = [p for p in paths if str(p) not in done]
     for sub in ("heatmaps", "overlays", "masks"):
@@ -99,6 +107,8 @@ def predict_files(detector: Detector, inputs: Iterable[str], out: str | Path, th
                 write_png(files["heatmaps"], heatmap(pred.anomaly_map, amap_scale))
                 write_png(files["overlays"], overlay(image, pred.anomaly_map, amap_scale, pred.regions))
                 write_png(files["masks"], (pred.mask * 255).astype(np.uint8))
+                if sort_into is not None:
+                    shutil.copy2(path, Path(sort_into) / pred.verdict / f"{stem}{path.suffix}")
                 record = {"path": str(path), **pred.to_dict(), "heatmap": files["heatmaps"],
                           "overlay": files["overlays"], "mask": files["masks"]}
                 results.write(json.dumps(record) + "\n")
