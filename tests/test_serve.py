@@ -245,3 +245,11 @@ def test_recording_logs_every_inspection_and_keeps_ng_uploads(detector: Detector
     assert stats["inspected"] == 2 and stats["ng"] == 1 and stats["ng_rate"] == 0.5
     assert stats["recent_scores"]["n"] == 2 and stats["recording"] == str(folder)
     assert stats["validation_good_scores"] == detector.calibration.normal_stats
+
+
+def test_a_failing_record_still_answers_the_verdict(detector: Detector, image: np.ndarray, tmp_path: Path):
+    log = InspectionLog(tmp_path / "record")
+    (tmp_path / "record" / LOG).mkdir()  # the log path is a folder: every append fails
+    code, body = post(TestClient(create_app(detector, record=log)), png(image))
+    assert code == 200 and body["verdict"] in ("OK", "NG") and body["inspection_id"] is None
+    assert "not recorded" in body["recording_error"]

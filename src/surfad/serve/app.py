@@ -14,6 +14,8 @@ Routes:
 
 Recording (`record`, an InspectionLog): every inspection is appended to inspections.jsonl and NG
 uploads (or all, or none) are kept as they were sent; the answer then carries its "inspection_id".
+When writing fails (a full disk), the answer still carries the verdict, with "inspection_id" null
+and a "recording_error".
 
 API key: with `api_key` set, /model, /stats and /predict need the header ``X-API-Key``. The page asks for
 the key when the service answers 401 and keeps it in the browser's localStorage, then sends it as
@@ -38,6 +40,7 @@ from __future__ import annotations
 import base64
 import io
 import secrets
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -133,8 +136,13 @@ def create_app(detector: Detector, api_key: str | None = None, max_upload_bytes:
             _inspect, detector, data, name, max_pixels, want_images, limiter=limiter
         )
         stats.add(result["verdict"], result["score"])
-        if record is not None:
-            result["inspection_id"] = await anyio.to_thread.run_sync(record.record, data, result, detector.name)
+        if record is not None:  # a full or failing disk must not cost the line its verdict: say so instead
+            try:
+                result["inspection_id"] = await anyio.to_thread.run_sync(record.record, data, result, detector.name)
+            except OSError as err:
+                result["inspection_id"] = None
+                result["recording_error"] = f"not recorded: {err}"
+                print(f"recording failed: {err}", file=sys.stderr)
         result["timing_ms"]["total"] = round(1000 * (time.perf_counter() - started), 2)
         return result
 
