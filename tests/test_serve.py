@@ -169,6 +169,7 @@ def test_missing_or_wrong_field(client: TestClient, image: np.ndarray) -> None:
 def test_api_key(client: TestClient, image: np.ndarray, headers: dict) -> None:
     bare = TestClient(client.app)
     for response in (bare.get("/model", headers=headers), bare.get("/stats", headers=headers),
+                     bare.get("/metrics", headers=headers),
                      bare.post("/predict", files={"file": ("a.png", png(image))}, headers=headers)):
         assert response.status_code == 401 and "API key" in response.json()["detail"]
 
@@ -245,6 +246,11 @@ def test_recording_logs_every_inspection_and_keeps_ng_uploads(detector: Detector
     assert stats["inspected"] == 2 and stats["ng"] == 1 and stats["ng_rate"] == 0.5
     assert stats["recent_scores"]["n"] == 2 and stats["recording"] == str(folder)
     assert stats["validation_good_scores"] == detector.calibration.normal_stats
+    assert stats["mean_ms"] > 0
+    metrics = client.get("/metrics")
+    assert metrics.headers["content-type"].startswith("text/plain")
+    assert 'surfad_inspections_total{verdict="NG"} 1' in metrics.text and 'surfad_inspections_total{verdict="OK"} 1' in metrics.text
+    assert f"surfad_threshold {between.threshold}" in metrics.text and 'surfad_recent_score{quantile="0.5"}' in metrics.text
 
 
 def test_a_failing_record_still_answers_the_verdict(detector: Detector, image: np.ndarray, tmp_path: Path):

@@ -9,6 +9,7 @@ Routes:
     GET  /model     Detector.info(): model, input size, thresholds, training data, versions, limits
     GET  /stats     verdict counts since the start, NG rate, quantiles of the last 1000 scores beside
                     those of the good validation images (surfad.serve.record.LiveStats)
+    GET  /metrics   the same for Prometheus (text exposition format)
     POST /predict   multipart/form-data, the image in field "file"; `images=true` (query or form
                     field) adds base64 PNGs of the heatmap and the overlay with the regions drawn
 
@@ -17,7 +18,7 @@ uploads (or all, or none) are kept as they were sent; the answer then carries it
 When writing fails (a full disk), the answer still carries the verdict, with "inspection_id" null
 and a "recording_error".
 
-API key: with `api_key` set, /model, /stats and /predict need the header ``X-API-Key``. The page asks for
+API key: with `api_key` set, /model, /stats, /metrics and /predict need the header ``X-API-Key``. The page asks for
 the key when the service answers 401 and keeps it in the browser's localStorage, then sends it as
 that header; it is never put in a URL. Use HTTPS (a reverse proxy) when the key crosses a network.
 
@@ -48,14 +49,14 @@ from typing import Any
 
 import anyio
 from fastapi import Depends, FastAPI, Request
-from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from surfad import __version__
 from surfad.data.io import decode_image
 from surfad.errors import BadInputError
 from surfad.inference import Detector
-from surfad.serve.record import InspectionLog, LiveStats
+from surfad.serve.record import InspectionLog, LiveStats, prometheus_text
 from surfad.visualize import encode_png, heatmap, heatmap_scale, overlay
 
 STATIC = Path(__file__).parent / "static"
@@ -127,6 +128,10 @@ def create_app(detector: Detector, api_key: str | None = None, max_upload_bytes:
     async def live_stats() -> dict[str, Any]:
         return {**stats.summary(), "recording": None if record is None else str(record.folder)}
 
+    @app.get("/metrics", dependencies=[Depends(check_key)], response_class=PlainTextResponse)
+    async def metrics() -> PlainTextResponse:
+        return PlainTextResponse(prometheus_text(stats.summary()), media_type="text/plain; version=0.0.4")
+
     @app.post("/predict", dependencies=[Depends(check_key)])
     async def predict(request: Request, images: str | None = None) -> dict[str, Any]:
         started = time.perf_counter()
@@ -135,7 +140,7 @@ def create_app(detector: Detector, api_key: str | None = None, max_upload_bytes:
         result = await anyio.to_thread.run_sync(
             _inspect, detector, data, name, max_pixels, want_images, limiter=limiter
         )
-        stats.add(result["verdict"], result["score"])
+        stats.add(result["verdict"], result["score"], time.perf_counter() - started)
         if record is not None:  # a full or failing disk must not cost the line its verdict: say so instead
             try:
                 result["inspection_id"] = await anyio.to_thread.run_sync(record.record, data, result, detector.name)

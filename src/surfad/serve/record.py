@@ -8,7 +8,8 @@ validation folder, where they choose the shipped epoch and the threshold of the 
 
 LiveStats counts verdicts since the service started and keeps the last scores, so ``GET /stats``
 can set them beside the good validation images' score statistics: when most recent scores sit
-above the validation p95, the line or the camera has changed, not only the parts.
+above the validation p95, the line or the camera has changed, not only the parts. ``GET /metrics``
+gives the same in the Prometheus text format, for monitoring systems.
 """
 
 from __future__ import annotations
@@ -91,17 +92,19 @@ class LiveStats:
         self.started = datetime.now(timezone.utc)
         self.counts = {"OK": 0, "NG": 0}
         self.scores: deque[float] = deque(maxlen=RECENT)
+        self.seconds = 0.0  # total time spent answering /predict
         self._lock = threading.Lock()
 
-    def add(self, verdict: str, score: float) -> None:
+    def add(self, verdict: str, score: float, seconds: float) -> None:
         with self._lock:
             self.counts[verdict] += 1
             self.scores.append(score)
+            self.seconds += seconds
 
     def summary(self) -> dict[str, Any]:
         """Counts, NG rate, quantiles of the recent scores and, for comparison, of the good validation images."""
         with self._lock:
-            counts, scores = dict(self.counts), np.array(self.scores, dtype=np.float64)
+            counts, scores, seconds = dict(self.counts), np.array(self.scores, dtype=np.float64), self.seconds
         total = counts["OK"] + counts["NG"]
         recent: dict[str, Any] = {"n": int(scores.size)}
         if scores.size:
@@ -114,7 +117,37 @@ class LiveStats:
             "inspected": total,
             "ng": counts["NG"],
             "ng_rate": counts["NG"] / total if total else None,
+            "mean_ms": 1000 * seconds / total if total else None,
+            "seconds": seconds,
             "threshold": self.threshold,
             "recent_scores": recent,
             "validation_good_scores": self.validation_good,
         }
+
+
+def prometheus_text(summary: dict[str, Any]) -> str:
+    """LiveStats.summary() in the Prometheus text exposition format (for GET /metrics)."""
+    recent = summary["recent_scores"]
+    lines = [
+        "# HELP surfad_inspections_total Images inspected since the service started, by verdict.",
+        "# TYPE surfad_inspections_total counter",
+        f'surfad_inspections_total{{verdict="OK"}} {summary["inspected"] - summary["ng"]}',
+        f'surfad_inspections_total{{verdict="NG"}} {summary["ng"]}',
+        "# HELP surfad_inspection_seconds_total Time spent answering /predict.",
+        "# TYPE surfad_inspection_seconds_total counter",
+        f"surfad_inspection_seconds_total {summary['seconds']:.6f}",
+        "# HELP surfad_threshold The image score threshold: NG iff score > threshold.",
+        "# TYPE surfad_threshold gauge",
+        f"surfad_threshold {summary['threshold']}",
+    ]
+    if recent["n"]:
+        lines += ["# HELP surfad_recent_score Quantiles of the last scores (up to 1000).",
+                  "# TYPE surfad_recent_score gauge"]
+        lines += [f'surfad_recent_score{{quantile="{q}"}} {recent[key]}' for q, key in
+                  (("0.5", "p50"), ("0.95", "p95"), ("0.99", "p99"))]
+        if recent.get("above_validation_p95") is not None:
+            lines += ["# HELP surfad_recent_above_validation_p95 Share of the last scores above the good validation "
+                      "images' 95th percentile (about 0.05 plus the defect rate while nothing has changed).",
+                      "# TYPE surfad_recent_above_validation_p95 gauge",
+                      f"surfad_recent_above_validation_p95 {recent['above_validation_p95']}"]
+    return "\n".join(lines) + "\n"
