@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import socket
 import threading
 import time
@@ -13,6 +14,7 @@ import uvicorn
 
 from surfad.inference import Detector
 from surfad.serve.app import create_app
+from surfad.serve.record import LOG, InspectionLog
 
 CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
 KEY = "browser-key"
@@ -30,11 +32,17 @@ def detector(tiny_run) -> Detector:
 
 
 @pytest.fixture(scope="module")
-def url(detector: Detector) -> Iterator[str]:
-    """The service with an API key, on a free port of 127.0.0.1, in a background thread."""
+def record_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("record")
+
+
+@pytest.fixture(scope="module")
+def url(detector: Detector, record_dir: Path) -> Iterator[str]:
+    """The service with an API key and recording, on a free port of 127.0.0.1, in a background thread."""
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(create_app(detector, api_key=KEY), log_level="warning"))
+    app = create_app(detector, api_key=KEY, record=InspectionLog(record_dir, keep_images="none"))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + 10
@@ -71,7 +79,7 @@ def wait_for(browser, condition, seconds: float = 20):
     return WebDriverWait(browser, seconds).until(condition)
 
 
-def test_upload_shows_the_verdict(browser, url: str, detector: Detector, tiny_mvtec: Path) -> None:
+def test_upload_shows_the_verdict(browser, url: str, detector: Detector, tiny_mvtec: Path, record_dir: Path) -> None:
     from selenium.webdriver.common.by import By
 
     image = sorted((tiny_mvtec / "test").glob("[!g]*/*.png"))[0]
@@ -94,6 +102,8 @@ def test_upload_shows_the_verdict(browser, url: str, detector: Detector, tiny_mv
     rows = browser.find_elements(By.CSS_SELECTOR, "#regions tbody tr")
     assert len(rows) == len(expected.regions)
     assert not browser.find_element(By.ID, "error").is_displayed()
+    logged = json.loads((record_dir / LOG).read_text().splitlines()[-1])  # the inspector sees the record's id
+    assert browser.find_element(By.ID, "record").text == logged["id"][:12]
 
 
 def test_bad_upload_shows_the_error(browser, url: str, tmp_path: Path) -> None:
