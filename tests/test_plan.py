@@ -104,8 +104,20 @@ def test_dry_run_checks_and_times_without_writing(tiny_mvtec: Path, tmp_path: Pa
     assert main(args) == 2  # the same file checks as training, with the same clear error
     assert bad.name in capsys.readouterr().err
 
-    assert main([*args, "--category", "a,b"]) == 2
-    assert "--dry-run checks one new run" in capsys.readouterr().err
+    assert main([*args, "--resume"]) == 2
+    assert "--dry-run checks new runs" in capsys.readouterr().err
+
+
+def test_dry_run_of_several_categories(tiny_mvtec: Path, tmp_path: Path, capsys):
+    for category in ("wood_a", "wood_b"):
+        shutil.copytree(tiny_mvtec, tmp_path / category)
+    args = ["train", "--data", str(tmp_path), "--category", "wood_a,wood_b", "--image-size", "32", "--epochs", "1",
+            "--threads", "1", "--dry-run", "--quiet", *TINY_MODEL]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "=== wood_a ===" in out and "=== wood_b ===" in out and out.count("estimated run: about") == 2
+    assert "all 2 categories: about" in out
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["wood_a", "wood_b"]  # nothing written
 
 
 def test_folder_layout_from_flags(tiny_mvtec: Path, tmp_path: Path, capsys):

@@ -99,11 +99,12 @@ def cmd_train(args: argparse.Namespace) -> None:
     from surfad.train import train
 
     if args.dry_run:
-        from surfad.plan import plan_training
+        from surfad.plan import plan_runs, plans_report
 
-        if args.category or args.resume or args.step:
-            raise SurfadError("--dry-run checks one new run: drop --category, --resume and --step")
-        print(plan_training(build_run_config(args), progress=not args.quiet).report())
+        if args.resume or args.step:
+            raise SurfadError("--dry-run checks new runs: drop --resume and --step")
+        categories = [c.strip() for c in (args.category or "").split(",") if c.strip()]
+        print(plans_report(plan_runs(build_run_config(args), categories, progress=not args.quiet)))
         return
     if args.step not in (0, -1):
         raise SurfadError(f"--step {args.step}: only -1 (resume from the last checkpoint) or 0 (start) are kept")

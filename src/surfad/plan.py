@@ -1,4 +1,4 @@
-"""A training run checked before it starts (`surfad train --dry-run`); nothing is written.
+"""Training runs checked before they start (`surfad train --dry-run`); nothing is written.
 
 It does what training does first (index the data, decode and check every file, hold out the
 validation split, resolve the config, build the model and its datasets), then surveys the data
@@ -21,6 +21,7 @@ from torch.utils.data import Subset
 from tqdm import tqdm
 
 from surfad.calibrate import parse_strategy
+from surfad.categories import category_config
 from surfad.config import RunConfig
 from surfad.data.splits import Splits, make_splits
 from surfad.data.survey import THIN_DEFECT_PX, DataSurvey, survey_data
@@ -183,3 +184,21 @@ def plan_training(config: RunConfig, progress: bool = True) -> TrainingPlan:
     parameters = sum(p.numel() for p in t.model.parameters())
     return TrainingPlan(config, splits, survey, parameters, t.steps_per_epoch, t.batch_size, step_seconds,
                         validation_seconds, writing_seconds)
+
+
+def plan_runs(config: RunConfig, categories: list[str], progress: bool = True) -> dict[str, TrainingPlan]:
+    """plan_training for each category folder of the data path (as `train --category` trains them),
+    or for the data path itself when `categories` is empty (key "")."""
+    if not categories:
+        return {"": plan_training(config, progress)}
+    return {category: plan_training(category_config(config, category), progress) for category in categories}
+
+
+def plans_report(plans: dict[str, TrainingPlan]) -> str:
+    """The reports of plan_runs, with a heading per category and the total duration of several."""
+    if list(plans) == [""]:
+        return plans[""].report()
+    parts = [f"=== {category} ===\n{plan.report()}" for category, plan in plans.items()]
+    if len(plans) > 1:
+        parts.append(f"all {len(plans)} categories: about {sum(p.minutes for p in plans.values()):.1f} min of training")
+    return "\n".join(parts)

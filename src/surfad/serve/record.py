@@ -146,8 +146,8 @@ def prometheus_text(summary: dict[str, Any]) -> str:
         lines += [f'surfad_recent_score{{quantile="{q}"}} {recent[key]}' for q, key in
                   (("0.5", "p50"), ("0.95", "p95"), ("0.99", "p99"))]
         if recent.get("above_validation_p95") is not None:
-            lines += ["# HELP surfad_recent_above_validation_p95 Share of the last scores above the good validation "
-                      "images' 95th percentile (about 0.05 plus the defect rate while nothing has changed).",
+            lines += [("# HELP surfad_recent_above_validation_p95 Share of the last scores above the good validation "
+                       "images' 95th percentile (about 0.05 plus the defect rate while nothing has changed)."),
                       "# TYPE surfad_recent_above_validation_p95 gauge",
                       f"surfad_recent_above_validation_p95 {recent['above_validation_p95']}"]
     return "\n".join(lines) + "\n"
