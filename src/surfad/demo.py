@@ -11,6 +11,7 @@ from surfad.data.synth import write_synthetic_dataset
 from surfad.evaluate import calibrate_run, evaluate_run, summary_line
 from surfad.inference import Detector
 from surfad.predict import predict_files
+from surfad.report import GALLERY_NAME
 from surfad.train import train
 
 # Small enough for 2 CPU cores in a few minutes; see benchmarks/RESULTS.md for real-data settings.
@@ -38,6 +39,7 @@ def run_demo(out: Path, progress: bool = True) -> dict:
     print("5/5 inspecting the test images")
     counts = predict_files(Detector.load(run), [str(data / "test")], out / "predictions", progress=progress)
     print(f"\nreport: {out / 'evaluation' / 'report.html'}")
-    print(f"predictions: {out / 'predictions' / 'predictions.jsonl'} ({counts['ng']} NG of {counts['done']})")
+    print(f"predictions: {out / 'predictions' / 'predictions.jsonl'} ({counts['ng']} NG of {counts['done']}); "
+          f"to review them: {out / 'predictions' / GALLERY_NAME}")
     print(f"summary: {summary_line(metrics)}")
     return metrics
