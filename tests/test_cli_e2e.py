@@ -328,7 +328,10 @@ def test_calibrate_and_evaluate_on_folders_of_reviewed_images(trained_run: Path,
     for path in sorted((tiny_mvtec / "test").glob("[!g]*/*.png")):
         shutil.copy(path, defect / f"{path.parent.name}_{path.name}")
 
+    before, kept = (run / "calibration.json").read_text(), set((run / "calibrations").glob("*.json"))
     assert main(["calibrate", str(run), "--good", str(good), "--defect", str(defect), "--strategy", "f1", "--quiet"]) == 0
+    added = set((run / "calibrations").glob("*.json")) - kept
+    assert [p.read_text() for p in added] == [before]  # the replaced calibration is kept
     calibration = json.loads((run / "calibration.json").read_text())
     assert (calibration["n_good"], calibration["n_defect"]) == (4, 8) and str(good) in calibration["split"]
     assert main(["evaluate", str(run), "--good", str(good), "--defect", str(defect), "--quiet"]) == 0

@@ -33,6 +33,7 @@ META = "meta.json"
 SPLITS = "splits.json"
 WEIGHTS = "model.safetensors"
 CALIBRATION = "calibration.json"
+CALIBRATION_HISTORY = "calibrations"  # calibration.json files that `surfad calibrate` replaced, by UTC time
 HISTORY = "history.csv"
 HISTORY_PLOT = "history.png"
 ONNX = "model.onnx"

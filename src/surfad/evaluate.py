@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import sys
 from dataclasses import replace
+from datetime import datetime, timezone
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -32,7 +33,7 @@ from surfad.inference import Detector
 from surfad.metrics import image_metrics, per_type_auroc, pixel_metrics
 from surfad.report import worst_cases, write_report
 from surfad.scoring import ScoredSet, image_score_fn, score_samples, torch_score_fn
-from surfad.utils import atomic_write_csv, atomic_write_json
+from surfad.utils import atomic_write_bytes, atomic_write_csv, atomic_write_json
 from surfad.visualize import encode_png, heatmap_scale, overlay
 
 HALVES = {"test_a": 0, "test_b": 1}
@@ -91,7 +92,7 @@ def calibrate_run(run: str | Path, data: str | None = None, split: str = "val", 
                   layout: str | None = None, checkpoint: str = "best_detect", progress: bool = False,
                   samples: list[Sample] | None = None) -> Calibration:
     """Choose thresholds on a split (or on `samples`, which `split` then names) and store them in the
-    run's calibration.json; progress: show a bar while scoring."""
+    run's calibration.json (the one it replaces goes to calibrations/); progress: show a bar while scoring."""
     run = Path(run)
     if bundle.is_fused(run):
         detector = Detector.load(run, checkpoint=checkpoint)
@@ -106,7 +107,11 @@ def calibrate_run(run: str | Path, data: str | None = None, split: str = "val", 
         warn_if_trained_on(run, samples)
     scored, _ = score(samples)
     calibration = calibrate(scored.scores, scored.labels, scored.maps, scored.masks, strategy, split=split)
-    calibration.save(run / bundle.CALIBRATION)
+    previous = run / bundle.CALIBRATION
+    if previous.is_file():  # kept, so a threshold replaced by mistake can be put back
+        stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
+        atomic_write_bytes(run / bundle.CALIBRATION_HISTORY / f"calibration_{stamp}.json", previous.read_bytes())
+    calibration.save(previous)
     return calibration
 
 
