@@ -32,7 +32,13 @@ from surfad.errors import SurfadError
 from surfad.inference import Detector
 from surfad.metrics import image_metrics, per_type_auroc, pixel_metrics
 from surfad.report import worst_cases, write_report
-from surfad.scoring import ScoredSet, image_score_fn, score_samples, torch_score_fn
+from surfad.scoring import (
+    ScoredSet,
+    image_score_fn,
+    run_bar,
+    score_samples,
+    torch_score_fn,
+)
 from surfad.utils import atomic_write_bytes, atomic_write_csv, atomic_write_json
 from surfad.visualize import encode_png, heatmap_scale, overlay
 
@@ -100,7 +106,7 @@ def calibrate_run(run: str | Path, data: str | None = None, split: str = "val", 
     else:  # a single run need not be calibrated yet, as Detector.load requires
         config, graph = bundle.load_graph(run, checkpoint)
         graph_score = image_score_fn(torch_score_fn(graph, torch.device("cpu")), config)
-        score = partial(score_samples, graph_score, config, progress=f"score {run.name}" if progress else None)
+        score = partial(score_samples, graph_score, config, progress=run_bar(run, progress))
     if samples is None:
         samples = select_split(run_splits(config, run, data, layout), split, config.data.split_seed)
     else:

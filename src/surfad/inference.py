@@ -32,6 +32,7 @@ from surfad.scoring import (
     ScoredSet,
     ScoreFn,
     image_score_fn,
+    run_bar,
     score_images,
     score_samples,
     torch_score_fn,
@@ -202,7 +203,7 @@ class Detector(BaseDetector):
         """Scores and maps of dataset samples at model resolution, and the rate in images/s;
         progress: show a bar named after the run."""
         return score_samples(self.score_batch, self.config, samples, batch_size,
-                             progress=f"score {self.run.name}" if progress else None)
+                             progress=run_bar(self.run, progress))
 
     def predict_batch(self, images: Sequence[np.ndarray | str | Path], threshold: float | None = None) -> list[Prediction]:
         """Inspect several images in one forward pass."""

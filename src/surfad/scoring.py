@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -120,6 +121,11 @@ def score_dataset(score: ScoreFn, dataset: Dataset, batch_size: int = 16, progre
         bar.update(len(items))
     bar.close()
     return ScoredSet(np.concatenate(scores), np.stack(maps), np.array(labels), np.stack(masks))
+
+
+def run_bar(run: Path, progress: bool) -> str | None:
+    """The progress-bar label for scoring with a run (None: no bar)."""
+    return f"score {run.name}" if progress else None
 
 
 def score_samples(score: ScoreFn, config: RunConfig, samples: list[Sample], batch_size: int = 16,
