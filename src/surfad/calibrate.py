@@ -23,11 +23,14 @@ from surfad.metrics import (
     check_scores,
     f1_max,
     operating_points,
+    rates_at,
 )
 from surfad.utils import atomic_write_json, read_json
 
+DEFECT_STRATEGY = "f1"  # the default rule when the calibration images include real defects
+GOOD_ONLY_STRATEGY = "fpr:0.01"  # and when they are all good
 STRATEGIES_HELP = 'valid strategies: "f1", "youden", "recall:X" with 0 < X <= 1, "fpr:X" with 0 <= X < 1'
-NO_DEFECTS_HINT = 'use --strategy fpr:0.01 (needs only good images)'
+NO_DEFECTS_HINT = f"use --strategy {GOOD_ONLY_STRATEGY} (needs only good images)"
 PIXEL_SAMPLE = 2_000_000  # pixels used to choose the pixel threshold (seeded subsample above this)
 GOOD_PIXEL_QUANTILE = 0.999  # pixel threshold without defect masks: this quantile of good pixels
 
@@ -65,6 +68,11 @@ class Calibration:
     def load(cls, path: str | Path) -> Calibration:
         """Read a JSON file written by save; errors name the file."""
         return read_json(path, "calibration", cls.from_dict)
+
+
+def default_strategy(has_defects: bool) -> str:
+    """The rule training and `surfad fuse` calibrate with: f1 on real defects, else fpr:0.01 on good images."""
+    return DEFECT_STRATEGY if has_defects else GOOD_ONLY_STRATEGY
 
 
 def parse_strategy(text: str) -> tuple[str, float | None]:
@@ -154,13 +162,8 @@ def trade_offs(scores: object, labels: object,
     table = {}
     for strategy in strategies:
         threshold = choose_threshold(s, y, strategy)
-        ng = s > threshold
-        table[strategy] = {
-            "threshold": threshold,
-            "fpr": float(ng[~y].mean()),
-            "recall": float(ng[y].mean()),
-            "precision": float(ng[y].sum() / ng.sum()) if ng.any() else math.nan,
-        }
+        rates = rates_at(s, y, threshold)
+        table[strategy] = {"threshold": threshold, **{k: rates[k] for k in ("fpr", "recall", "precision")}}
     return table
 
 

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from surfad import bundle
-from surfad.calibrate import Calibration, calibrate
+from surfad.calibrate import Calibration, calibrate, default_strategy
 from surfad.data.samples import Sample
 from surfad.data.splits import Splits
 from surfad.data.transforms import resize_map
@@ -171,7 +171,7 @@ def fuse_runs(runs: Sequence[str | Path], out: str | Path, strategy: str | None 
                                  float(scored.scores[good].mean()), float(scored.scores[good].std()) or 1.0,
                                  float(values.mean()), float(values.std()) or 1.0))
     fused = fuse_scored(outputs, stats)
-    strategy = strategy or ("f1" if (fused.labels == 1).any() else "fpr:0.01")
+    strategy = strategy or default_strategy(bool((fused.labels == 1).any()))
     calibration = calibrate(fused.scores, fused.labels, fused.maps, fused.masks, strategy, split="val")
     out.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(Path(runs[0]) / bundle.SPLITS, out / bundle.SPLITS)

@@ -85,13 +85,18 @@ def folder_samples(good: str | Path | None, defect: str | Path | None) -> list[S
     return samples
 
 
-def warn_if_trained_on(run: Path, samples: list[Sample]) -> None:
-    """Say so on stderr when given samples include the run's training images: their scores are optimistic."""
+def images_to_score(config: RunConfig, run: Path, data: str | None, layout: str | None, split: str,
+                    samples: list[Sample] | None) -> list[Sample]:
+    """The split's samples, or the given ones, with a warning on stderr when those include the run's
+    training images (their scores are lower than those of new images)."""
+    if samples is None:
+        return select_split(run_splits(config, run, data, layout), split, config.data.split_seed)
     trained = {s.path.resolve() for s in Splits.load(run / bundle.SPLITS).train}
     seen = sum(s.path.resolve() in trained for s in samples)
     if seen:
         print(f"warning: {seen} of these {len(samples)} images were trained on; their scores are lower than "
               "those of new images", file=sys.stderr)
+    return samples
 
 
 def calibrate_run(run: str | Path, data: str | None = None, split: str = "val", strategy: str = "f1",
@@ -107,10 +112,7 @@ def calibrate_run(run: str | Path, data: str | None = None, split: str = "val", 
         config, graph = bundle.load_graph(run, checkpoint)
         graph_score = image_score_fn(torch_score_fn(graph, torch.device("cpu")), config)
         score = partial(score_samples, graph_score, config, progress=run_bar(run, progress))
-    if samples is None:
-        samples = select_split(run_splits(config, run, data, layout), split, config.data.split_seed)
-    else:
-        warn_if_trained_on(run, samples)
+    samples = images_to_score(config, run, data, layout, split, samples)
     scored, _ = score(samples)
     calibration = calibrate(scored.scores, scored.labels, scored.maps, scored.masks, strategy, split=split)
     previous = run / bundle.CALIBRATION
@@ -129,11 +131,7 @@ def evaluate_run(run: str | Path, data: str | None = None, split: str = "test", 
     names); returns the metrics. progress: show a bar while scoring."""
     detector = Detector.load(run, runtime=runtime, checkpoint=checkpoint)
     out = Path(out) if out is not None else Path(run) / f"eval_{split}"
-    if samples is None:
-        samples = select_split(run_splits(detector.config, detector.run, data, layout), split,
-                               detector.config.data.split_seed)
-    else:
-        warn_if_trained_on(detector.run, samples)
+    samples = images_to_score(detector.config, detector.run, data, layout, split, samples)
     scored, rate = detector.score_samples(samples, progress=progress)
     t = detector.threshold if threshold is None else threshold
     metrics: dict[str, Any] = image_metrics(scored.scores, scored.labels, t)

@@ -127,6 +127,39 @@ def f1_max(scores: object, labels: object) -> tuple[float, float]:
     return float(f1[best]), float(thresholds[best])
 
 
+def rates_at(scores: object, labels: object, threshold: float) -> dict[str, float]:
+    """What the rule NG iff ``score > threshold`` gives on labelled images.
+
+    Parameters
+    ----------
+    scores : array-like of shape (n,)
+        Image anomaly scores, higher = more anomalous.
+    labels : array-like of shape (n,)
+        1 for defect, 0 for good.
+    threshold : float
+        Operating threshold.
+
+    Returns
+    -------
+    rates : dict
+        ``accuracy`` (nan without images), ``precision`` (nan with no NG verdict), ``recall``
+        (nan without defects) and ``fpr`` (share of good images called NG; nan without good images).
+    """
+    s = check_scores(scores)
+    y = check_labels(labels, s.size)
+    n_defect = int(y.sum())
+    n_good = int(s.size - n_defect)
+    ng = s > threshold
+    tp = int((ng & y).sum())
+    fp = int((ng & ~y).sum())
+    return {
+        "accuracy": (tp + n_good - fp) / s.size if s.size else NAN,
+        "precision": tp / (tp + fp) if tp + fp else NAN,
+        "recall": tp / n_defect if n_defect else NAN,
+        "fpr": fp / n_good if n_good else NAN,
+    }
+
+
 def image_metrics(scores: object, labels: object, threshold: float) -> dict[str, float]:
     """Image-level metrics of scores against labels, threshold-free and at `threshold`.
 
@@ -152,19 +185,12 @@ def image_metrics(scores: object, labels: object, threshold: float) -> dict[str,
     y = check_labels(labels, s.size)
     n_defect = int(y.sum())
     n_good = int(s.size - n_defect)
-    ng = s > threshold
-    tp = int((ng & y).sum())
-    fp = int((ng & ~y).sum())
-    tn = n_good - fp
     return {
         "image_auroc": float(roc_auc_score(y, s)) if n_good and n_defect else NAN,
         "image_ap": float(average_precision_score(y, s)) if n_defect else NAN,
         "image_f1_max": f1_max(s, y)[0],
         "threshold": float(threshold),
-        "accuracy": (tp + tn) / s.size if s.size else NAN,
-        "precision": tp / (tp + fp) if tp + fp else NAN,
-        "recall": tp / n_defect if n_defect else NAN,
-        "fpr": fp / n_good if n_good else NAN,
+        **rates_at(s, y, threshold),
         "n_good": n_good,
         "n_defect": n_defect,
     }

@@ -20,14 +20,13 @@ from safetensors.torch import save as save_weights
 from torch.utils.data import Subset
 from tqdm import tqdm
 
-from surfad.calibrate import parse_strategy
+from surfad.calibrate import GOOD_ONLY_STRATEGY, parse_strategy
 from surfad.categories import category_config
 from surfad.config import RunConfig
 from surfad.data.splits import Splits, make_splits
 from surfad.data.survey import THIN_DEFECT_PX, DataSurvey, survey_data
 from surfad.report import history_plot
 from surfad.train import (
-    GOOD_ONLY_STRATEGY,
     Training,
     build_training,
     check_settings,

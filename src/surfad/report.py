@@ -24,6 +24,7 @@ from sklearn.metrics import precision_recall_curve, roc_curve
 from surfad import __version__
 from surfad.bundle import shipped_row
 from surfad.errors import SurfadError
+from surfad.metrics import rates_at
 from surfad.utils import atomic_write_text
 
 REPORT_NAME = "report.html"
@@ -234,10 +235,8 @@ def history_plot(rows: list[dict[str, Any]]) -> bytes:
 
 def _operating_point(scores: np.ndarray, labels: np.ndarray, threshold: float) -> tuple[float, float, float]:
     """(FPR, recall, precision) at threshold; precision is nan with no NG verdict."""
-    ng = scores > threshold
-    tp = int(np.sum(ng & (labels == 1)))
-    precision = tp / int(ng.sum()) if ng.any() else math.nan
-    return float(np.mean(ng[labels == 0])), tp / int(labels.sum()), precision
+    rates = rates_at(scores, labels, threshold)
+    return rates["fpr"], rates["recall"], rates["precision"]
 
 
 def _roc_plot(scores: np.ndarray, labels: np.ndarray, threshold: float) -> bytes:

@@ -29,7 +29,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from surfad import __version__, bundle
-from surfad.calibrate import Calibration, calibrate
+from surfad.calibrate import Calibration, calibrate, default_strategy
 from surfad.config import RunConfig, TrainConfig
 from surfad.data.dataset import ImageDataset, TileDataset
 from surfad.data.defects import DefectSynthesizer, synthetic_defect
@@ -63,8 +63,6 @@ from surfad.visualize import training_grid
 LAST_WEIGHTS = bundle.CHECKPOINTS["last"]
 BEST_SEG_WEIGHTS = bundle.CHECKPOINTS["best_seg"]
 LAST_STATE = bundle.LAST_STATE
-DEFECT_STRATEGY = "f1"  # the threshold rule at the end of training when validation has real defects
-GOOD_ONLY_STRATEGY = "fpr:0.01"  # and when it has good images only
 
 
 def infer_channels(samples: list[Sample]) -> int:
@@ -309,7 +307,7 @@ def calibrate_shipped(model: torch.nn.Module, graph: torch.nn.Module, config: Ru
     bundle.load_weights(model, out / bundle.WEIGHTS)
     _, scored = validate(graph, config, val_set, device, batch_size, progress)
     real = np.arange(len(scored.labels)) < len(splits.val)
-    strategy = DEFECT_STRATEGY if any(s.label == 1 for s in splits.val) else GOOD_ONLY_STRATEGY
+    strategy = default_strategy(any(s.label == 1 for s in splits.val))
     calibration = calibrate(
         scored.scores[real], scored.labels[real], scored.maps[real], scored.masks[real], strategy, split="val"
     )

@@ -24,7 +24,7 @@ import cv2
 import numpy as np
 
 from surfad.data.io import IMAGE_SUFFIXES, read_image
-from surfad.data.tiles import pad_to_tile
+from surfad.data.tiles import pad_to_tile, random_window
 from surfad.data.transforms import resize_image
 from surfad.errors import SurfadError
 from surfad.utils import atomic_write_bytes
@@ -412,8 +412,7 @@ def synthetic_defect(image: np.ndarray, synthesizer: DefectSynthesizer, rng: np.
         return out.astype(np.float32), mask > 0.5
     padded = pad_to_tile(image, size)
     for _ in range(attempts):  # a small image's window reaches into the padding: keep a defect that shows
-        y = int(rng.integers(0, padded.shape[1] - size + 1))
-        x = int(rng.integers(0, padded.shape[2] - size + 1))
+        y, x = random_window(padded.shape[1], padded.shape[2], size, rng)
         window, window_mask = synthesizer(np.ascontiguousarray(padded[:, y : y + size, x : x + size]), rng)
         full = np.zeros(padded.shape[1:], dtype=bool)
         full[y : y + size, x : x + size] = window_mask > 0.5

@@ -60,9 +60,13 @@ def stitch(maps: np.ndarray, starts: list[tuple[int, int]], shape: tuple[int, in
     return (total / count)[: crop[0], : crop[1]]
 
 
+def random_window(height: int, width: int, tile: int, rng: np.random.Generator) -> tuple[int, int]:
+    """(y, x) of a uniformly placed tile x tile window in a height x width (padded) image."""
+    return int(rng.integers(0, height - tile + 1)), int(rng.integers(0, width - tile + 1))
+
+
 def random_tile(image: np.ndarray, tile: int, rng: np.random.Generator) -> np.ndarray:
     """A uniformly placed tile x tile window of a (C, H, W) image (padded first when smaller)."""
     padded = pad_to_tile(image, tile)
-    y = int(rng.integers(0, padded.shape[1] - tile + 1))
-    x = int(rng.integers(0, padded.shape[2] - tile + 1))
+    y, x = random_window(padded.shape[1], padded.shape[2], tile, rng)
     return padded[:, y : y + tile, x : x + tile]
