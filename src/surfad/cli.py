@@ -124,7 +124,7 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 def image_set(args: argparse.Namespace, default_split: str) -> tuple[str, Any]:
     """(name, samples) from --good/--defect folders, or (split, None) for a split of the dataset."""
-    from surfad.evaluate import folder_samples
+    from surfad.data.layouts import folder_samples
 
     if not (args.good or args.defect):
         return args.split or default_split, None

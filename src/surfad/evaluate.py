@@ -4,7 +4,7 @@ Splits are taken from the run's own splits.json when the data path is the one it
 (so the test set is exactly the one held out), or rebuilt with the run's data settings for another
 dataset. Split names: train, val, test, all (every image of the dataset), and for small datasets
 test_a / test_b: two seeded, label-stratified halves of test (calibrate on one, report on the other).
-Instead of a split, both take any labelled samples, such as folder_samples: a folder of good images
+Instead of a split, both take any labelled samples, such as surfad.data.layouts.folder_samples: a folder of good images
 and one of defective ones outside any dataset layout (for instance inspections reviewed by people).
 """
 
@@ -24,11 +24,9 @@ from surfad import bundle
 from surfad.calibrate import Calibration, calibrate, trade_offs
 from surfad.config import RunConfig
 from surfad.data.io import read_image
-from surfad.data.layouts import list_images
 from surfad.data.samples import Sample
 from surfad.data.splits import Splits, make_splits
 from surfad.data.transforms import resize_map
-from surfad.errors import SurfadError
 from surfad.inference import Detector
 from surfad.metrics import image_metrics, per_type_auroc, pixel_metrics
 from surfad.report import worst_cases, write_report
@@ -68,21 +66,6 @@ def select_split(splits: Splits, name: str, seed: int = 0) -> list[Sample]:
             half += [members[j] for position, j in enumerate(order) if position % 2 == HALVES[name]]
         return sorted(half, key=lambda s: str(s.path))
     return splits.get(name)
-
-
-def folder_samples(good: str | Path | None, defect: str | Path | None) -> list[Sample]:
-    """Every image directly in `good` (label 0) and in `defect` (label 1), without masks."""
-    samples: list[Sample] = []
-    for folder, label in ((good, 0), (defect, 1)):
-        if folder is None:
-            continue
-        images = list_images(Path(folder))
-        if not images:
-            raise SurfadError(f"{folder}: no images directly in this folder (PNG, JPEG, BMP, TIFF or WebP)")
-        samples += [Sample(path, label) for path in images]
-    if not samples:
-        raise SurfadError("no images: give a folder of good images, one of defective images, or both")
-    return samples
 
 
 def images_to_score(config: RunConfig, run: Path, data: str | None, layout: str | None, split: str,

@@ -77,6 +77,21 @@ def list_images(folder: Path) -> list[Path]:
     )
 
 
+def folder_samples(good: str | Path | None, defect: str | Path | None) -> list[Sample]:
+    """Every image directly in `good` (label 0) and in `defect` (label 1), without masks."""
+    samples: list[Sample] = []
+    for folder, label in ((good, 0), (defect, 1)):
+        if folder is None:
+            continue
+        images = list_images(Path(folder))
+        if not images:
+            raise SurfadError(f"{folder}: no images directly in this folder (PNG, JPEG, BMP, TIFF or WebP)")
+        samples += [Sample(path, label) for path in images]
+    if not samples:
+        raise SurfadError("no images: give a folder of good images, one of defective images, or both")
+    return samples
+
+
 def seeded_holdout(
     samples: list[Sample], ratio: float, seed: int, salt: int
 ) -> tuple[list[Sample], list[Sample]]:
