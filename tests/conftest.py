@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from surfad.config import RunConfig
-from surfad.data.synth import write_synthetic_dataset
+from surfad.data.synthetic_wood import write_synthetic_dataset
 from surfad.export.onnx import export_onnx
-from surfad.train import train
+from surfad.training import train
 
 TINY = {"size": 64, "n_train": 12, "n_test_good": 4, "n_test_defect": 8, "n_val_good": 2, "n_val_defect": 4}
 
@@ -20,15 +20,6 @@ TINY = {"size": 64, "n_train": 12, "n_test_good": 4, "n_test_defect": 8, "n_val_
 def tiny_mvtec(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Category folder of a 64 px synthetic wood dataset (counts in TINY); shared: treat as read-only."""
     return write_synthetic_dataset(tmp_path_factory.mktemp("tiny_mvtec"), seed=0, **TINY)
-
-
-# Tiny but complete configurations: recondiff with the Siamese segmentation net, whose batch
-# handling (cat/chunk on the batch axis) is the part most likely to break a dynamic-batch export.
-TINY_PARAMS = {
-    "unet_vae": {"base_width": 4, "depth": 2, "latent_channels": 4, "skip_levels": [1]},
-    "recondiff": {"base_width": 4, "rec_depth": 3, "seg_base_width": 2, "seg_depth": 3, "n_prototypes": 4,
-                  "segnet": "siamese"},
-}
 
 
 @pytest.fixture(scope="session")
@@ -42,7 +33,7 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory, tiny_mvtec: Path) -> Call
             torch.set_num_threads(1)
             config = RunConfig.from_dict({
                 "model": model,
-                "model_params": TINY_PARAMS[model],
+                "model_params": {"preset": "tiny"},
                 "data": {"path": str(tiny_mvtec), "image_size": 32},
                 "train": {"epochs": 1, "batch_size": 8, "threads": 1, "device": "cpu", "grid_every": 0},
             })

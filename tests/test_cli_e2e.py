@@ -14,7 +14,7 @@ import pytest
 import yaml
 from safetensors.numpy import load_file
 
-import surfad.train
+import surfad.training.gradient
 from surfad.cli import main
 
 TINY_MODEL = ["--param", "base_width=4", "--param", "depth=2", "--param", "skip_levels=[1]", "--param", "latent_channels=4"]
@@ -133,7 +133,7 @@ def test_resume_continues_exactly(tiny_mvtec: Path, tmp_path: Path, monkeypatch,
     straight = tmp_path / "straight"
     assert main(train_args(tiny_mvtec, straight, epochs=3, extra=extra)) == 0
 
-    real_validate = surfad.train.validate
+    real_validate = surfad.training.gradient.validate
     calls = {"n": 0}
 
     def interrupted(*args, **kwargs):
@@ -143,9 +143,9 @@ def test_resume_continues_exactly(tiny_mvtec: Path, tmp_path: Path, monkeypatch,
         return real_validate(*args, **kwargs)
 
     resumed = tmp_path / "resumed"
-    monkeypatch.setattr(surfad.train, "validate", interrupted)
+    monkeypatch.setattr(surfad.training.gradient, "validate", interrupted)
     assert main(train_args(tiny_mvtec, resumed, epochs=3, extra=extra)) == 130
-    monkeypatch.setattr(surfad.train, "validate", real_validate)
+    monkeypatch.setattr(surfad.training.gradient, "validate", real_validate)
     assert main(["train", "--out", str(resumed), "--resume", "--quiet"]) == 0
 
     for weights in ("checkpoints/last.safetensors", "model.safetensors"):  # training state and shipped weights
@@ -277,13 +277,13 @@ def test_early_epochs_are_not_shipped(tiny_mvtec: Path, tmp_path: Path):
 
 
 def test_validation_ties_ship_the_later_epoch(tiny_mvtec: Path, tmp_path: Path, monkeypatch):
-    real_validate = surfad.train.validate
+    real_validate = surfad.training.gradient.validate
 
     def saturated(*args, **kwargs):
         figures, scored = real_validate(*args, **kwargs)
         return {**figures, "val_auroc": 1.0}, scored  # a validation set every epoch separates perfectly
 
-    monkeypatch.setattr(surfad.train, "validate", saturated)
+    monkeypatch.setattr(surfad.training.gradient, "validate", saturated)
     run = tmp_path / "run"
     assert main(train_args(tiny_mvtec, run, epochs=3) + ["--select-after", "0"]) == 0
     with (run / "history.csv").open() as f:
@@ -297,7 +297,7 @@ def test_validation_ties_ship_the_later_epoch(tiny_mvtec: Path, tmp_path: Path, 
 def test_patience_stops_early_and_resume_keeps_it_stopped(tiny_mvtec: Path, tmp_path: Path, monkeypatch, capsys):
     """Validation AUROC falls after epoch 2: with --patience 2 training stops after epoch 4, ships
     epoch 2, and --resume does not train further."""
-    real_validate = surfad.train.validate
+    real_validate = surfad.training.gradient.validate
     calls = []
 
     def falling(*args, **kwargs):
@@ -305,7 +305,7 @@ def test_patience_stops_early_and_resume_keeps_it_stopped(tiny_mvtec: Path, tmp_
         calls.append(1)
         return {**figures, "val_auroc": [0.5, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3][len(calls) - 1]}, scored
 
-    monkeypatch.setattr(surfad.train, "validate", falling)
+    monkeypatch.setattr(surfad.training.gradient, "validate", falling)
     run = tmp_path / "run"
     assert main(train_args(tiny_mvtec, run, epochs=8) + ["--select-after", "0", "--patience", "2"]) == 0
     rows = list(csv.DictReader((run / "history.csv").open()))

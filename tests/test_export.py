@@ -18,13 +18,18 @@ from surfad.config import RunConfig
 from surfad.errors import SurfadError
 from surfad.export import onnx as onnx_export
 from surfad.export.onnx import EXPORT_JSON, export_onnx, onnx_score_fn
-from surfad.inference import Detector
+from surfad.detector import Detector
 from surfad.models import available_models
 
 REAL_DATA = Path(__file__).parents[1] / ".." / "shared" / "data"
-TOLERANCE = 1e-4
-# Tiny but complete configurations: recondiff with the Siamese segmentation net, whose batch
-# handling (cat/chunk on the batch axis) is the part most likely to break a dynamic-batch export.
+TOLERANCE = 1e-4  # relative to max(1, the output's magnitude), as the export's own check
+
+
+def allowed(*reference: np.ndarray | float) -> float:
+    """The parity tolerance for outputs of this magnitude (distances of fitted models exceed 1)."""
+    return TOLERANCE * max(1.0, *(float(np.abs(r).max()) for r in reference))
+
+
 def copy_run(run: Path, dest: Path) -> Path:
     return Path(shutil.copytree(run, dest / run.name))
 
@@ -58,8 +63,8 @@ def assert_same_predictions(run: Path, images: list) -> None:
     torch_det, onnx_det = Detector.load(run, runtime="torch"), Detector.load(run, runtime="onnx")
     expected, got = torch_det.predict_batch(images), onnx_det.predict_batch(images)
     for a, b in zip(expected, got):
-        assert abs(a.score - b.score) <= TOLERANCE
-        assert np.abs(a.anomaly_map - b.anomaly_map).max() <= TOLERANCE
+        assert abs(a.score - b.score) <= allowed(a.score, a.anomaly_map)
+        assert np.abs(a.anomaly_map - b.anomaly_map).max() <= allowed(a.score, a.anomaly_map)
         assert a.threshold == b.threshold and a.verdict == b.verdict
 
 
@@ -69,7 +74,8 @@ def test_export_writes_model_and_parity_record(run: Path) -> None:
     assert record["onnxruntime_version"] == onnxruntime.__version__
     parity = record["parity"]
     assert parity["val_images"] > 0  # the run's own validation images were checked
-    assert parity["max_abs_diff_map"] <= TOLERANCE and parity["max_abs_diff_score"] <= TOLERANCE
+    bound = allowed(parity["output_scale"])
+    assert parity["max_abs_diff_map"] <= bound and parity["max_abs_diff_score"] <= bound
     session = onnxruntime.InferenceSession(str(run / bundle.ONNX), providers=["CPUExecutionProvider"])
     (inp,) = session.get_inputs()
     config = RunConfig.load(run / bundle.CONFIG)
@@ -86,8 +92,9 @@ def test_score_fn_matches_torch_on_raw_batches(run: Path) -> None:
         ref_map, ref_score = graph(torch.from_numpy(batch))
     amap, score = onnx_score_fn(run / bundle.ONNX, threads=1)(batch)
     assert amap.shape == (5, 32, 32) and score.shape == (5,)
-    assert np.abs(amap - ref_map[:, 0].numpy()).max() <= TOLERANCE
-    assert np.abs(score - ref_score.numpy()).max() <= TOLERANCE
+    bound = allowed(ref_map.numpy(), ref_score.numpy())
+    assert np.abs(amap - ref_map[:, 0].numpy()).max() <= bound
+    assert np.abs(score - ref_score.numpy()).max() <= bound
 
 
 def test_runtimes_agree_on_synthetic_images(run: Path, tmp_path: Path) -> None:
@@ -96,7 +103,7 @@ def test_runtimes_agree_on_synthetic_images(run: Path, tmp_path: Path) -> None:
     # A threshold mid-way in the widest gap between the scores, so both verdicts occur.
     scores = np.sort([p.score for p in Detector.load(run).predict_batch(images)])
     gap = int(np.argmax(np.diff(scores)))
-    assert scores[gap + 1] - scores[gap] > 2 * TOLERANCE  # no score within TOLERANCE of the threshold
+    assert scores[gap + 1] - scores[gap] > 2 * allowed(scores)  # no score within the tolerance of the threshold
     calibration = Calibration.load(run / bundle.CALIBRATION)
     calibration.threshold = float((scores[gap] + scores[gap + 1]) / 2)
     calibration.save(run / bundle.CALIBRATION)
@@ -145,7 +152,7 @@ def test_failed_parity_keeps_the_old_model(tiny_run, tmp_path: Path, monkeypatch
 
 
 def test_errors_name_the_problem(tmp_path: Path) -> None:
-    with pytest.raises(SurfadError, match="not a trained run folder"):
+    with pytest.raises(SurfadError, match="not a (trained )?run folder"):
         export_onnx(tmp_path)
     with pytest.raises(SurfadError, match="ONNX model not found"):
         onnx_score_fn(tmp_path / "model.onnx")
@@ -160,4 +167,4 @@ def test_cli_export(tiny_run, tmp_path: Path, capsys: pytest.CaptureFixture[str]
     assert main(["export", str(run), "--format", "onnx", "--opset", "17"]) == 0
     assert "max abs diff" in capsys.readouterr().out and (run / bundle.ONNX).is_file()
     assert main(["export", str(tmp_path / "missing")]) == 2
-    assert "not a trained run folder" in capsys.readouterr().err
+    assert "not a run folder" in capsys.readouterr().err

@@ -291,7 +291,7 @@ def test_detect_layout_and_unknown_names(tmp_path):
         detect_layout(tmp_path / "a")
     with pytest.raises(SurfadError, match="not found"):
         detect_layout(tmp_path / "missing")
-    with pytest.raises(SurfadError, match="unknown layout 'voc'; valid: auto, mvtec, mt, folder, dagm, ksdd2"):
+    with pytest.raises(SurfadError, match="data.layout='voc': choose one of auto, mvtec, mt, folder, dagm, ksdd2"):
         load_layout(cfg(tmp_path / "a/cat", layout="voc"))
 
 

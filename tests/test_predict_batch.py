@@ -13,8 +13,9 @@ import pytest
 
 from surfad.cli import main
 from surfad.errors import SurfadError
-from surfad.inference import Detector
-from surfad.predict import CSV, ERRORS, JSONL, expand_inputs, predict_files
+from surfad.detector import Detector
+from surfad.batch_predict import CSV, ERRORS, JSONL, predict_files
+from surfad.data.layouts import expand_inputs
 
 KEYS = {"path", "score", "threshold", "verdict", "regions", "heatmap", "overlay", "mask"}
 

@@ -14,20 +14,11 @@ from surfad.config import TrainConfig
 from surfad.data.defects import procedural_texture
 from surfad.errors import SurfadError
 from surfad.models import build_model, resolve_params
-from surfad.models.recondiff import (
-    DPU,
-    Decoder,
-    Encoder,
-    MultiScaleMemory,
-    RecondiffModel,
-    SegUNet,
-    SiameseSegNet,
-    augment_normal,
-    dpu_losses,
-    focal_loss,
-    lr_factor,
-    map_block_sizes,
-)
+from surfad.models.recondiff.loss import focal_loss, recondiff_loss
+from surfad.models.recondiff.memory import DPU, MultiScaleMemory, dpu_losses, map_block_sizes
+from surfad.models.recondiff.model import Decoder, Encoder, RecondiffModel, SegUNet, SiameseSegNet
+from surfad.models.recondiff.samples import augment_normal, recondiff_samples
+from surfad.models.recondiff.schedule import lr_factor, recondiff_optimizer
 
 TINY = dict(base_width=4, rec_depth=3, mblock_sizes=[4, 8], n_prototypes=4, seg_base_width=4, seg_depth=3)
 
@@ -200,14 +191,14 @@ def test_model_forward_loss_and_visuals(channels, segnet):
     assert amap.shape == (2, 1, 32, 32) and 0 <= amap.min() and amap.max() <= 1
     mask = torch.zeros(2, 1, 32, 32)
     mask[:, :, 8:16, 8:16] = 1
-    terms = model.training_loss({"image": x, "target": torch.rand_like(x), "mask": mask}, progress=0.0)
+    terms = recondiff_loss(model, {"image": x, "target": torch.rand_like(x), "mask": mask}, progress=0.0)
     assert {"loss", "mse", "compact", "separate", "focal"} <= set(terms)
     assert all(torch.isfinite(v) for v in terms.values())
     terms["loss"].backward()
     assert grads_reach(model)
-    assert model.training_loss({"image": x}, 0.0)["loss"].isfinite()  # a plain image batch works too
+    assert recondiff_loss(model, {"image": x}, 0.0)["loss"].isfinite()  # a plain image batch works too
     assert model.visuals(x)["reconstruction"].shape == x.shape
-    with_ssim = tiny(channels, ssim_weight=1.0).training_loss({"image": x}, 0.0)
+    with_ssim = recondiff_loss(tiny(channels, ssim_weight=1.0), {"image": x}, 0.0)
     assert 0 <= with_ssim["ssim"].item() <= 2
 
 
@@ -215,7 +206,7 @@ def test_detach_recon_stops_the_focal_gradient():
     batch = {"image": torch.rand(2, 3, 32, 32), "mask": (torch.rand(2, 1, 32, 32) > 0.5).float()}
     for detach in (True, False):
         model = tiny(detach_recon=detach)
-        model.training_loss(batch, 0.0)["focal"].backward()
+        recondiff_loss(model, batch, 0.0)["focal"].backward()
         recon_grads = [p.grad for p in model.recon.parameters()]
         assert all(g is None for g in recon_grads) == detach
         assert grads_reach(model.seg)
@@ -233,7 +224,7 @@ def test_seg_input_option(seg_input, monkeypatch):
 
     monkeypatch.setattr(model.seg, "forward", spy)
     image, target = torch.rand(2, 3, 32, 32), torch.rand(2, 3, 32, 32)
-    model.training_loss({"image": image, "target": target}, 0.0)
+    recondiff_loss(model, {"image": image, "target": target}, 0.0)
     expected = image if seg_input == "anomalous" else target
     torch.testing.assert_close(seen["image"], model.normalize(expected))
 
@@ -246,9 +237,9 @@ def test_schedule_warms_up_then_decays():
     assert lr_factor(99, 100, 0.2, 0.1) == pytest.approx(0.1)
     assert lr_factor(0, 3, 0.0, 0.1) == pytest.approx(1.0)  # no warm-up
     model = tiny()
-    optimizer, scheduler = model.configure_optimizer(TrainConfig(epochs=10, lr=1e-3), steps_per_epoch=5)
+    optimizer, scheduler = recondiff_optimizer(model, TrainConfig(epochs=10, lr=1e-3))
     lrs = []
-    for _ in range(10):  # stepped once per epoch, as surfad.train does
+    for _ in range(10):  # stepped once per epoch, as surfad.training does
         lrs.append(optimizer.param_groups[0]["lr"])
         optimizer.step()
         scheduler.step()
@@ -280,7 +271,7 @@ def test_augment_normal_keeps_shape_and_is_small():
 @pytest.mark.parametrize("channels", [1, 3])
 def test_train_dataset_layout_and_randomness(channels):
     model = tiny(channels, negative_aug_ratio=2, positive_aug_ratio=1)
-    data = model.make_train_dataset(good_images(3, channels), seed=5)
+    data = recondiff_samples(model, good_images(3, channels), seed=5)
     assert len(data) == 3 * 3
     for i in range(len(data)):
         item = data[i]
@@ -294,8 +285,8 @@ def test_train_dataset_layout_and_randomness(channels):
             outside = item["mask"][0] == 0
             assert torch.equal(item["image"][:, outside], item["target"][:, outside])
     # same seed and epoch -> same sample; the next epoch -> a different one
-    epoch0 = model.make_train_dataset(good_images(3, channels), seed=5)[7]["image"]
-    assert torch.equal(epoch0, model.make_train_dataset(good_images(3, channels), seed=5)[7]["image"])
+    epoch0 = recondiff_samples(model, good_images(3, channels), seed=5)[7]["image"]
+    assert torch.equal(epoch0, recondiff_samples(model, good_images(3, channels), seed=5)[7]["image"])
     assert not torch.equal(epoch0, data[7]["image"])  # the loop above drew data[7] once: this is epoch 1
     data.set_epoch(0)
     assert torch.equal(data[7]["image"], epoch0)
@@ -304,14 +295,14 @@ def test_train_dataset_layout_and_randomness(channels):
 def test_training_reduces_the_loss():
     torch.manual_seed(0)
     model = tiny(3)
-    data = model.make_train_dataset(good_images(8, 3), seed=0)
+    data = recondiff_samples(model, good_images(8, 3), seed=0)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
     loader = DataLoader(data, batch_size=8, shuffle=True, generator=torch.Generator().manual_seed(0))
     losses = []
     while len(losses) < 32:
         for batch in loader:
             optimizer.zero_grad()
-            loss = model.training_loss(batch, progress=len(losses) / 32)["loss"]
+            loss = recondiff_loss(model, batch, progress=len(losses) / 32)["loss"]
             loss.backward()
             optimizer.step()
             losses.append(loss.item())
@@ -341,7 +332,7 @@ def test_ablation_switches_build_train_and_export_shapes(switch):
     has_pos = any("pos" in name for name, _ in model.named_parameters())
     assert has_pos == (switch.get("position_embedding", True) and switch.get("memory", True))
     batch = {"image": torch.rand(2, 1, 32, 32), "mask": torch.zeros(2, 1, 32, 32)}
-    terms = model.training_loss(batch, 0.5)
+    terms = recondiff_loss(model, batch, 0.5)
     terms["loss"].backward()
     if not switch.get("memory", True):
         assert terms["compact"].item() == 0.0 and terms["separate"].item() == 0.0

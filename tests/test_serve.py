@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from surfad.inference import Detector
+from surfad.detector import Detector, RunDetector
 from surfad.serve.app import create_app
 from surfad.serve.record import LOG, InspectionLog
 
@@ -182,7 +182,7 @@ def test_unknown_route_is_json(client: TestClient) -> None:
 def test_inference_runs_off_the_event_loop(detector: Detector, image: np.ndarray) -> None:
     loops = []
 
-    class Recording(Detector):
+    class Recording(RunDetector):
         def predict(self, image, threshold=None):
             try:
                 loops.append(asyncio.get_running_loop())

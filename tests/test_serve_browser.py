@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import uvicorn
 
-from surfad.inference import Detector
+from surfad.detector import Detector
 from surfad.serve.app import create_app
 from surfad.serve.record import LOG, InspectionLog
 

@@ -45,7 +45,7 @@ def test_at_least_one_training_image_remains(tmp_path):
     write_image(tmp_path / "train/good/only.png")
     splits = make_splits(cfg(tmp_path, val_ratio=0.9))
     assert len(splits.train) == 1 and splits.val == []
-    with pytest.raises(SurfadError, match="data.val_ratio: must be at least 0 and below 1"):
+    with pytest.raises(SurfadError, match="data.val_ratio=1.0: must be <= 0.95"):
         make_splits(cfg(tmp_path, val_ratio=1.0))
 
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from conftest import TINY
 
-from surfad.data.synth import (
+from surfad.data.synthetic_wood import (
     DEFECT_TYPES,
     add_defect,
     wood_texture,

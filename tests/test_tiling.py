@@ -18,11 +18,11 @@ from surfad.config import ScoreConfig
 from surfad.data.dataset import ImageDataset, TileDataset
 from surfad.data.defects import DefectSynthesizer, synthetic_defect
 from surfad.data.samples import Sample
-from surfad.data.synth import add_defect, wood_texture
+from surfad.data.synthetic_wood import add_defect, wood_texture
 from surfad.data.tiles import cut_tiles, pad_to_tile, random_tile, stitch, tile_starts
 from surfad.data.transforms import preprocess
-from surfad.inference import Detector
-from surfad.models.base import ImageScorer
+from surfad.detector import Detector
+from surfad.scoring import ImageScorer
 from surfad.scoring import score_images, tiled_score_fn
 
 TILE_MODEL = ["--model", "recondiff", "--param", "base_width=4", "--param", "rec_depth=3", "--param", "seg_base_width=2",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from surfad.train import weight_average
+from surfad.training.loop import weight_average
 
 
 def test_weight_average_ramps_up_then_uses_the_decay():

@@ -11,7 +11,7 @@ from surfad.errors import SurfadError
 def __getattr__(name: str):
     # Detector pulls in torch; import lazily so `import surfad` stays cheap.
     if name == "Detector":
-        from surfad.inference import Detector
+        from surfad.detector import Detector
 
         return Detector
     raise AttributeError(name)

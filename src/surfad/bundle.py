@@ -25,7 +25,8 @@ from safetensors.torch import load_file, save_file
 
 from surfad.config import RunConfig
 from surfad.errors import SurfadError
-from surfad.models import AnomalyModel, ImageScorer, InferenceGraph, build_model
+from surfad.models import AnomalyModel, build_model
+from surfad.scoring import ImageScorer, InferenceGraph
 from surfad.utils import atomic_write, read_json
 
 CONFIG = "config.yaml"
@@ -47,11 +48,6 @@ def require_run(run: str | Path) -> Path:
         if not (run / name).is_file():
             raise SurfadError(f"{run}: not a trained run folder (missing {name}); train one with `surfad train`")
     return run
-
-
-def is_fused(folder: str | Path) -> bool:
-    """Whether `folder` holds a fused detector (written by `surfad fuse`) rather than a trained run."""
-    return (Path(folder) / ENSEMBLE).is_file()
 
 
 def save_weights(model: torch.nn.Module, path: str | Path) -> None:

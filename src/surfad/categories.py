@@ -13,7 +13,7 @@ import numpy as np
 from surfad import bundle
 from surfad.config import RunConfig
 from surfad.evaluate import evaluate_run
-from surfad.train import train
+from surfad.training import train
 from surfad.utils import atomic_write_csv, atomic_write_text
 
 SUMMARY_KEYS = ("image_auroc", "image_ap", "pixel_auroc", "pixel_ap", "aupro")

@@ -1,49 +1,114 @@
-"""Command line: parses arguments and calls the library; every verb is also a Python call."""
+"""Command line: parses arguments and calls the library; every verb is also a Python call.
+
+One builder per verb (add_<verb>) declares its flags; its cmd_<verb> parses them and calls the
+library. The train flags of the data and train sections are generated from the config
+dataclasses' fields (surfad.config.setting: name, type, help, accepted values), and each model's
+own flags from its registry entry, so a new setting is a flag by being declared.
+"""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import math
+import os
 import sys
+import typing
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from surfad import __version__
-from surfad.config import LAYOUTS
+from surfad.config import LAYOUTS, DataConfig, RunConfig, TrainConfig, load_yaml
 from surfad.errors import SurfadError
 
-# train flag -> (config section, field); a YAML config uses the same sections and field names.
-TRAIN_FLAGS = {
-    "data": ("data", "path"),
-    "layout": ("data", "layout"),
-    "image_size": ("data", "image_size"),
-    "tile_scale": ("data", "tile_scale"),
-    "tile_stride": ("data", "tile_stride"),
-    "tiles_per_image": ("data", "tiles_per_image"),
-    "channels": ("data", "channels"),
-    "train_list": ("data", "train_list"),
-    "val_ratio": ("data", "val_ratio"),
-    "good_dir": ("data", "good_dir"),
-    "defect_dir": ("data", "defect_dir"),
-    "mask_dir": ("data", "mask_dir"),
-    "val_good_dir": ("data", "val_good_dir"),
-    "val_defect_dir": ("data", "val_defect_dir"),
-    "skip_bad": ("data", "skip_bad"),
-    "epochs": ("train", "epochs"),
-    "batch_size": ("train", "batch_size"),
-    "lr": ("train", "lr"),
-    "seed": ("train", "seed"),
-    "threads": ("train", "threads"),
-    "device": ("train", "device"),
-    "val_every": ("train", "val_every"),
-    "select_after": ("train", "select_after"),
-    "val_defect_source": ("train", "val_defect_source"),
-    "time_budget": ("train", "time_budget_min"),
-    "patience": ("train", "patience"),
-    "ema_decay": ("train", "ema_decay"),
-}
+MODEL_FLAG = "model_flag:"
+CONFIG_SECTIONS = (DataConfig, TrainConfig)
+
+
+# --- argument types -------------------------------------------------------------------------------
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text}")
+    return value
+
+
+def port_number(text: str) -> int:
+    value = int(text)
+    if not 1 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"must be a port number from 1 to 65535, got {text}")
+    return value
+
+
+def finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    value = finite_float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return value
+
+
+def yaml_list(text: str) -> list[Any]:
+    """'8,16' -> [8, 16]."""
+    return [yaml.safe_load(part) for part in text.split(",") if part.strip()]
+
+
+def comma_list(text: str | None) -> list[str]:
+    """'a, b,,c' -> ['a', 'b', 'c']."""
+    return [part.strip() for part in (text or "").split(",") if part.strip()]
+
+
+# --- flags generated from the config --------------------------------------------------------------
+
+
+def add_config_flags(p: argparse.ArgumentParser) -> None:
+    """A flag per field of the data and train sections (dest "section.field"), typed and described
+    by the field's setting."""
+    for cls in CONFIG_SECTIONS:
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            meta = f.metadata
+            if not meta.get("cli", True):
+                continue
+            flags = [f"--{meta.get('flag') or f.name.replace('_', '-')}", *(f"--{a}" for a in meta.get("aliases", ()))]
+            kind = next((t for t in typing.get_args(hints[f.name]) if t is not type(None)), hints[f.name])
+            dest = f"{cls.section}.{f.name}"
+            help_text = f"{meta['help']} (default: {f.default})"
+            if kind is bool:
+                p.add_argument(*flags, dest=dest, action="store_true", default=None, help=meta["help"])
+            else:
+                p.add_argument(*flags, dest=dest, type=finite_float if kind is float else kind,
+                               choices=meta.get("choices"), default=None, metavar=None if meta.get("choices") else
+                               f.name.upper(), help=help_text)
+
+
+def add_model_flags(p: argparse.ArgumentParser) -> None:
+    """Each model's own flags (its registry entry's `flags`), valid only with that model."""
+    from surfad.models import available_models, model_spec
+
+    for name in available_models():
+        spec = model_spec(name)
+        hints = typing.get_type_hints(spec.config)
+        for flag, field in spec.flags.items():
+            dest = f"{MODEL_FLAG}{name}:{field}:{flag}"
+            help_text = f"[{name}] model_params.{field}"
+            if hints[field] is bool:
+                p.add_argument(f"--{flag}", dest=dest, action="store_true", default=None, help=help_text)
+            elif typing.get_origin(hints[field]) is list:
+                p.add_argument(f"--{flag}", dest=dest, type=yaml_list, metavar="A,B", help=help_text)
+            else:
+                p.add_argument(f"--{flag}", dest=dest, type=yaml.safe_load, metavar=field.upper(), help=help_text)
 
 
 def parse_param(text: str) -> tuple[str, Any]:
@@ -51,19 +116,20 @@ def parse_param(text: str) -> tuple[str, Any]:
     if "=" not in text:
         raise SurfadError(f"--param {text!r}: expected name=value, e.g. --param beta=0.01")
     name, value = text.split("=", 1)
-    return name.strip(), yaml.safe_load(value)
+    try:
+        return name.strip(), yaml.safe_load(value)
+    except yaml.YAMLError:
+        raise SurfadError(f"--param {text!r}: {value!r} is not a value (a number, true/false, a word or [a,b])") from None
 
 
-def build_run_config(args: argparse.Namespace):
+def build_run_config(args: argparse.Namespace) -> RunConfig:
     """Defaults <- YAML file (--config) <- command-line flags."""
-    from surfad.config import RunConfig, load_yaml
-
     raw: dict[str, Any] = load_yaml(args.config) if args.config else {}
     if args.model:
         raw["model"] = args.model
-    for flag, (section, name) in TRAIN_FLAGS.items():
-        value = getattr(args, flag)
-        if value is not None and value is not False:
+    for dest, value in vars(args).items():
+        section, _, name = dest.partition(".")
+        if name and value is not None:
             raw.setdefault(section, {})[name] = value
     params = raw.setdefault("model_params", {})
     if args.preset:
@@ -84,42 +150,24 @@ def build_run_config(args: argparse.Namespace):
     return config
 
 
-def cmd_synth(args: argparse.Namespace) -> None:
-    from surfad.data.synth import write_synthetic_dataset
-
-    root = write_synthetic_dataset(Path(args.out), seed=args.seed, size=args.size, n_train=args.n_train,
-                                   n_test_good=args.n_test_good, n_test_defect=args.n_test_defect,
-                                   n_val_good=args.n_val_good, n_val_defect=args.n_val_defect, progress=True)
-    print(f"synthetic dataset written to {root}")
+# --- verbs ----------------------------------------------------------------------------------------
 
 
-def cmd_train(args: argparse.Namespace) -> None:
-    from surfad.categories import train_categories
-    from surfad.config import RunConfig
-    from surfad.train import train
+def add_quiet(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
 
-    if args.dry_run:
-        from surfad.plan import plan_runs, plans_report
 
-        if args.resume or args.step:
-            raise SurfadError("--dry-run checks new runs: drop --resume and --step")
-        categories = [c.strip() for c in (args.category or "").split(",") if c.strip()]
-        print(plans_report(plan_runs(build_run_config(args), categories, progress=not args.quiet)))
-        return
-    if args.step not in (0, -1):
-        raise SurfadError(f"--step {args.step}: only -1 (resume from the last checkpoint) or 0 (start) are kept")
-    resume = args.resume or args.step == -1
-    if not (args.out or args.tag):
-        raise SurfadError("give --out RUN (or --tag NAME for runs/NAME)")
-    out = Path(args.out) if args.out else Path("runs") / args.tag
-    config = RunConfig() if resume else build_run_config(args)
-    if args.category:
-        table = train_categories(config, [c.strip() for c in args.category.split(",") if c.strip()], out,
-                                 resume=resume, progress=not args.quiet)
-        print(f"summary: {table}")
-        return
-    run = train(config, out, resume=resume, progress=not args.quiet)
-    print(f"run folder: {run}")
+def add_checkpoint_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--checkpoint", "--cpt-path", dest="checkpoint", default="best_detect",
+                   help="best_detect (shipped), best_seg, last, or a .safetensors path (torch runtime)")
+
+
+def add_image_set_flags(p: argparse.ArgumentParser, default_split: str) -> None:
+    p.add_argument("--data", help="dataset (default: the one the run was trained on)")
+    p.add_argument("--layout", choices=["auto", *LAYOUTS], help="layout of --data (default: the run's)")
+    p.add_argument("--split", help=f"train | val | test | test_a | test_b | all (default: {default_split})")
+    p.add_argument("--good", help="instead of a dataset split: a folder of good images (e.g. reviewed inspections)")
+    p.add_argument("--defect", help="instead of a dataset split: a folder of defective images")
 
 
 def image_set(args: argparse.Namespace, default_split: str) -> tuple[str, Any]:
@@ -134,6 +182,83 @@ def image_set(args: argparse.Namespace, default_split: str) -> tuple[str, Any]:
     return "folders: " + ", ".join(named), folder_samples(args.good, args.defect)
 
 
+def add_synth(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("synth", help="write a procedural MVTec-layout dataset (built-in data)")
+    p.add_argument("out")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--size", type=positive_int, default=256)
+    for name, default in (("n-train", 80), ("n-test-good", 30), ("n-test-defect", 30), ("n-val-good", 10),
+                          ("n-val-defect", 10)):
+        p.add_argument(f"--{name}", type=int, default=default)
+    p.set_defaults(func=cmd_synth)
+
+
+def cmd_synth(args: argparse.Namespace) -> None:
+    from surfad.data.synthetic_wood import write_synthetic_dataset
+
+    root = write_synthetic_dataset(Path(args.out), seed=args.seed, size=args.size, n_train=args.n_train,
+                                   n_test_good=args.n_test_good, n_test_defect=args.n_test_defect,
+                                   n_val_good=args.n_val_good, n_val_defect=args.n_val_defect, progress=True)
+    print(f"synthetic dataset written to {root}")
+
+
+def add_train(sub: argparse._SubParsersAction) -> None:
+    from surfad.models import available_models
+
+    p = sub.add_parser("train", help="train (or fit) a model on good images")
+    p.add_argument("--model", help=f"model name: {', '.join(available_models())} (default {RunConfig.model})")
+    p.add_argument("--preset", help="a named preset of the model's parameters")
+    p.add_argument("--param", action="append", metavar="NAME=VALUE", help="a model parameter (repeatable)")
+    p.add_argument("--config", help="YAML file with any of the settings (the sections and names of config.yaml)")
+    add_config_flags(p)
+    p.add_argument("--out", help="run folder (default: runs/TAG)")
+    p.add_argument("--tag", help="name of the run: --out defaults to runs/TAG")
+    p.add_argument("--category", help="a,b,c: train one model per category folder of --data, then a summary table")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out exactly where it stopped")
+    p.add_argument("--step", type=int, default=0, help="-1: same as --resume")
+    p.add_argument("--dry-run", action="store_true",
+                   help="check the data and settings, show the splits, image and defect sizes, the model, the "
+                        "estimated duration on this machine and advice; then stop without writing anything")
+    add_model_flags(p)
+    add_quiet(p)
+    p.set_defaults(func=cmd_train)
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    from surfad.categories import train_categories
+    from surfad.training import train
+
+    if args.dry_run:
+        from surfad.plan import plan_runs, plans_report
+
+        if args.resume or args.step:
+            raise SurfadError("--dry-run checks new runs: drop --resume and --step")
+        print(plans_report(plan_runs(build_run_config(args), comma_list(args.category), progress=not args.quiet)))
+        return
+    if args.step not in (0, -1):
+        raise SurfadError(f"--step {args.step}: only -1 (resume from the last checkpoint) or 0 (start) are kept")
+    resume = args.resume or args.step == -1
+    if not (args.out or args.tag):
+        raise SurfadError("give --out RUN (or --tag NAME for runs/NAME)")
+    out = Path(args.out) if args.out else Path("runs") / args.tag
+    config = RunConfig() if resume else build_run_config(args)
+    if args.category:
+        table = train_categories(config, comma_list(args.category), out, resume=resume, progress=not args.quiet)
+        print(f"summary: {table}")
+        return
+    print(f"run folder: {train(config, out, resume=resume, progress=not args.quiet)}")
+
+
+def add_calibrate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("calibrate", help="choose the decision threshold on a split")
+    p.add_argument("run")
+    add_image_set_flags(p, "val")
+    p.add_argument("--strategy", default="f1", help="f1 | youden | recall:X | fpr:X")
+    add_checkpoint_flag(p)
+    add_quiet(p)
+    p.set_defaults(func=cmd_calibrate)
+
+
 def cmd_calibrate(args: argparse.Namespace) -> None:
     from surfad.evaluate import calibrate_run
 
@@ -142,6 +267,17 @@ def cmd_calibrate(args: argparse.Namespace) -> None:
                       checkpoint=args.checkpoint, progress=not args.quiet, samples=samples)
     print(f"threshold {c.threshold:.6g} ({c.strategy} on {c.split}: {c.n_good} good, {c.n_defect} defective); "
           f"pixel threshold {c.pixel_threshold:.6g}; saved in {Path(args.run) / 'calibration.json'}")
+
+
+def add_evaluate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("evaluate", help="metrics and an HTML report on a split")
+    p.add_argument("run")
+    add_image_set_flags(p, "test")
+    p.add_argument("--out")
+    add_checkpoint_flag(p)
+    p.add_argument("--runtime", default="torch", choices=["torch", "onnx"])
+    add_quiet(p)
+    p.set_defaults(func=cmd_evaluate)
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
@@ -155,9 +291,25 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     print(f"report: {out / 'report.html'}")
 
 
+def add_predict(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("predict", help="inspect images: verdict, score, heatmap, mask, regions")
+    p.add_argument("run")
+    p.add_argument("inputs", nargs="+", help="image files, folders or glob patterns")
+    p.add_argument("--out")
+    p.add_argument("--threshold", type=finite_float, help="override the calibrated threshold")
+    p.add_argument("--runtime", default="torch", choices=["torch", "onnx"])
+    p.add_argument("--batch-size", type=positive_int, default=8)
+    p.add_argument("--min-area", type=positive_int, default=16, help="smallest region kept, in pixels")
+    p.add_argument("--sort-into", help="also copy each image into DIR/OK or DIR/NG by its verdict (to review, "
+                   "correct, then `surfad calibrate --good DIR/OK --defect DIR/NG`)")
+    add_checkpoint_flag(p)
+    add_quiet(p)
+    p.set_defaults(func=cmd_predict)
+
+
 def cmd_predict(args: argparse.Namespace) -> None:
-    from surfad.inference import Detector
-    from surfad.predict import predict_files
+    from surfad.batch_predict import predict_files
+    from surfad.detector import Detector
 
     detector = Detector.load(args.run, runtime=args.runtime, min_area=args.min_area, checkpoint=args.checkpoint)
     out = Path(args.out) if args.out else Path(args.run) / "predictions"
@@ -167,8 +319,16 @@ def cmd_predict(args: argparse.Namespace) -> None:
           f"{counts['failed']} unreadable; results in {out / 'predictions.jsonl'}")
 
 
+def add_export(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("export", help="export the model to ONNX (checked against torch) for CPU deployment")
+    p.add_argument("run")
+    p.add_argument("--format", default="onnx", choices=["onnx"])
+    p.add_argument("--opset", type=int, default=17)
+    p.set_defaults(func=cmd_export)
+
+
 def cmd_export(args: argparse.Namespace) -> None:
-    from surfad.ensemble import model_runs
+    from surfad.detector import model_runs
     from surfad.export.onnx import EXPORT_JSON, export_onnx
 
     for run in model_runs(args.run):  # a fused detector: each member's own model.onnx
@@ -179,30 +339,86 @@ def cmd_export(args: argparse.Namespace) -> None:
               f"({parity['random_inputs']} random + {parity['val_images']} val images)")
 
 
+def add_fuse(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("fuse", help="one detector from several runs: the mean of their standardised scores and maps")
+    p.add_argument("runs", nargs="+", help="run folders trained on the same data and splits")
+    p.add_argument("--out", required=True, help="folder for the fused detector")
+    p.add_argument("--strategy", help="calibration strategy (default: f1 with real validation defects, else fpr:0.01)")
+    add_quiet(p)
+    p.set_defaults(func=cmd_fuse)
+
+
 def cmd_fuse(args: argparse.Namespace) -> None:
-    from surfad.ensemble import fuse_runs
+    from surfad.detector import fuse_runs
 
     out = fuse_runs(args.runs, args.out, strategy=args.strategy, progress=not args.quiet)
     print(f"fused {len(args.runs)} runs into {out} (standardised and calibrated on their validation split)")
 
 
-def cmd_info(args: argparse.Namespace) -> None:
-    from surfad.inference import describe
+def add_info(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("info", help="what a run (or fused detector) is: model, size, input, thresholds, training "
+                       "data, shipped epoch")
+    p.add_argument("run")
+    p.set_defaults(func=cmd_info)
 
-    print(json.dumps(describe(args.run), indent=2))
+
+def cmd_info(args: argparse.Namespace) -> None:
+    from surfad.detector import Detector
+    from surfad.utils import to_json
+
+    print(to_json(Detector.describe(args.run), indent=2))
+
+
+def add_serve(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("serve", help="HTTP service and web page: POST /predict, GET / (see surfad.serve.app)")
+    p.add_argument("run")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
+    p.add_argument("--port", type=port_number, default=8000)
+    p.add_argument("--runtime", default="onnx", choices=["onnx", "torch"], help="onnx needs `surfad export` first")
+    p.add_argument("--api-key", help="require this key in the X-API-Key header on /model and /predict "
+                   "(default: $SURFAD_API_KEY, which keeps it out of the process list)")
+    p.add_argument("--max-upload-mb", type=positive_float, default=10.0, help="largest upload, in MB (10^6 bytes)")
+    p.add_argument("--max-pixels", type=positive_int, default=40_000_000, help="largest image, width x height")
+    p.add_argument("--workers", type=positive_int, default=1, help="images inspected at once")
+    p.add_argument("--record", help="folder: log every inspection to inspections.jsonl and keep the uploads "
+                   "chosen by --keep-images (for traceability, and to collect real defects for validation)")
+    p.add_argument("--keep-images", default="ng", choices=["ng", "all", "none"],
+                   help="with --record: which uploads to keep, unchanged (default: ng)")
+    p.set_defaults(func=cmd_serve)
 
 
 def cmd_serve(args: argparse.Namespace) -> None:
-    import os
-
     from surfad.serve.app import serve
 
-    if args.max_upload_mb <= 0 or args.max_pixels <= 0 or args.workers <= 0:
-        raise SurfadError("--max-upload-mb, --max-pixels and --workers must be positive")
     api_key = args.api_key or os.environ.get("SURFAD_API_KEY") or None
     serve(args.run, host=args.host, port=args.port, runtime=args.runtime, api_key=api_key,
           max_upload_bytes=int(args.max_upload_mb * 1_000_000), max_pixels=args.max_pixels, workers=args.workers,
           record=args.record, keep_images=args.keep_images)
+
+
+def add_preview_defects(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("preview-defects", help="write a grid of synthetic defects on your images")
+    p.add_argument("inputs", nargs="+", help="image files, folders or glob patterns")
+    p.add_argument("--out", default="defect_preview.png")
+    p.add_argument("--source", default="procedural", help="procedural | self | surface | a folder of texture images")
+    p.add_argument("--image-size", type=positive_int, default=128)
+    p.add_argument("-n", type=positive_int, default=8, help="number of images")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_preview_defects)
+
+
+def cmd_preview_defects(args: argparse.Namespace) -> None:
+    from surfad.data.defects import preview_defects
+
+    out = preview_defects(args.inputs, args.out, args.source, args.image_size, args.n, args.seed)
+    print(f"preview of synthetic defects ({args.source}): {out}")
+
+
+def add_demo(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("demo", help="synth -> train -> calibrate -> evaluate -> predict on built-in data")
+    p.add_argument("--out", default="demo_out")
+    add_quiet(p)
+    p.set_defaults(func=cmd_demo)
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
@@ -211,209 +427,32 @@ def cmd_demo(args: argparse.Namespace) -> None:
     run_demo(Path(args.out), progress=not args.quiet)
 
 
-def cmd_preview_defects(args: argparse.Namespace) -> None:
-    from surfad.data.defects import DefectSynthesizer, write_defect_preview
-    from surfad.data.io import read_image
-    from surfad.data.transforms import preprocess
-    from surfad.predict import expand_inputs
-
-    decoded = [read_image(p) for p in expand_inputs(args.inputs)[: args.n]]
-    channels = 1 if all(image.shape[2] == 1 for image in decoded) else 3
-    images = [preprocess(image, args.image_size, channels) for image in decoded]
-    synthesizer = DefectSynthesizer(args.source, image_size=args.image_size, seed=args.seed)
-    out = write_defect_preview(images, synthesizer, Path(args.out), n=args.n, seed=args.seed)
-    print(f"preview of synthetic defects ({args.source}): {out}")
-
-
-MODEL_FLAG = "model_flag:"
-
-
-def add_model_flags(p: argparse.ArgumentParser) -> None:
-    """Each model's own flags (declared in its module as `cli_flags`), valid only with that model."""
-    import typing
-
-    from surfad.models import available_models, model_class
-
-    for name in available_models():
-        cls = model_class(name)
-        hints = typing.get_type_hints(cls.Config)
-        for flag, field in cls.cli_flags.items():
-            dest = f"{MODEL_FLAG}{name}:{field}:{flag}"
-            help_text = f"[{name}] model_params.{field}"
-            if hints[field] is bool:
-                p.add_argument(f"--{flag}", dest=dest, action="store_true", default=None, help=help_text)
-            elif typing.get_origin(hints[field]) is list:
-                p.add_argument(f"--{flag}", dest=dest, type=yaml_list, metavar="A,B", help=help_text)
-            else:
-                p.add_argument(f"--{flag}", dest=dest, type=yaml.safe_load, metavar=field.upper(), help=help_text)
-
-
-def yaml_list(text: str) -> list[Any]:
-    """'8,16' -> [8, 16]."""
-    return [yaml.safe_load(part) for part in text.split(",") if part.strip()]
-
-
-def add_data_override_flags(p: argparse.ArgumentParser, default_split: str) -> None:
-    p.add_argument("--data", help="dataset (default: the one the run was trained on)")
-    p.add_argument("--layout", choices=["auto", *LAYOUTS], help="layout of --data (default: the run's)")
-    p.add_argument("--split", help=f"train | val | test | test_a | test_b | all (default: {default_split})")
-    p.add_argument("--good", help="instead of a dataset split: a folder of good images (e.g. reviewed inspections)")
-    p.add_argument("--defect", help="instead of a dataset split: a folder of defective images")
-
-
-def add_checkpoint_flag(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--checkpoint", "--cpt-path", dest="checkpoint", default="best_detect",
-                   help="best_detect (shipped), best_seg, last, or a .safetensors path (torch runtime)")
+VERBS = (add_synth, add_train, add_calibrate, add_evaluate, add_predict, add_export, add_fuse, add_info, add_serve,
+         add_preview_defects, add_demo)
 
 
 def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="surfad", description="Unsupervised visual surface-defect detection.")
     parser.add_argument("--version", action="version", version=f"surfad {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
-
-    p = sub.add_parser("synth", help="write a procedural MVTec-layout dataset (built-in data)")
-    p.add_argument("out")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--size", type=int, default=256)
-    p.add_argument("--n-train", type=int, default=80)
-    p.add_argument("--n-test-good", type=int, default=30)
-    p.add_argument("--n-test-defect", type=int, default=30)
-    p.add_argument("--n-val-good", type=int, default=10)
-    p.add_argument("--n-val-defect", type=int, default=10)
-    p.set_defaults(func=cmd_synth)
-
-    p = sub.add_parser("train", help="train a model on good images")
-    p.add_argument("--data", help="dataset folder")
-    p.add_argument("--layout", choices=["auto", *LAYOUTS])
-    p.add_argument("--model", help="model name (unet_vae, recondiff)")
-    p.add_argument("--preset", help="a named preset of the model's parameters")
-    p.add_argument("--param", action="append", metavar="NAME=VALUE", help="a model parameter (repeatable)")
-    p.add_argument("--config", help="YAML file with any of the settings")
-    p.add_argument("--image-size", type=int)
-    p.add_argument("--tile-scale", type=float,
-                   help="> 0: scale every image by this factor and work on image-size tiles of it, instead of squashing")
-    p.add_argument("--tile-stride", type=int, help="tiling: step between inference tiles in pixels (default 3/4 of a tile)")
-    p.add_argument("--tiles-per-image", type=int, help="tiling: random tiles per training image per epoch (default 1)")
-    p.add_argument("--channels", type=int, choices=[1, 3])
-    p.add_argument("--train-list", help="file listing the training good images")
-    p.add_argument("--val-ratio", type=float)
-    p.add_argument("--good-dir", help="folder layout: the good images, relative to --data (default: good)")
-    p.add_argument("--defect-dir", help="folder layout: defective images for test (default: defect, if present)")
-    p.add_argument("--mask-dir", help="folder layout: their masks, named <stem>_mask.png (data.mask_name to change)")
-    p.add_argument("--val-good-dir", help="folder layout: good validation images, never trained on")
-    p.add_argument("--val-defect-dir", help="folder layout: defective validation images, which choose the epoch and threshold")
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--lr", type=float)
-    p.add_argument("--seed", type=int)
-    p.add_argument("--threads", type=int)
-    p.add_argument("--device")
-    p.add_argument("--val-every", "--validation-period", dest="val_every", type=int, help="validate every N epochs")
-    p.add_argument("--select-after", type=int, help="epochs 1..N are validated but never shipped (default 5)")
-    p.add_argument("--val-defect-source", help="synthetic validation defects: procedural | self | surface | a texture folder")
-    p.add_argument("--time-budget", type=float, help="stop after this many minutes (at an epoch end)")
-    p.add_argument("--patience", type=int, help="stop once this many validations in a row bring no new best "
-                   "(default 0: off)")
-    p.add_argument("--ema-decay", type=float, help="ship a moving average of the weights with this decay, e.g. 0.998 (default 0: off)")
-    p.add_argument("--skip-bad", action="store_true", help="skip unreadable images instead of stopping")
-    p.add_argument("--out", help="run folder (default: runs/TAG)")
-    p.add_argument("--tag", help="name of the run: --out defaults to runs/TAG")
-    p.add_argument("--category", help="a,b,c: train one model per category folder of --data, then a summary table")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out exactly where it stopped")
-    p.add_argument("--step", type=int, default=0, help="-1: same as --resume")
-    p.add_argument("--dry-run", action="store_true",
-                   help="check the data and settings, show the splits, image and defect sizes, the model, the "
-                        "estimated duration on this machine and advice; then stop without writing anything")
-    add_model_flags(p)
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
-    p.set_defaults(func=cmd_train)
-
-    p = sub.add_parser("calibrate", help="choose the decision threshold on a split")
-    p.add_argument("run")
-    add_data_override_flags(p, "val")
-    p.add_argument("--strategy", default="f1", help="f1 | youden | recall:X | fpr:X")
-    add_checkpoint_flag(p)
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
-    p.set_defaults(func=cmd_calibrate)
-
-    p = sub.add_parser("evaluate", help="metrics and an HTML report on a split")
-    p.add_argument("run")
-    add_data_override_flags(p, "test")
-    p.add_argument("--out")
-    add_checkpoint_flag(p)
-    p.add_argument("--runtime", default="torch", choices=["torch", "onnx"])
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
-    p.set_defaults(func=cmd_evaluate)
-
-    p = sub.add_parser("predict", help="inspect images: verdict, score, heatmap, mask, regions")
-    p.add_argument("run")
-    p.add_argument("inputs", nargs="+", help="image files, folders or glob patterns")
-    p.add_argument("--out")
-    p.add_argument("--threshold", type=float, help="override the calibrated threshold")
-    p.add_argument("--runtime", default="torch", choices=["torch", "onnx"])
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--min-area", type=int, default=16, help="smallest region kept, in pixels")
-    p.add_argument("--sort-into", help="also copy each image into DIR/OK or DIR/NG by its verdict (to review, "
-                   "correct, then `surfad calibrate --good DIR/OK --defect DIR/NG`)")
-    add_checkpoint_flag(p)
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
-    p.set_defaults(func=cmd_predict)
-
-    p = sub.add_parser("export", help="export the model to ONNX (checked against torch) for CPU deployment")
-    p.add_argument("run")
-    p.add_argument("--format", default="onnx", choices=["onnx"])
-    p.add_argument("--opset", type=int, default=17)
-    p.set_defaults(func=cmd_export)
-
-    p = sub.add_parser("fuse", help="one detector from several runs: the mean of their standardised scores and maps")
-    p.add_argument("runs", nargs="+", help="run folders trained on the same data and splits")
-    p.add_argument("--out", required=True, help="folder for the fused detector")
-    p.add_argument("--strategy", help="calibration strategy (default: f1 with real validation defects, else fpr:0.01)")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
-    p.set_defaults(func=cmd_fuse)
-
-    p = sub.add_parser("info", help="what a run (or fused detector) is: model, size, input, thresholds, training data, shipped epoch")
-    p.add_argument("run")
-    p.set_defaults(func=cmd_info)
-
-    p = sub.add_parser("serve", help="HTTP service and web page: POST /predict, GET / (see surfad.serve.app)")
-    p.add_argument("run")
-    p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
-    p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--runtime", default="onnx", choices=["onnx", "torch"], help="onnx needs `surfad export` first")
-    p.add_argument("--api-key", help="require this key in the X-API-Key header on /model and /predict "
-                   "(default: $SURFAD_API_KEY, which keeps it out of the process list)")
-    p.add_argument("--max-upload-mb", type=float, default=10.0, help="largest upload, in MB (10^6 bytes)")
-    p.add_argument("--max-pixels", type=int, default=40_000_000, help="largest image, width x height")
-    p.add_argument("--workers", type=int, default=1, help="images inspected at once")
-    p.add_argument("--record", help="folder: log every inspection to inspections.jsonl and keep the uploads "
-                   "chosen by --keep-images (for traceability, and to collect real defects for validation)")
-    p.add_argument("--keep-images", default="ng", choices=["ng", "all", "none"],
-                   help="with --record: which uploads to keep, unchanged (default: ng)")
-    p.set_defaults(func=cmd_serve)
-
-    p = sub.add_parser("preview-defects", help="write a grid of synthetic defects on your images")
-    p.add_argument("inputs", nargs="+", help="image files, folders or glob patterns")
-    p.add_argument("--out", default="defect_preview.png")
-    p.add_argument("--source", default="procedural", help="procedural | self | surface | a folder of texture images")
-    p.add_argument("--image-size", type=int, default=128)
-    p.add_argument("-n", type=int, default=8, help="number of images")
-    p.add_argument("--seed", type=int, default=0)
-    p.set_defaults(func=cmd_preview_defects)
-
-    p = sub.add_parser("demo", help="synth -> train -> calibrate -> evaluate -> predict on built-in data")
-    p.add_argument("--out", default="demo_out")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
-    p.set_defaults(func=cmd_demo)
+    for add in VERBS:
+        add(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = make_parser().parse_args(argv)
+    try:
+        args = make_parser().parse_args(argv)
+    except SystemExit as exit_:  # --help, or a flag argparse refused (it printed why)
+        return int(exit_.code or 0)
     try:
         args.func(args)
     except SurfadError as err:
         print(f"surfad {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:  # a folder that cannot be written, a full disk: say which file, no traceback
+        where = f"{err.filename}: " if err.filename else ""
+        print(f"surfad {args.command}: error: {where}{err.strerror or err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         hint = " (continue with --resume)" if args.command == "train" else ""

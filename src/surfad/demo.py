@@ -6,13 +6,13 @@ import shutil
 from dataclasses import replace
 from pathlib import Path
 
+from surfad.batch_predict import predict_files
 from surfad.config import DataConfig, RunConfig, TrainConfig
-from surfad.data.synth import write_synthetic_dataset
+from surfad.data.synthetic_wood import write_synthetic_dataset
+from surfad.detector import Detector
 from surfad.evaluate import calibrate_run, evaluate_run, summary_line
-from surfad.inference import Detector
-from surfad.predict import predict_files
 from surfad.report import GALLERY_NAME
-from surfad.train import train
+from surfad.training import train
 
 # Small enough for 2 CPU cores in a few minutes; see benchmarks/RESULTS.md for real-data settings.
 DEMO_CONFIG = RunConfig(

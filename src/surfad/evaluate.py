@@ -13,12 +13,10 @@ from __future__ import annotations
 import sys
 from dataclasses import replace
 from datetime import datetime, timezone
-from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from surfad import bundle
 from surfad.calibrate import Calibration, calibrate, trade_offs
@@ -27,17 +25,12 @@ from surfad.data.io import read_image
 from surfad.data.samples import Sample
 from surfad.data.splits import Splits, make_splits
 from surfad.data.transforms import resize_map
-from surfad.inference import Detector
+from surfad.detector import Detector
 from surfad.metrics import image_metrics, per_type_auroc, pixel_metrics
 from surfad.report import worst_cases, write_report
-from surfad.scoring import (
-    ScoredSet,
-    image_score_fn,
-    run_bar,
-    score_samples,
-    torch_score_fn,
-)
+from surfad.scoring import ScoredSet
 from surfad.utils import atomic_write_bytes, atomic_write_csv, atomic_write_json
+from surfad.verdict import verdict
 from surfad.visualize import encode_png, heatmap_scale, overlay
 
 HALVES = {"test_a": 0, "test_b": 1}
@@ -88,15 +81,9 @@ def calibrate_run(run: str | Path, data: str | None = None, split: str = "val", 
     """Choose thresholds on a split (or on `samples`, which `split` then names) and store them in the
     run's calibration.json (the one it replaces goes to calibrations/); progress: show a bar while scoring."""
     run = Path(run)
-    if bundle.is_fused(run):
-        detector = Detector.load(run, checkpoint=checkpoint)
-        config, score = detector.config, partial(detector.score_samples, progress=progress)
-    else:  # a single run need not be calibrated yet, as Detector.load requires
-        config, graph = bundle.load_graph(run, checkpoint)
-        graph_score = image_score_fn(torch_score_fn(graph, torch.device("cpu")), config)
-        score = partial(score_samples, graph_score, config, progress=run_bar(run, progress))
-    samples = images_to_score(config, run, data, layout, split, samples)
-    scored, _ = score(samples)
+    detector = Detector.load(run, checkpoint=checkpoint, calibrated=False)  # it may not be calibrated yet
+    samples = images_to_score(detector.config, run, data, layout, split, samples)
+    scored, _ = detector.score_samples(samples, progress=progress)
     calibration = calibrate(scored.scores, scored.labels, scored.maps, scored.masks, strategy, split=split)
     previous = run / bundle.CALIBRATION
     if previous.is_file():  # kept, so a threshold replaced by mistake can be put back
@@ -126,7 +113,7 @@ def evaluate_run(run: str | Path, data: str | None = None, split: str = "test", 
                    checkpoint=checkpoint)
     records = [
         {"path": str(s.path), "label": int(s.label), "defect_type": s.defect_type, "score": float(score),
-         "verdict": "NG" if score > t else "OK"}
+         "verdict": verdict(float(score), t)}
         for s, score in zip(samples, scored.scores)
     ]
     atomic_write_json(out / "metrics.json", metrics)

@@ -15,6 +15,7 @@ from scipy import ndimage
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 from surfad.errors import SurfadError
+from surfad.verdict import flagged
 
 NAN = float("nan")
 _EIGHT_CONNECTED = np.ones((3, 3), dtype=bool)
@@ -149,7 +150,7 @@ def rates_at(scores: object, labels: object, threshold: float) -> dict[str, floa
     y = check_labels(labels, s.size)
     n_defect = int(y.sum())
     n_good = int(s.size - n_defect)
-    ng = s > threshold
+    ng = flagged(s, threshold)
     tp = int((ng & y).sum())
     fp = int((ng & ~y).sum())
     return {

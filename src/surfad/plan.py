@@ -25,15 +25,12 @@ from surfad.categories import category_config
 from surfad.config import RunConfig
 from surfad.data.splits import Splits, make_splits
 from surfad.data.survey import THIN_DEFECT_PX, DataSurvey, survey_data
+from surfad.models import FitPlan, FittedModel
 from surfad.report import history_plot
-from surfad.train import (
-    Training,
-    build_training,
-    check_settings,
-    resolve_config,
-    train_epoch,
-    validate,
-)
+from surfad.training import Training, build_training, check_settings, resolve_config
+from surfad.training.fitting import image_batches
+from surfad.training.loop import train_epoch
+from surfad.training.validation import validate
 
 TIMED_STEPS = 2  # training steps timed (after the same steps run once untimed)
 
@@ -51,10 +48,14 @@ class TrainingPlan:
     step_seconds: float  # one optimiser step, measured
     validation_seconds: float  # one validation pass (the calibration at the end is one more), measured
     writing_seconds: float  # what every epoch writes (history plot, checkpoints), measured in memory
+    fit: FitPlan | None = None  # fitted models: what fitting takes (and then no steps)
+    fit_seconds: float = 0.0  # fitted models: the fit's duration, estimated from timed parts
 
     @property
     def validations(self) -> int:
         """Validation passes in a full run, the final calibration included."""
+        if self.fit is not None:
+            return 1
         return math.ceil(self.config.train.epochs / self.config.train.val_every) + 1
 
     @property
@@ -65,13 +66,15 @@ class TrainingPlan:
     @property
     def minutes(self) -> float:
         """Estimated duration of the whole run."""
+        if self.fit is not None:
+            return (self.fit_seconds + self.validation_seconds) / 60
         return (self.config.train.epochs * self.training_seconds + self.validations * self.validation_seconds) / 60
 
     @property
     def epochs_in_budget(self) -> int | None:
         """Epochs the time budget lets the run finish (it stops at the first epoch end past it); None without one."""
         budget = self.config.train.time_budget_min
-        if budget <= 0:
+        if budget <= 0 or self.fit is not None:
             return None
         epoch_seconds = self.training_seconds + self.validation_seconds / self.config.train.val_every
         return min(self.config.train.epochs, math.ceil(budget * 60 / epoch_seconds))
@@ -121,19 +124,31 @@ class TrainingPlan:
         tiling = f", tiles of the images scaled by {dc.tile_scale:g}" if dc.tile_scale > 0 else ""
         model = (f"model {self.config.model}: {self.parameters / 1e6:.2f} M parameters, input "
                  f"{dc.image_size}x{dc.image_size}x{dc.input_channels}{tiling}")
-        cost = (f"cost here: {self.step_seconds:.2f} s per step of {self.batch_size} "
-                f"({self.batch_size / self.step_seconds:.1f} images/s), {self.steps_per_epoch} steps per epoch, "
-                f"{self.validation_seconds:.1f} s per validation, {self.writing_seconds:.1f} s of writing per epoch")
         duration = f"{self.minutes * 60:.0f} s" if self.minutes < 2 else f"{self.minutes:.1f} min"
-        estimate = (f"estimated run: about {duration} for {tc.epochs} epochs "
-                    f"({self.validations} validations, calibration included)")
-        lines = [self.splits.summary(), *self.survey.lines(), model, cost, estimate]
+        if self.fit is not None:
+            cost = [*self.fit.lines, f"cost here: fitting about {self.fit_seconds:.0f} s, "
+                                     f"{self.validation_seconds:.1f} s for the validation"]
+            estimate = f"estimated run: about {duration} (one fit, one validation, then calibration)"
+        else:
+            cost = [f"cost here: {self.step_seconds:.2f} s per step of {self.batch_size} "
+                    f"({self.batch_size / self.step_seconds:.1f} images/s), {self.steps_per_epoch} steps per epoch, "
+                    f"{self.validation_seconds:.1f} s per validation, {self.writing_seconds:.1f} s of writing per epoch"]
+            estimate = (f"estimated run: about {duration} for {tc.epochs} epochs "
+                        f"({self.validations} validations, calibration included)")
+        lines = [self.splits.summary(), *self.survey.lines(), model, *cost, estimate]
         if self.epochs_in_budget is not None and self.epochs_in_budget < tc.epochs:
             lines.append(f"the time budget of {tc.time_budget_min:g} min stops it after about "
                          f"{self.epochs_in_budget} of {tc.epochs} epochs")
         advice = self.advice()
         lines += ["advice:" if advice else "advice: none", *(f"- {line}" for line in advice)]
         return "\n".join(lines)
+
+
+def time_validation(t: Training, config: RunConfig) -> float:
+    """Seconds of one validation pass, scaled up from one timed batch (its second run)."""
+    part = Subset(t.val_set, range(min(len(t.val_set), t.batch_size)))
+    return second_run_seconds(lambda: validate(t.shipped_graph or t.graph, config, part, t.device, t.batch_size)) \
+        * len(t.val_set) / len(part)
 
 
 def time_training(t: Training, config: RunConfig) -> tuple[float, float, float]:
@@ -145,23 +160,17 @@ def time_training(t: Training, config: RunConfig) -> tuple[float, float, float]:
     back). The validation time is scaled up from one batch.
     """
     steps = min(TIMED_STEPS, t.steps_per_epoch)
-    part = Subset(t.val_set, range(min(len(t.val_set), t.batch_size)))
 
     def train_steps() -> None:
-        train_epoch(t.model, t.train_set, t.optimizer, 0, config.train, t.batch_size, t.device, tqdm(disable=True),
-                    t.average, max_steps=steps)
-
-    def validate_part() -> None:
-        validate(t.shipped_graph, config, part, t.device, t.batch_size)
+        train_epoch(t.model, t.loss, t.train_set, t.optimizer, 0, config.train, t.batch_size, t.device,
+                    tqdm(disable=True), t.average, max_steps=steps)
 
     def write_epoch() -> None:  # as train() does after each epoch: history.png, the last and the best checkpoints
         history_plot([{"epoch": e, "loss": 1.0 / e, "val_auroc": 0.5, "best": 1} for e in (1, 2)])
         torch.save({"model": t.model.state_dict(), "optimizer": t.optimizer.state_dict()}, io.BytesIO())
         save_weights({k: v.contiguous() for k, v in t.shipped.state_dict().items()})
 
-    return (second_run_seconds(train_steps) / steps,
-            second_run_seconds(validate_part) * len(t.val_set) / len(part),
-            second_run_seconds(write_epoch))
+    return second_run_seconds(train_steps) / steps, time_validation(t, config), second_run_seconds(write_epoch)
 
 
 def second_run_seconds(work: Callable[[], None]) -> float:
@@ -179,8 +188,13 @@ def plan_training(config: RunConfig, progress: bool = True) -> TrainingPlan:
     check_settings(config, splits)
     survey = survey_data(splits, config.data, progress)
     t = build_training(config, splits)
-    step_seconds, validation_seconds, writing_seconds = time_training(t, config)
     parameters = sum(p.numel() for p in t.model.parameters())
+    if isinstance(t.model, FittedModel):
+        fit = t.model.plan(len(t.train_images))
+        batch = next(image_batches(t.train_images, t.batch_size))
+        return TrainingPlan(config, splits, survey, parameters, 0, t.batch_size, 0.0, time_validation(t, config), 0.0,
+                            fit=fit, fit_seconds=t.model.estimate_seconds(batch.to(t.device), len(t.train_images)))
+    step_seconds, validation_seconds, writing_seconds = time_training(t, config)
     return TrainingPlan(config, splits, survey, parameters, t.steps_per_epoch, t.batch_size, step_seconds,
                         validation_seconds, writing_seconds)
 

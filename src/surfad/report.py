@@ -26,6 +26,7 @@ from surfad.bundle import shipped_row
 from surfad.errors import SurfadError
 from surfad.metrics import rates_at
 from surfad.utils import atomic_write_text
+from surfad.verdict import NG, flagged
 
 REPORT_NAME = "report.html"
 GALLERY_NAME = "index.html"  # surfad predict's page of a batch
@@ -147,8 +148,8 @@ def write_gallery(out_dir: Path, records: list[dict[str, Any]]) -> Path:
     the folder can be moved or archived whole.
     """
     out_dir = Path(out_dir)
-    ng = sorted((r for r in records if r["verdict"] == "NG"), key=lambda r: -float(r["score"]))
-    ok = sorted((r for r in records if r["verdict"] != "NG"), key=lambda r: -float(r["score"]))
+    ng = sorted((r for r in records if r["verdict"] == NG), key=lambda r: -float(r["score"]))
+    ok = sorted((r for r in records if r["verdict"] != NG), key=lambda r: -float(r["score"]))
     title = f"surfad predictions: {len(records)} images, {len(ng)} NG"
     parts = [f"<h1>{html.escape(title)}</h1>",
              ('<p class="muted">Overlays show the anomaly map and the defect regions; click one for the full size. '
@@ -303,7 +304,7 @@ def _worst_section(records: list[dict[str, Any]], threshold: float, overlays: di
             continue
         cards = []
         for r in chosen:
-            wrong = (r["score"] > threshold) != (r["label"] == 1)
+            wrong = bool(flagged(r["score"], threshold)) != (r["label"] == 1)
             outcome = ("false positive" if r["label"] == 0 else "false negative") if wrong else "correct"
             image = _img(overlays[r["path"]], f"overlay of {r['path']}") if r["path"] in overlays else ""
             cards.append(
@@ -343,7 +344,7 @@ def _per_type_table(records: list[dict[str, Any]], threshold: float, auroc: dict
         s = np.array(values)
         rows.append([
             html.escape(name), "defect" if label else "good", str(s.size), _fmt(float(s.mean())),
-            _fmt(float(s.min())), _fmt(float(s.max())), _fmt(float(np.mean(s > threshold))),
+            _fmt(float(s.min())), _fmt(float(s.max())), _fmt(float(np.mean(flagged(s, threshold)))),
             _fmt(auroc[name]) if label and name in auroc else "",
         ])
     note = (

@@ -1,12 +1,14 @@
-"""Score preprocessed images: batches of model inputs -> (anomaly maps, image scores).
+"""Maps -> scores: the scoring head exported with every model, and scoring of image batches and sets.
 
-A ScoreFn takes a float32 batch (B, C, H, W) and returns (maps (B, H, W), scores (B,)). The graph's
+ImageScorer turns a model's anomaly map into (smoothed map, image score); InferenceGraph is model +
+scorer, the graph that is validated, calibrated and exported. A ScoreFn takes a float32 batch (B, C, H, W) and returns (maps (B, H, W), scores (B,)). The graph's
 own ScoreFn (torch or ONNX) takes model-sized inputs (H = W = image_size); with tiling,
 `image_score_fn` wraps it so it takes whole images of any size (surfad.data.tiles).
 """
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -14,6 +16,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
+from torch import nn
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
@@ -23,7 +27,67 @@ from surfad.data.samples import Sample
 from surfad.data.tiles import cut_tiles, default_stride, stitch
 from surfad.data.transforms import resize_map
 from surfad.errors import SurfadError
-from surfad.models.base import IMAGE_LAYOUT, ImageScorer
+from surfad.models.base import IMAGE_LAYOUT
+
+
+class ImageScorer(nn.Module):
+    """Anomaly map (and the model's own score, if any) -> (smoothed map, image score); in torch so
+    it is exported with the model. reduce "model" takes the model's own score (ModelSpec.own_score)."""
+
+    def __init__(self, config: ScoreConfig) -> None:
+        super().__init__()
+        self.config = config
+        sigma = config.smoothing_sigma
+        if sigma > 0:
+            radius = max(1, int(math.ceil(3 * sigma)))
+            xs = torch.arange(-radius, radius + 1, dtype=torch.float32)
+            kernel = torch.exp(-(xs**2) / (2 * sigma**2))
+            self.register_buffer("kernel", (kernel / kernel.sum()).view(1, 1, 1, -1), persistent=False)
+            self.radius = radius
+        else:
+            self.kernel = None
+            self.radius = 0
+
+    def smooth(self, amap: torch.Tensor) -> torch.Tensor:
+        if self.kernel is None:
+            return amap
+        r = self.radius
+        out = F.conv2d(F.pad(amap, (r, r, 0, 0), mode="replicate"), self.kernel)
+        return F.conv2d(F.pad(out, (0, 0, r, r), mode="replicate"), self.kernel.transpose(2, 3))
+
+    def forward(self, amap: torch.Tensor, own: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        amap = self.smooth(amap)
+        if self.config.reduce == "model":
+            if own is None:
+                raise ValueError("score.reduce=model needs a model that scores images itself")
+            return amap, own
+        pooled = amap
+        k = self.config.pool
+        if k > 1:
+            pooled = F.avg_pool2d(amap, k, stride=1, padding=k // 2, count_include_pad=False)
+        flat = pooled.flatten(1)
+        if self.config.reduce == "mean":
+            score = flat.mean(dim=1)
+        elif self.config.reduce == "max":
+            score = flat.amax(dim=1)
+        else:
+            score = flat.topk(min(self.config.topk, flat.shape[1]), dim=1).values.mean(dim=1)
+        return amap, score
+
+
+class InferenceGraph(nn.Module):
+    """Model + scorer: preprocessed images -> (anomaly map (B, 1, S, S), score (B,)). Exported as is."""
+
+    def __init__(self, model: nn.Module, scorer: ImageScorer) -> None:
+        super().__init__()
+        self.model = model
+        self.scorer = scorer
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        out = self.model(x)
+        amap, own = out if isinstance(out, tuple) else (out, None)
+        return self.scorer(amap, own)
+
 
 ScoreFn = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
 MAX_TILES = 64  # tiles per forward pass when tiling
@@ -55,8 +119,9 @@ def tiled_score_fn(tile_score: ScoreFn, score: ScoreConfig, tile: int, stride: i
 
     Each image is cut into tiles (surfad.data.tiles), `tile_score` maps them (its scoring head
     smooths each tile map), the tile maps are averaged where they overlap and cropped to the image,
-    and the score rule's pooling and reduction (no second smoothing) give the image score.
-    Maps come back at the input's resolution.
+    and the score rule's pooling and reduction (no second smoothing) give the image score; with
+    reduce "model" (the model scores tiles itself, e.g. its largest patch distance) the image score
+    is the largest tile score. Maps come back at the input's resolution.
     """
     reducer = ImageScorer(replace(score, smoothing_sigma=0.0))
     stride = default_stride(tile, stride)
@@ -65,12 +130,17 @@ def tiled_score_fn(tile_score: ScoreFn, score: ScoreConfig, tile: int, stride: i
         height, width = batch.shape[2:]
         cuts = [cut_tiles(image, tile, stride) for image in batch]
         tiles = np.concatenate([c[0] for c in cuts])
-        maps = np.concatenate([tile_score(tiles[i : i + MAX_TILES])[0] for i in range(0, len(tiles), MAX_TILES)])
-        stitched, offset = [], 0
+        outputs = [tile_score(tiles[i : i + MAX_TILES]) for i in range(0, len(tiles), MAX_TILES)]
+        maps = np.concatenate([m for m, _ in outputs])
+        tile_scores = np.concatenate([s for _, s in outputs])
+        stitched, own, offset = [], [], 0
         for _, starts, padded in cuts:
             stitched.append(stitch(maps[offset : offset + len(starts)], starts, padded, (height, width)))
+            own.append(tile_scores[offset : offset + len(starts)].max())
             offset += len(starts)
         amaps = np.stack(stitched)
+        if score.reduce == "model":
+            return amaps, np.array(own, dtype=np.float32)
         with torch.inference_mode():
             _, scores = reducer(torch.from_numpy(amaps)[:, None])
         return amaps, scores.numpy()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 import random
 import tempfile
@@ -16,18 +17,41 @@ import numpy as np
 from surfad.errors import SurfadError
 
 
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+FILE_MODE = 0o666 & ~_current_umask()  # what open() would give a new file: written files respect the umask
+TEMP_PREFIX, TEMP_SUFFIX = ".", ".tmp"  # atomic writes go through hidden .NAME.XXXX.tmp siblings
+
+
 def atomic_write(path: str | Path, write: Callable[[Path], None]) -> None:
-    """Write a file via a temporary sibling and rename, so a crash never leaves a half file."""
+    """Write a file via a temporary sibling and rename, so a crash never leaves a half file; the file
+    gets the mode a plain open() would (the umask applies)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f"{TEMP_PREFIX}{path.name}.", suffix=TEMP_SUFFIX)
     os.close(fd)
     try:
         write(Path(tmp))
+        os.chmod(tmp, FILE_MODE)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def remove_stale_temp_files(folder: str | Path) -> int:
+    """Delete the temporary files that interrupted atomic writes left in `folder` and below (call it
+    only where no other writer is at work); returns how many."""
+    removed = 0
+    for tmp in Path(folder).rglob(f"{TEMP_PREFIX}*{TEMP_SUFFIX}") if Path(folder).is_dir() else []:
+        if tmp.is_file():
+            tmp.unlink(missing_ok=True)
+            removed += 1
+    return removed
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
@@ -38,8 +62,24 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     atomic_write(path, lambda tmp: tmp.write_bytes(data))
 
 
+def json_safe(obj: Any) -> Any:
+    """obj with every non-finite float (an undefined metric) as None, so the JSON written is valid."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    return obj
+
+
+def to_json(obj: Any, indent: int | None = None) -> str:
+    """Valid JSON (non-finite floats as null; see json_safe)."""
+    return json.dumps(json_safe(obj), indent=indent, allow_nan=False)
+
+
 def atomic_write_json(path: str | Path, obj: Any) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2) + "\n")
+    atomic_write_text(path, to_json(obj, indent=2) + "\n")
 
 
 def read_json(path: str | Path, what: str, parse: Callable[[Any], Any] | None = None) -> Any:

@@ -14,7 +14,7 @@ from surfad.data.tiles import pad_to_tile
 from surfad.utils import atomic_write_bytes
 
 if TYPE_CHECKING:
-    from surfad.inference import Region
+    from surfad.verdict import Region
 
 
 def heatmap_scale(pixel_threshold: float, amap: np.ndarray) -> float:

@@ -10,7 +10,7 @@ from torch.utils.data import Dataset
 
 from surfad.data.io import read_image, read_mask
 from surfad.data.samples import Sample
-from surfad.data.tiles import random_tile
+from surfad.data.tiles import default_stride, pad_to_tile, random_tile, tile_grid
 from surfad.data.transforms import preprocess, resize_mask
 
 
@@ -88,6 +88,36 @@ class TileDataset(Dataset):
         array, _ = self.images.load(index % len(self.images))
         size = self.images.image_size
         tile = random_tile(array, size, np.random.default_rng([self.seed, self.epoch, index]))
+        return {
+            "image": torch.from_numpy(tile.astype(np.float32) / 255.0),
+            "mask": torch.zeros((1, size, size), dtype=torch.float32),
+            "label": torch.tensor(0, dtype=torch.int64),
+            "index": torch.tensor(index, dtype=torch.int64),
+        }
+
+
+class GridTileDataset(Dataset):
+    """Every inference tile of the scaled good training images (surfad.data.tiles: tiles `stride`
+    apart, 0 = 3/4 of a tile), in order: what a fitted model is fitted on when tiling, so its bank
+    covers every place a tile is scored at. Items are in ImageDataset's format (mask all zeros)."""
+
+    def __init__(self, images: ImageDataset, stride: int) -> None:
+        self.images = images
+        self.stride = default_stride(images.image_size, stride)
+        self.index: list[tuple[int, int, int]] = []  # (image, y, x)
+        for i in range(len(images)):
+            array, _ = images.load(i)
+            padded = pad_to_tile(array, images.image_size)
+            self.index += [(i, y, x) for y, x in tile_grid(padded.shape[1], padded.shape[2], images.image_size,
+                                                          self.stride)]
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        i, y, x = self.index[index]
+        size = self.images.image_size
+        tile = pad_to_tile(self.images.load(i)[0], size)[:, y : y + size, x : x + size]
         return {
             "image": torch.from_numpy(tile.astype(np.float32) / 255.0),
             "mask": torch.zeros((1, size, size), dtype=torch.float32),

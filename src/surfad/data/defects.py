@@ -23,9 +23,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from surfad.data.io import IMAGE_SUFFIXES, read_image
+from surfad.data.io import IMAGE_SUFFIXES, infer_channels, read_image
+from surfad.data.layouts import expand_inputs
 from surfad.data.tiles import pad_to_tile, random_window
-from surfad.data.transforms import resize_image
+from surfad.data.transforms import preprocess, resize_image
 from surfad.errors import SurfadError
 from surfad.utils import atomic_write_bytes
 
@@ -449,3 +450,14 @@ def write_defect_preview(
     out_png = Path(out_png)
     atomic_write_bytes(out_png, encoded.tobytes())
     return out_png
+
+
+def preview_defects(inputs: list[str], out_png: str | Path, source: str = "procedural", image_size: int = 128,
+                    n: int = 8, seed: int = 0) -> Path:
+    """`surfad preview-defects`: synthetic defects from `source` on the first n input images, at the
+    model input they would have (channels by training's rule: 1 when every image is grayscale)."""
+    paths = expand_inputs(inputs)[:n]
+    channels = infer_channels(paths)
+    images = [preprocess(read_image(p), image_size, channels) for p in paths]
+    return write_defect_preview(images, DefectSynthesizer(source, image_size=image_size, seed=seed), Path(out_png), n,
+                                seed)

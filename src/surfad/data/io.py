@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 
 import cv2
@@ -77,3 +78,28 @@ def read_mask(path: str | Path, shape: tuple[int, int] | None = None) -> np.ndar
             f"{path}: mask is {mask.shape[1]}x{mask.shape[0]} but its image is {shape[1]}x{shape[0]}"
         )
     return mask
+
+
+def as_image(image: np.ndarray | str | Path) -> np.ndarray:
+    """A path or an array (uint8 HxW, HxWx1 or HxWx3 RGB) -> uint8 HxWxC; anything else is a clear error."""
+    if isinstance(image, (str, Path)):
+        return read_image(image)
+    array = np.asarray(image)
+    if array.dtype != np.uint8:
+        raise BadInputError(f"image array must be uint8, got {array.dtype}")
+    if array.ndim == 2:
+        array = array[:, :, None]
+    if array.ndim != 3 or array.shape[2] not in (1, 3) or 0 in array.shape:
+        raise BadInputError(f"image array must be HxW, HxWx1 or HxWx3 with H, W > 0, got shape {array.shape}")
+    return array
+
+
+def infer_channels(paths: Iterable[str | Path]) -> int:
+    """1 when every image is grayscale (or colour with three equal channels), else 3: the rule that
+    resolves data.channels."""
+    for path in paths:
+        image = read_image(path)
+        if image.shape[2] == 3 and not (np.array_equal(image[..., 0], image[..., 1])
+                                        and np.array_equal(image[..., 1], image[..., 2])):
+            return 3
+    return 1

@@ -28,12 +28,14 @@ case), hidden files excluded, in sorted order, so the same folder always gives t
 
 from __future__ import annotations
 
+import glob
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from surfad.config import LAYOUTS, DataConfig
+from surfad.config import DataConfig
 from surfad.data.io import IMAGE_SUFFIXES, read_mask
 from surfad.data.samples import DEFECT, GOOD, Sample
 from surfad.errors import BadInputError, SurfadError
@@ -77,6 +79,34 @@ def list_images(folder: Path) -> list[Path]:
     )
 
 
+def expand_inputs(inputs: Iterable[str], exclude: str | Path | None = None) -> list[Path]:
+    """Files, folders (recursive) and glob patterns -> a sorted, de-duplicated list of image files.
+
+    Files named explicitly are kept whatever their suffix (decoding decides); folders and patterns
+    contribute files with an image suffix. Files under `exclude` (the output folder) are left out,
+    so outputs written inside an input folder are not inspected on the next run.
+    """
+    inputs = list(inputs)
+    found: list[Path] = []
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            found += [p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
+        elif path.is_file():
+            found.append(path)
+        else:
+            matches = [Path(m) for m in glob.glob(item, recursive=True)]
+            if not matches:
+                raise SurfadError(f"{item}: no such file, folder or matching pattern")
+            found += [m for m in matches if m.is_file() and m.suffix.lower() in IMAGE_SUFFIXES]
+    unique = sorted({p.resolve() for p in found})
+    if exclude is not None:
+        unique = [p for p in unique if not p.is_relative_to(Path(exclude).resolve())]
+    if not unique:
+        raise SurfadError(f"no images found in {', '.join(inputs)}")
+    return unique
+
+
 def folder_samples(good: str | Path | None, defect: str | Path | None) -> list[Sample]:
     """Every image directly in `good` (label 0) and in `defect` (label 1), without masks."""
     samples: list[Sample] = []
@@ -105,11 +135,6 @@ def seeded_holdout(
     held = set(np.random.default_rng([seed, salt]).permutation(n)[:n_held].tolist())
     kept = [s for i, s in enumerate(samples) if i not in held]
     return kept, [s for i, s in enumerate(samples) if i in held]
-
-
-def check_ratio(value: float, name: str) -> None:
-    if not 0.0 <= value < 1.0:
-        raise SurfadError(f"data.{name}: must be at least 0 and below 1, got {value}")
 
 
 def detect_layout(root: Path) -> str:
@@ -150,10 +175,7 @@ def load_layout(cfg: DataConfig) -> LayoutIndex:
     root = Path(cfg.path)
     if not root.is_dir():
         raise SurfadError(f"data.path: {root} is not a folder")
-    layout = detect_layout(root) if cfg.layout == "auto" else cfg.layout
-    if layout not in LAYOUTS:
-        raise SurfadError(f"data.layout: unknown layout {cfg.layout!r}; valid: auto, {', '.join(LAYOUTS)}")
-    check_ratio(cfg.test_ratio, "test_ratio")
+    layout = detect_layout(root) if cfg.layout == "auto" else cfg.layout  # DataConfig checked cfg.layout
     if cfg.train_list and layout not in ("mt", "folder"):
         raise SurfadError(
             f"data.train_list: only used by layouts without a test split (mt, folder), not {layout}"

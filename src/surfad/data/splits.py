@@ -15,7 +15,7 @@ from typing import Any
 
 from surfad.config import DataConfig
 from surfad.data.io import read_image, read_mask
-from surfad.data.layouts import BadFiles, check_ratio, load_layout, seeded_holdout
+from surfad.data.layouts import BadFiles, load_layout, seeded_holdout
 from surfad.data.samples import GOOD, Sample
 from surfad.errors import BadInputError, SurfadError
 from surfad.utils import atomic_write_json, read_json
@@ -93,7 +93,6 @@ def _sample(item: dict[str, Any]) -> Sample:
 
 def make_splits(cfg: DataConfig) -> Splits:
     """Index cfg.path, drop (skip_bad) or report bad files, and hold out a seeded validation share."""
-    check_ratio(cfg.val_ratio, "val_ratio")
     index = load_layout(cfg)
     _check_disjoint({"train": index.train, "validation": index.validation, "test": index.test})
     bad = BadFiles(cfg.skip_bad, list(index.skipped))

@@ -29,7 +29,7 @@ about 8x slower to export and fixed the batch size of recondiff's Siamese segmen
 specialises the batch dimension through ``torch.cat``/``chunk`` on dim 0), so it is not used.
 
 Every export is checked before it replaces RUN/model.onnx: torch and onnxruntime must agree to
-PARITY_TOLERANCE on random inputs and on the run's validation images, at batch sizes other than the
+PARITY_TOLERANCE (times the output scale when it exceeds 1) on random inputs and on the run's validation images, at batch sizes other than the
 traced one. The figures go to RUN/export.json together with the versions and the SHA-256 of the
 weights, which `onnx_score_fn` uses to refuse a model.onnx older than the run's weights.
 """
@@ -59,7 +59,8 @@ from surfad.utils import atomic_write, atomic_write_json
 EXPORT_JSON = "export.json"
 INPUT_NAME = "image"
 OUTPUT_NAMES = ("anomaly_map", "score")
-PARITY_TOLERANCE = 1e-4  # max abs difference allowed between torch and onnxruntime, maps and scores
+PARITY_TOLERANCE = 1e-4  # max difference allowed between torch and onnxruntime, maps and scores, relative to
+# max(1, the largest output magnitude): absolute for maps in [0, 1], relative for distances (patchcore, padim)
 N_RANDOM = 3  # random inputs in the parity check (batch size differs from the traced batch of 2)
 N_VAL = 8  # at most this many validation images in the parity check
 
@@ -93,10 +94,12 @@ def export_onnx(run: str | Path, opset: int = 17) -> Path:
                 raise SurfadError(f"{run}: ONNX export of model {config.model!r} at opset {opset} failed: {err}") from err
         onnx.checker.check_model(str(tmp))
         parity.update(check_parity(graph, onnx_score_fn(tmp, check_weights=False), [random_batch, *val_batches]))
-        if not max(parity["max_abs_diff_map"], parity["max_abs_diff_score"]) <= PARITY_TOLERANCE:  # NaN fails too
+        allowed = PARITY_TOLERANCE * max(1.0, parity["output_scale"])
+        if not max(parity["max_abs_diff_map"], parity["max_abs_diff_score"]) <= allowed:  # NaN fails too
             raise SurfadError(
                 f"{run}: exported model disagrees with torch (max abs diff map {parity['max_abs_diff_map']:.3g}, "
-                f"score {parity['max_abs_diff_score']:.3g} > {PARITY_TOLERANCE}); {bundle.ONNX} not written"
+                f"score {parity['max_abs_diff_score']:.3g} > {allowed:.3g}, i.e. {PARITY_TOLERANCE} x max(1, output "
+                f"scale {parity['output_scale']:.3g})); {bundle.ONNX} not written"
             )
 
     atomic_write(run / bundle.ONNX, write)
@@ -157,18 +160,20 @@ def onnx_score_fn(path: str | Path, threads: int = 0, check_weights: bool = True
 
 
 def check_parity(graph: torch.nn.Module, score: ScoreFn, batches: list[np.ndarray]) -> dict[str, Any]:
-    """Max abs differences of maps and scores between the torch graph and `score` over `batches`."""
+    """Max abs differences of maps and scores between the torch graph and `score` over `batches`, and
+    the largest magnitude of the torch outputs (which the tolerance is relative to)."""
     reference = torch_score_fn(graph, torch.device("cpu"))
-    diff_map = diff_score = 0.0
+    diff_map = diff_score = scale = 0.0
     for batch in batches:
         ref_map, ref_score = reference(batch)
+        scale = max(scale, float(np.abs(ref_map).max()), float(np.abs(ref_score).max()))
         got_map, got_score = score(batch)
         if got_map.shape != ref_map.shape or got_score.shape != ref_score.shape:
             raise SurfadError(f"ONNX output shapes {got_map.shape}, {got_score.shape} differ from torch's "
                               f"{ref_map.shape}, {ref_score.shape} for a batch of {len(batch)}")
         diff_map = max(diff_map, float(np.abs(got_map - ref_map).max()))
         diff_score = max(diff_score, float(np.abs(got_score - ref_score).max()))
-    return {"max_abs_diff_map": diff_map, "max_abs_diff_score": diff_score}
+    return {"max_abs_diff_map": diff_map, "max_abs_diff_score": diff_score, "output_scale": scale}
 
 
 def _tiling(config: RunConfig) -> dict[str, Any] | None:

@@ -1,23 +1,32 @@
-"""The contract every model follows, and the scoring head shared by all of them.
+"""The contract every model follows.
 
-A model is a pure torch module: `forward(x)` maps a batch of preprocessed images (B, C, S, S in
-[0, 1]) to an anomaly map (B, 1, S, S), higher = more anomalous. That forward pass is exactly what
-is exported. Training glue lives in `surfad.train`; a model only says how to compute its loss
-(`training_loss`) and, if it needs special samples (synthetic defects), how to build its training
-dataset (`make_train_dataset`).
+A model is a pure torch module built as ``Module(config, in_channels, image_size)``. Its
+``forward(x)`` maps preprocessed images (B, C, S, S) in [0, 1] to an anomaly map (B, 1, S, S),
+higher = more anomalous, or to (map, image score (B,)) when the model scores images itself
+(``ModelSpec.own_score``). That forward pass, with the scoring head of surfad.scoring, is exactly
+what is exported. A model learns in one of two ways, which its registry entry says:
+
+- gradient-trained (unet_vae, recondiff): the entry's GradientRecipe gives the loss of a batch,
+  optionally the model's own training samples (e.g. synthetic defects) and its optimiser;
+  surfad.training runs the epochs, validation, selection and checkpoints.
+- fitted in one pass (patchcore, padim): a FittedModel; ``plan(n_images)`` says what fitting will
+  take before any work, ``fit(batches, n_images, progress)`` fills its buffers from the good
+  training images. No epochs, no optimiser.
 """
 
 from __future__ import annotations
 
-import math
-from typing import Any, ClassVar
+import os
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
 
-from surfad.config import ScoreConfig, TrainConfig
+from surfad.config import TrainConfig
 
 # Memory layout of model weights and of the image batches fed to them. Channels-last lets oneDNN's
 # convolutions run about 1.4x faster in training and 1.5x in inference on this CPU, with the same
@@ -26,13 +35,7 @@ IMAGE_LAYOUT = torch.channels_last
 
 
 class AnomalyModel(nn.Module):
-    """Base class: subclasses set `name`, `Config` (a dataclass), `default_score`, `presets`."""
-
-    name: ClassVar[str]
-    Config: ClassVar[type]
-    default_score: ClassVar[ScoreConfig] = ScoreConfig()
-    presets: ClassVar[dict[str, dict[str, Any]]] = {}
-    cli_flags: ClassVar[dict[str, str]] = {}  # extra `surfad train --flag` -> Config field (seed-style names)
+    """Base of every model: keeps its config and input geometry."""
 
     def __init__(self, config: Any, in_channels: int, image_size: int) -> None:
         super().__init__()
@@ -40,83 +43,85 @@ class AnomalyModel(nn.Module):
         self.in_channels = in_channels
         self.image_size = image_size
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
-        """Anomaly map (B, 1, S, S) for preprocessed images x (B, C, S, S)."""
-        raise NotImplementedError
-
-    def training_loss(self, batch: dict[str, torch.Tensor], progress: float) -> dict[str, torch.Tensor]:
-        """Loss terms for one batch; key "loss" is the total to minimise.
-
-        `batch["image"]` is always present; `progress` in [0, 1] is the share of training done
-        (for warm-ups and schedules that depend on it).
-        """
-        raise NotImplementedError  # pragma: no cover - abstract
-
-    def make_train_dataset(self, images: Dataset, seed: int) -> Dataset:
-        """Training samples built from the good training images; default: the images themselves."""
-        return images
-
     def visuals(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """Images shown in the training grid besides the input and the map (e.g. the reconstruction)."""
         return {}
 
-    def configure_optimizer(
-        self, train: TrainConfig, steps_per_epoch: int
-    ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler | None]:
-        """Adam with the run's learning rate and weight decay, no schedule; models may override."""
-        optimizer = torch.optim.Adam(self.parameters(), lr=train.lr, weight_decay=train.weight_decay)
-        return optimizer, None
+
+def available_memory() -> int:
+    """Bytes of RAM available now (MemAvailable), or the physical total where /proc is missing."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
-class ImageScorer(nn.Module):
-    """Anomaly map -> (smoothed map, image score), in torch so it is exported with the model."""
-
-    def __init__(self, config: ScoreConfig) -> None:
-        super().__init__()
-        if config.reduce not in ("mean", "max", "topk"):
-            raise ValueError(f"score.reduce must be mean, max or topk, got {config.reduce!r}")
-        self.config = config
-        sigma = config.smoothing_sigma
-        if sigma > 0:
-            radius = max(1, int(math.ceil(3 * sigma)))
-            xs = torch.arange(-radius, radius + 1, dtype=torch.float32)
-            kernel = torch.exp(-(xs**2) / (2 * sigma**2))
-            self.register_buffer("kernel", (kernel / kernel.sum()).view(1, 1, 1, -1), persistent=False)
-            self.radius = radius
-        else:
-            self.kernel = None
-            self.radius = 0
-
-    def smooth(self, amap: torch.Tensor) -> torch.Tensor:
-        if self.kernel is None:
-            return amap
-        r = self.radius
-        out = F.conv2d(F.pad(amap, (r, r, 0, 0), mode="replicate"), self.kernel)
-        return F.conv2d(F.pad(out, (0, 0, r, r), mode="replicate"), self.kernel.transpose(2, 3))
-
-    def forward(self, amap: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        amap = self.smooth(amap)
-        pooled = amap
-        k = self.config.pool
-        if k > 1:
-            pooled = F.avg_pool2d(amap, k, stride=1, padding=k // 2, count_include_pad=False)
-        flat = pooled.flatten(1)
-        if self.config.reduce == "mean":
-            score = flat.mean(dim=1)
-        elif self.config.reduce == "max":
-            score = flat.amax(dim=1)
-        else:
-            score = flat.topk(min(self.config.topk, flat.shape[1]), dim=1).values.mean(dim=1)
-        return amap, score
+def memory_limit(gigabytes: float) -> float:
+    """Bytes a fit may use: `gigabytes` when > 0, else 80% of the RAM available now."""
+    return gigabytes * 2**30 if gigabytes > 0 else 0.8 * available_memory()
 
 
-class InferenceGraph(nn.Module):
-    """Model + scorer: preprocessed images -> (anomaly map (B, 1, S, S), score (B,)). Exported as is."""
+@dataclass(frozen=True)
+class FitPlan:
+    """What fitting will take, known before it starts: peak memory, and lines for people."""
 
-    def __init__(self, model: AnomalyModel, scorer: ImageScorer) -> None:
-        super().__init__()
-        self.model = model
-        self.scorer = scorer
+    memory_bytes: int
+    lines: tuple[str, ...]
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.scorer(self.model(x))
+
+class FittedModel(AnomalyModel):
+    """A model fitted in one pass over the good training images."""
+
+    def plan(self, n_images: int) -> FitPlan:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def fit(self, batches: Iterable[torch.Tensor], n_images: int, progress: bool = True) -> dict[str, Any]:
+        """Fill the model from batches of (B, C, S, S) good images (n_images in all); returns figures
+        about the fit (sizes, seconds per phase) for the run's records."""
+        raise NotImplementedError  # pragma: no cover - abstract
+
+    def estimate_seconds(self, batch: torch.Tensor, n_images: int) -> float:  # pragma: no cover - abstract
+        """Seconds fitting on n_images would take here, from timing parts of the work on `batch`."""
+        raise NotImplementedError
+
+
+def seconds_per_image(work: Callable[[torch.Tensor], Any], batch: torch.Tensor) -> float:
+    """Seconds `work` takes per image of `batch`, timed on its second run (the first allocates)."""
+    with torch.inference_mode():
+        work(batch)
+        started = time.perf_counter()
+        work(batch)
+    return (time.perf_counter() - started) / len(batch)
+
+
+Loss = Callable[[Any, dict[str, torch.Tensor], float], dict[str, torch.Tensor]]
+Optimiser = tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler | None]
+
+
+def adam(model: nn.Module, train: TrainConfig) -> Optimiser:
+    """Adam with the run's learning rate and weight decay, no schedule: the default optimiser."""
+    return torch.optim.Adam(model.parameters(), lr=train.lr, weight_decay=train.weight_decay), None
+
+
+def own_images(model: nn.Module, images: Dataset, seed: int) -> Dataset:
+    """The default training samples: the good training images themselves."""
+    return images
+
+
+@dataclass(frozen=True)
+class GradientRecipe:
+    """How a gradient-trained model learns.
+
+    loss(model, batch, progress) -> loss terms, key "loss" the total to minimise; batch["image"] is
+    always present, progress in [0, 1] is the share of training done (for warm-ups).
+    samples(model, images, seed) -> the training Dataset built on the good images' Dataset.
+    optimizer(model, train config) -> (optimiser, per-epoch scheduler or None).
+    """
+
+    loss: Loss
+    samples: Callable[[Any, Dataset, int], Dataset] = own_images
+    optimizer: Callable[[Any, TrainConfig], Optimiser] = adam

@@ -54,8 +54,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from surfad import __version__
 from surfad.data.io import decode_image
+from surfad.detector import Detector
 from surfad.errors import BadInputError
-from surfad.inference import Detector
 from surfad.serve.record import InspectionLog, LiveStats, prometheus_text
 from surfad.visualize import encode_png, heatmap, heatmap_scale, overlay
 

@@ -26,13 +26,16 @@ import numpy as np
 
 from surfad import bundle
 from surfad.calibrate import Calibration, calibrate, default_strategy
+from surfad.data.io import as_image
 from surfad.data.samples import Sample
 from surfad.data.splits import Splits
 from surfad.data.transforms import resize_map
+from surfad.detector.base import Detector
+from surfad.detector.run import RunDetector
 from surfad.errors import SurfadError
-from surfad.inference import BaseDetector, Detector, Prediction, as_image, inspect
 from surfad.scoring import ScoredSet
 from surfad.utils import atomic_write_json, read_json
+from surfad.verdict import Prediction, judge
 
 
 @dataclass
@@ -64,25 +67,30 @@ def _resized(maps: np.ndarray, size: tuple[int, ...]) -> np.ndarray:
     return maps if maps.shape[1:] == size else np.stack([resize_map(m, *size) for m in maps])
 
 
-class FusedDetector(BaseDetector):
+class FusedDetector(Detector):
     """Several runs inspecting as one; `config` is the first member's (the data settings and splits
     they share)."""
 
-    def __init__(self, run: Path, members: list[Detector], stats: list[MemberStats], calibration: Calibration,
-                 runtime: str, min_area: int = 16) -> None:
+    marker = bundle.ENSEMBLE
+
+    def __init__(self, run: Path, members: list[RunDetector], stats: list[MemberStats],
+                 calibration: Calibration | None, runtime: str, min_area: int = 16) -> None:
         super().__init__(run, members[0].config, calibration, runtime, min_area)
         self.members = members
         self.stats = stats
 
     @classmethod
-    def load(cls, run: str | Path, runtime: str = "torch", device: str = "cpu", min_area: int = 16,
+    def open(cls, folder: Path, runtime: str = "torch", device: str = "cpu", min_area: int = 16,
              checkpoint: str = "best_detect") -> FusedDetector:
-        run = Path(run)
         if checkpoint != "best_detect":
-            raise SurfadError(f"{run}: a fused detector uses its members' shipped weights (best_detect) only")
-        calibration = cls.read_calibration(run)
-        members = [Detector.load(member, runtime=runtime, device=device, min_area=min_area) for member in model_runs(run)]
-        return cls(run, members, read_stats(run), calibration, runtime, min_area)
+            raise SurfadError(f"{folder}: a fused detector uses its members' shipped weights (best_detect) only")
+        calibration = cls.read_calibration(folder)
+        members = [RunDetector.open(member, runtime, device, min_area) for member in model_runs(folder)]
+        return cls(folder, members, read_stats(folder), calibration, runtime, min_area)
+
+    @classmethod
+    def describe_folder(cls, folder: Path) -> dict[str, Any]:
+        return cls.open(folder).info()
 
     @property
     def channels(self) -> int:
@@ -119,7 +127,8 @@ class FusedDetector(BaseDetector):
         for i, image in enumerate(arrays):
             score = float(np.mean([s.scores(np.float64(p[i].score)) for s, p in zip(self.stats, per_member)]))
             amap = np.mean([s.maps(p[i].anomaly_map) for s, p in zip(self.stats, per_member)], axis=0)
-            results.append(inspect(image, amap.astype(np.float32), score, t, self.calibration, self.min_area))
+            results.append(judge(image, amap.astype(np.float32), score, t, self.calibration.pixel_threshold,
+                                 self.min_area))
         return results
 
 
@@ -136,7 +145,7 @@ def read_stats(run: Path) -> list[MemberStats]:
 
 def model_runs(folder: str | Path) -> list[Path]:
     """The trained run folders a detector folder uses: a fused detector's members, or the run itself."""
-    if not bundle.is_fused(folder):
+    if Detector.kind_of(folder) is not FusedDetector:
         return [Path(folder)]
     return [Path(os.path.normpath(Path(folder) / s.run)) for s in read_stats(Path(folder))]
 
@@ -152,7 +161,7 @@ def fuse_runs(runs: Sequence[str | Path], out: str | Path, strategy: str | None 
         raise SurfadError("fuse: give at least two runs")
     if out.exists() and any(out.iterdir()):
         raise SurfadError(f"{out}: exists and is not empty; choose another --out")
-    members = [Detector.load(r) for r in runs]
+    members = [RunDetector.open(bundle.require_run(r)) for r in runs]
     splits = [Splits.load(Path(r) / bundle.SPLITS) for r in runs]
     for run, s in zip(runs[1:], splits[1:]):
         for name in ("val", "test"):

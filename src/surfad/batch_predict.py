@@ -8,7 +8,6 @@ Unreadable files are reported in errors.jsonl and skipped; the batch goes on.
 
 from __future__ import annotations
 
-import glob
 import hashlib
 import json
 import shutil
@@ -19,45 +18,18 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from surfad.data.io import IMAGE_SUFFIXES, read_image
-from surfad.errors import BadInputError, SurfadError
-from surfad.inference import Detector
+from surfad.data.io import read_image
+from surfad.data.layouts import expand_inputs
+from surfad.detector import Detector
+from surfad.errors import BadInputError
 from surfad.report import write_gallery
-from surfad.utils import atomic_write_csv, atomic_write_text
+from surfad.utils import atomic_write_csv, atomic_write_text, to_json
+from surfad.verdict import NG, VERDICTS
 from surfad.visualize import heatmap, heatmap_scale, overlay, write_png
 
 JSONL = "predictions.jsonl"
 CSV = "predictions.csv"
 ERRORS = "errors.jsonl"
-VERDICTS = ("OK", "NG")  # the folders of sort_into
-
-
-def expand_inputs(inputs: Iterable[str], exclude: str | Path | None = None) -> list[Path]:
-    """Files, folders (recursive) and glob patterns -> a sorted, de-duplicated list of image files.
-
-    Files named explicitly are kept whatever their suffix (decoding decides); folders and patterns
-    contribute files with an image suffix. Files under `exclude` (the output folder) are left out,
-    so outputs written inside an input folder are not inspected on the next run.
-    """
-    inputs = list(inputs)
-    found: list[Path] = []
-    for item in inputs:
-        path = Path(item)
-        if path.is_dir():
-            found += [p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
-        elif path.is_file():
-            found.append(path)
-        else:
-            matches = [Path(m) for m in glob.glob(item, recursive=True)]
-            if not matches:
-                raise SurfadError(f"{item}: no such file, folder or matching pattern")
-            found += [m for m in matches if m.is_file() and m.suffix.lower() in IMAGE_SUFFIXES]
-    unique = sorted({p.resolve() for p in found})
-    if exclude is not None:
-        unique = [p for p in unique if not p.is_relative_to(Path(exclude).resolve())]
-    if not unique:
-        raise SurfadError(f"no images found in {', '.join(inputs)}")
-    return unique
 
 
 def output_stem(path: Path) -> str:
@@ -95,7 +67,7 @@ def predict_files(detector: Detector, inputs: Iterable[str], out: str | Path, th
                     chunk.append(path)
                 except BadInputError as err:
                     counts["failed"] += 1
-                    errors.write(json.dumps({"path": str(path), "error": str(err)}) + "\n")
+                    errors.write(to_json({"path": str(path), "error": str(err)}) + "\n")
                     bar.write(f"skipped: {err}", file=sys.stderr)
                     bar.update()
             if not chunk:
@@ -111,10 +83,10 @@ def predict_files(detector: Detector, inputs: Iterable[str], out: str | Path, th
                     shutil.copy2(path, Path(sort_into) / pred.verdict / f"{stem}{path.suffix}")
                 record = {"path": str(path), **pred.to_dict(), "heatmap": files["heatmaps"],
                           "overlay": files["overlays"], "mask": files["masks"]}
-                results.write(json.dumps(record) + "\n")
+                results.write(to_json(record) + "\n")
                 results.flush()
                 counts["done"] += 1
-                counts["ng"] += pred.verdict == "NG"
+                counts["ng"] += pred.verdict == NG
                 bar.update()
     bar.close()
     _write_summaries(out)

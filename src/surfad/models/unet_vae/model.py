@@ -9,73 +9,47 @@ The anomaly map is the per-pixel reconstruction error averaged over channels.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from surfad.config import ScoreConfig
+from surfad.config import Checked, setting
 from surfad.errors import SurfadError
-from surfad.models import register
 from surfad.models.base import AnomalyModel
+from surfad.models.layers import conv_block
 
 
 @dataclass
-class UNetVAEConfig:
-    base_width: int = 16  # channels at full resolution; doubled at each level
-    depth: int = 4  # number of 2x downsamplings
-    latent_channels: int = 16  # channels of the spatial latent (S / 2**depth per side)
+class UNetVAEConfig(Checked):
+    section: ClassVar[str] = "model_params"
+    base_width: int = setting(16, "channels at full resolution; doubled at each level", low=1)
+    depth: int = setting(4, "number of 2x downsamplings", low=1)
+    latent_channels: int = setting(16, "channels of the spatial latent (S / 2**depth per side)", low=1)
     # Encoder levels feeding the decoder, chosen on validation image AUROC (benchmarks/RESULTS.md):
     # shallow skips copy defects through (level 0: wood image AUROC 80.8; level 1 lost on the
     # synthetic data's validation, 0.77 vs 0.97), no skips gives blurry maps.
-    skip_levels: list[int] = field(default_factory=lambda: [2, 3])
-    recon_loss: str = "l1"  # l1 | mse | bce
-    beta: float = 0.01  # KL weight (the seed's KLD_WEIGHT), on per-element means
-    kl_warmup: float = 0.2  # share of training over which beta ramps up linearly from 0 (0 = off)
-    map_error: str = "l1"  # per-pixel error of the anomaly map: l1 | l2
-    sample_at_inference: bool = False  # decode a sample z instead of mu at inference
+    skip_levels: list[int] = setting([2, 3], "encoder levels whose features skip to the decoder")
+    recon_loss: str = setting("l1", "reconstruction loss", choices=("l1", "mse", "bce"))
+    beta: float = setting(0.01, "KL weight (the seed's KLD_WEIGHT), on per-element means", low=0)
+    kl_warmup: float = setting(0.2, "share of training over which beta ramps up from 0 (0 = off)", low=0, high=1)
+    map_error: str = setting("l1", "per-pixel error of the anomaly map", choices=("l1", "l2"))
+    sample_at_inference: bool = setting(False, "decode a sample z instead of mu at inference")
 
 
-def conv_block(cin: int, cout: int) -> nn.Sequential:
-    """Two 3x3 conv + BatchNorm + ReLU: the unit of both paths."""
-    return nn.Sequential(
-        nn.Conv2d(cin, cout, 3, padding=1, bias=False),
-        nn.BatchNorm2d(cout),
-        nn.ReLU(inplace=True),
-        nn.Conv2d(cout, cout, 3, padding=1, bias=False),
-        nn.BatchNorm2d(cout),
-        nn.ReLU(inplace=True),
-    )
-
-
-def kl_divergence(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
-    """KL(N(mu, sigma^2) || N(0, 1)) averaged over every latent element (batch included)."""
-    return 0.5 * torch.mean(mu.pow(2) + logvar.exp() - 1.0 - logvar)
-
-
-@register
 class UNetVAE(AnomalyModel):
     """U-Net VAE; forward(x) -> per-pixel reconstruction error (B, 1, S, S)."""
-
-    name = "unet_vae"
-    Config = UNetVAEConfig
-    default_score = ScoreConfig(smoothing_sigma=2.0, reduce="topk", pool=1, topk=100)
 
     def __init__(self, config: UNetVAEConfig, in_channels: int, image_size: int) -> None:
         super().__init__(config, in_channels, image_size)
         c = config
-        if c.depth < 1 or image_size % (2**c.depth):
+        if image_size % (2**c.depth):
             raise SurfadError(f"model_params.depth={c.depth}: image_size {image_size} must be divisible by {2**c.depth}")
         bad = [lvl for lvl in c.skip_levels if not 0 <= lvl < c.depth]
         if bad:
             raise SurfadError(f"model_params.skip_levels: levels {bad} outside 0..{c.depth - 1}")
-        for field_name, value, options in (
-            ("recon_loss", c.recon_loss, ("l1", "mse", "bce")),
-            ("map_error", c.map_error, ("l1", "l2")),
-        ):
-            if value not in options:
-                raise SurfadError(f"model_params.{field_name}={value!r}: choose one of {', '.join(options)}")
         widths = [c.base_width * 2**i for i in range(c.depth + 1)]
         self.down = nn.ModuleList()
         cin = in_channels
@@ -126,20 +100,6 @@ class UNetVAE(AnomalyModel):
         diff = x - recon
         error = diff.abs() if self.config.map_error == "l1" else diff.pow(2)
         return error.mean(dim=1, keepdim=True)
-
-    def training_loss(self, batch: dict[str, torch.Tensor], progress: float) -> dict[str, torch.Tensor]:
-        x = batch["image"]
-        recon, mu, logvar = self.reconstruct(x, sample=True)
-        if self.config.recon_loss == "l1":
-            rec = F.l1_loss(recon, x)
-        elif self.config.recon_loss == "mse":
-            rec = F.mse_loss(recon, x)
-        else:
-            rec = F.binary_cross_entropy(recon, x)
-        kl = kl_divergence(mu, logvar)
-        warm = self.config.kl_warmup
-        beta = self.config.beta * (min(1.0, progress / warm) if warm > 0 else 1.0)
-        return {"loss": rec + beta * kl, "recon": rec, "kl": kl}
 
     def visuals(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         recon, _, _ = self.reconstruct(x, sample=False)

@@ -1,0 +1,118 @@
+"""What every detector shares: its folder, data settings, calibration and verdicts, and the one
+place that decides which kind of detector a folder holds."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+from surfad import bundle
+from surfad.calibrate import Calibration
+from surfad.config import RunConfig
+from surfad.data.samples import Sample
+from surfad.errors import SurfadError
+from surfad.scoring import ScoredSet
+from surfad.verdict import Prediction
+
+RUNTIMES = ("torch", "onnx")
+
+
+class Detector:
+    """A calibrated detector ready to inspect images.
+
+        detector = Detector.load("runs/wood")        # a trained run, or a folder written by `surfad fuse`
+        detector.predict("board.png").verdict
+
+    Subclasses say which folders they hold (`marker`, a file only such folders have) and implement
+    open, predict_batch, score_samples, info and describe_folder; a subclass that sets `marker`
+    registers itself as a kind.
+    """
+
+    marker: ClassVar[str]
+    kinds: ClassVar[list[type[Detector]]] = []
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "marker" in cls.__dict__:  # a kind of folder; subclasses of a kind (e.g. test doubles) are not
+            Detector.kinds.append(cls)
+
+    def __init__(self, run: Path, config: RunConfig, calibration: Calibration | None, runtime: str,
+                 min_area: int = 16) -> None:
+        self.run = run
+        self.config = config
+        self.calibration = calibration
+        self.runtime = runtime
+        self.min_area = min_area
+
+    @staticmethod
+    def kind_of(folder: str | Path) -> type[Detector]:
+        """The detector class of a folder, or a clear error when it holds no detector."""
+        for kind in Detector.kinds:
+            if (Path(folder) / kind.marker).is_file():
+                return kind
+        raise SurfadError(f"{folder}: not a run folder (no {bundle.CONFIG}) nor a fused detector (no "
+                          f"{bundle.ENSEMBLE}); train one with `surfad train`")
+
+    @staticmethod
+    def load(folder: str | Path, runtime: str = "torch", device: str = "cpu", min_area: int = 16,
+             checkpoint: str = "best_detect", calibrated: bool = True) -> Detector:
+        """Load a run or a fused folder as the right detector; checkpoint (torch runtime, runs only):
+        best_detect (shipped), best_seg, last or a .safetensors path. calibrated=False also loads a
+        folder without calibration.json (to calibrate it); it can score images but not judge them."""
+        if runtime not in RUNTIMES:
+            raise SurfadError(f"runtime must be one of {', '.join(RUNTIMES)}, got {runtime!r}")
+        detector = Detector.kind_of(folder).open(Path(folder), runtime, device, min_area, checkpoint)
+        if calibrated and detector.calibration is None:
+            raise SurfadError(f"{folder}: no {bundle.CALIBRATION}; run `surfad calibrate {folder}`")
+        return detector
+
+    @staticmethod
+    def describe(folder: str | Path) -> dict[str, Any]:
+        """What `surfad info` prints about a folder (a run is read as it is, without loading weights)."""
+        return Detector.kind_of(folder).describe_folder(Path(folder))
+
+    @classmethod
+    def open(cls, folder: Path, runtime: str, device: str, min_area: int, checkpoint: str) -> Detector:
+        raise NotImplementedError  # pragma: no cover - abstract
+
+    @classmethod
+    def describe_folder(cls, folder: Path) -> dict[str, Any]:
+        raise NotImplementedError  # pragma: no cover - abstract
+
+    @staticmethod
+    def read_calibration(folder: Path) -> Calibration | None:
+        """The folder's calibration.json, or None when it has none yet."""
+        path = folder / bundle.CALIBRATION
+        return Calibration.load(path) if path.is_file() else None
+
+    @property
+    def threshold(self) -> float:
+        if self.calibration is None:
+            raise SurfadError(f"{self.run}: not calibrated (no {bundle.CALIBRATION}); run `surfad calibrate {self.run}`")
+        return self.calibration.threshold
+
+    @property
+    def name(self) -> str:
+        """The model's name, as metrics and reports show it."""
+        return self.config.model
+
+    @property
+    def channels(self) -> int:
+        return self.config.data.input_channels
+
+    def predict(self, image: np.ndarray | str | Path, threshold: float | None = None) -> Prediction:
+        """Inspect one image (a path or a uint8 array HxW, HxWx1 or HxWx3 RGB)."""
+        return self.predict_batch([image], threshold)[0]
+
+    def predict_batch(self, images: Sequence[np.ndarray | str | Path], threshold: float | None = None) -> list[Prediction]:
+        raise NotImplementedError  # pragma: no cover - abstract
+
+    def score_samples(self, samples: list[Sample], batch_size: int = 16, progress: bool = False) -> tuple[ScoredSet, float]:
+        """Scores and maps of dataset samples at model resolution, and the rate in images/s."""
+        raise NotImplementedError  # pragma: no cover - abstract
+
+    def info(self) -> dict[str, Any]:
+        raise NotImplementedError  # pragma: no cover - abstract

@@ -1,0 +1,118 @@
+"""PaDiM (Defard et al., ICPR 2021) on a frozen EfficientNet-Lite: a Gaussian per feature-map position.
+
+Fitting is one pass over the good training images: at every position of the feature grid the mean
+and covariance of the (randomly sub-selected) pretrained features are accumulated, and the
+covariance, regularised by `regularisation` x I, is inverted. A test patch's anomaly is its
+Mahalanobis distance to its position's Gaussian; the map is that grid upsampled to the input.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from surfad.config import Checked, setting
+from surfad.errors import SurfadError
+from surfad.models.backbones import VARIANTS, PatchFeatures, parse_tap
+from surfad.models.base import FitPlan, FittedModel, memory_limit, seconds_per_image
+
+
+@dataclass
+class PaDiMConfig(Checked):
+    section: ClassVar[str] = "model_params"
+    backbone: str = setting("efficientnet_lite0", "ImageNet backbone", choices=tuple(VARIANTS))
+    layers: list[str] = setting(["stage3", "stage5"], "feature taps (surfad.models.backbones: stageN, stageN.expand)")
+    feature_dim: int = setting(100, "features kept, a seeded random subset of the taps' channels (0 = all)", low=0)
+    regularisation: float = setting(0.01, "added to the covariance's diagonal before inverting", low=1e-9)
+    memory_limit_gb: float = setting(0.0, "refuse a fit needing more memory than this (0: 80% of available RAM)",
+                                     low=0)
+    seed: int = setting(0, "seed of the feature subset")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not self.layers:
+            raise SurfadError("model_params.layers: give at least one feature tap, e.g. [stage3, stage5]")
+        for tap in self.layers:
+            parse_tap(tap)
+
+
+class PaDiM(FittedModel):
+    """forward(x (B, C, S, S)) -> Mahalanobis anomaly map (B, 1, S, S)."""
+
+    def __init__(self, config: PaDiMConfig, in_channels: int, image_size: int) -> None:
+        super().__init__(config, in_channels, image_size)
+        self.features = PatchFeatures(config.backbone, config.layers, 1, in_channels)
+        total = self.features.dim
+        if config.feature_dim > total:
+            raise SurfadError(f"model_params.feature_dim={config.feature_dim}: the layers have only {total} channels")
+        dim = config.feature_dim or total
+        keep = torch.randperm(total, generator=torch.Generator().manual_seed(config.seed))[:dim].sort().values
+        self.register_buffer("keep", keep, persistent=False)
+        positions = self.features.grid(image_size) ** 2
+        self.register_buffer("mean", torch.zeros(positions, dim))
+        self.register_buffer("precision", torch.zeros(positions, dim, dim))  # inverse covariances
+
+    def selected(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C, S, S) images -> (positions, B, dim) features."""
+        f = self.features(x)[:, self.keep]
+        return f.flatten(2).permute(2, 0, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        diff = self.selected(x) - self.mean[:, None]  # (P, B, D)
+        squared = (torch.bmm(diff, self.precision) * diff).sum(-1).clamp_min(0.0)  # (P, B)
+        side = self.features.grid(self.image_size)
+        grid = squared.sqrt().T.reshape(x.shape[0], 1, side, side)
+        return F.interpolate(grid, size=x.shape[-2:], mode="bilinear", align_corners=False)
+
+    def plan(self, n_images: int) -> FitPlan:
+        """Peak memory of the fit: float64 sums per position, then the inverses."""
+        positions, dim = self.mean.shape
+        memory = 8 * positions * dim * (dim + 1) * 2 + 4 * positions * dim * dim
+        limit = memory_limit(self.config.memory_limit_gb)
+        if memory > limit:
+            raise SurfadError(f"padim: {positions} positions x {dim}^2 covariances need about {memory / 2**30:.1f} GiB, "
+                              f"over the limit of {limit / 2**30:.1f} GiB; lower model_params.feature_dim or "
+                              "data.image_size")
+        if n_images < 2:
+            raise SurfadError(f"padim: needs at least 2 training images to estimate covariances, got {n_images}")
+        return FitPlan(memory, (f"{positions} Gaussians of {dim} features ({positions * dim * dim * 4 / 2**20:.1f} MiB "
+                                f"of inverse covariances); fitting needs about {memory / 2**30:.2f} GiB",))
+
+    def estimate_seconds(self, batch: torch.Tensor, n_images: int) -> float:
+        """Feature extraction and accumulation timed on `batch` (the inversion is not counted: under a second
+        for the default sizes)."""
+        return seconds_per_image(self.selected, batch) * n_images
+
+    def fit(self, batches: Iterable[torch.Tensor], n_images: int, progress: bool = True) -> dict[str, Any]:
+        """Mean and regularised inverse covariance per position from the good training images."""
+        self.plan(n_images)
+        positions, dim = self.mean.shape
+        device = self.mean.device
+        started = time.perf_counter()
+        total = torch.zeros(positions, dim, dtype=torch.float64, device=device)
+        outer = torch.zeros(positions, dim, dim, dtype=torch.float64, device=device)
+        seen = 0
+        bar = tqdm(total=n_images, desc="features", unit="img", disable=not progress, dynamic_ncols=True)
+        with torch.inference_mode():
+            for batch in batches:
+                f = self.selected(batch.to(device)).double()  # (P, B, D)
+                total += f.sum(1)
+                outer += torch.bmm(f.transpose(1, 2), f)
+                seen += batch.shape[0]
+                bar.update(batch.shape[0])
+        bar.close()
+        if seen != n_images:
+            raise ValueError(f"fit: expected {n_images} images, got {seen}")
+        mean = total / seen
+        covariance = (outer - seen * mean[:, :, None] * mean[:, None, :]) / (seen - 1)
+        covariance += self.config.regularisation * torch.eye(dim, dtype=torch.float64, device=device)
+        self.mean = mean.float()
+        self.precision = torch.linalg.inv(covariance).float()
+        return {"positions": positions, "dim": dim, "images": seen,
+                "seconds": round(time.perf_counter() - started, 2)}

@@ -1,0 +1,199 @@
+"""PatchCore (Roth et al., CVPR 2022) on a frozen EfficientNet-Lite: a memory bank of normal patches.
+
+Fitting is one pass over the good training images: every image gives a grid of locally aware
+patch features (surfad.models.backbones.PatchFeatures); a greedy k-centre coreset of all of them,
+chosen in a random projection, is kept as the memory bank. A test patch's anomaly is its distance
+to the nearest bank patch (the mean over the `neighbours` nearest); the anomaly map is the grid of
+those distances, upsampled to the input; the image score is the largest patch distance, optionally
+re-weighted as in the paper (eq. 7: lowered when the nearest bank patch sits in a dense part of the
+bank, kept when it is isolated). The bank and the search are buffers and plain tensor operations,
+so they are inside the exported graph.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from surfad.config import Checked, setting
+from surfad.errors import SurfadError
+from surfad.models.backbones import VARIANTS, PatchFeatures, parse_tap
+from surfad.models.base import FitPlan, FittedModel, memory_limit, seconds_per_image
+from surfad.models.patchcore.coreset import (
+    coreset_seconds,
+    greedy_coreset,
+    nearest,
+    nearest_neighbours,
+    random_projection,
+)
+
+EAGER_CHUNK = 8192  # query patches per distance matrix outside export (bounds memory at 8192 x bank)
+
+
+@dataclass
+class PatchCoreConfig(Checked):
+    section: ClassVar[str] = "model_params"
+    backbone: str = setting("efficientnet_lite0", "ImageNet backbone", choices=tuple(VARIANTS))
+    layers: list[str] = setting(["stage3", "stage5"], "feature taps (surfad.models.backbones: stageN, stageN.expand)")
+    neighbourhood: int = setting(3, "local averaging window of each feature map (the paper's patch size)", low=1)
+    coreset_ratio: float = setting(0.01, "share of the training patches kept in the memory bank", low=1e-6, high=1)
+    max_bank_size: int = setting(20000, "at most this many bank patches (inference time grows with the bank); "
+                                        "0 = no cap", low=0)
+    projection_dim: int = setting(128, "random projection the coreset is chosen in (0 = the full features)", low=0)
+    neighbours: int = setting(1, "a patch's distance: the mean over its k nearest bank patches", low=1)
+    reweight: bool = setting(False, "the paper's re-weighting of the image score (eq. 7)")
+    reweight_neighbours: int = setting(9, "its b: the bank neighbourhood of the nearest bank patch", low=2)
+    memory_limit_gb: float = setting(0.0, "refuse a fit needing more memory than this (0: 80% of available RAM)",
+                                     low=0)
+    seed: int = setting(0, "seed of the projection")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not self.layers:
+            raise SurfadError("model_params.layers: give at least one feature tap, e.g. [stage3, stage5]")
+        for tap in self.layers:
+            parse_tap(tap)
+
+
+class PatchCore(FittedModel):
+    """forward(x (B, C, S, S)) -> (anomaly map (B, 1, S, S), image score (B,))."""
+
+    def __init__(self, config: PatchCoreConfig, in_channels: int, image_size: int) -> None:
+        super().__init__(config, in_channels, image_size)
+        self.features = PatchFeatures(config.backbone, config.layers, config.neighbourhood, in_channels)
+        self.grid = self.features.grid(image_size)
+        self.register_buffer("bank", torch.zeros(0, self.features.dim))
+        self.register_buffer("bank_neighbours", torch.zeros(0, config.reweight_neighbours, dtype=torch.long))
+
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
+        # The bank's size is chosen when fitting: take the stored size before loading into it.
+        for name in ("bank", "bank_neighbours"):
+            stored = state_dict.get(prefix + name)
+            if stored is not None:
+                setattr(self, name, torch.empty_like(stored, device=getattr(self, name).device))
+        super()._load_from_state_dict(state_dict, prefix, *args)
+
+    def patch_distances(self, feats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(M, D) patch features -> (distance to the bank (M,), index of the nearest bank patch (M,))."""
+        k = self.config.neighbours
+        if torch.jit.is_tracing():  # the exported graph: one search over the whole batch
+            dist, idx = nearest(feats, self.bank, k)
+        else:
+            dist, idx = nearest_neighbours(feats, self.bank, k, EAGER_CHUNK)
+        return dist.mean(1), idx[:, 0]
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.bank.shape[0] == 0:
+            raise RuntimeError("PatchCore has no memory bank: fit it first")
+        feats = self.features(x)  # (B, D, h, w)
+        b, d, h, w = feats.shape
+        flat = feats.permute(0, 2, 3, 1).reshape(b * h * w, d)
+        distances, nearest_bank = self.patch_distances(flat)
+        patch_map = distances.view(b, h * w)
+        score, where = patch_map.max(dim=1)
+        if self.config.reweight:
+            score = score * self.reweight(flat.view(b, h * w, d), nearest_bank.view(b, h * w), where)
+        amap = F.interpolate(patch_map.view(b, 1, h, w), size=x.shape[-2:], mode="bilinear", align_corners=False)
+        return amap, score
+
+    def reweight(self, feats: torch.Tensor, nearest_bank: torch.Tensor, where: torch.Tensor) -> torch.Tensor:
+        """The paper's weight of each image's most anomalous patch q: with m* its nearest bank patch and
+        N_b(m*) the b bank patches nearest m* (m* first), 1 - exp(|q - m*|) / sum over N_b(m*) of exp(|q - m|)."""
+        b, _, d = feats.shape
+        query = torch.gather(feats, 1, where.view(b, 1, 1).expand(b, 1, d))  # (B, 1, D)
+        star = torch.gather(nearest_bank, 1, where.view(b, 1))[:, 0]  # (B,)
+        members = self.bank[self.bank_neighbours[star]]  # (B, b, D)
+        distances = (members - query).pow(2).sum(-1).clamp_min(0.0).sqrt()  # (B, b)
+        return 1.0 - torch.softmax(distances, dim=1)[:, 0]
+
+    # --- fitting ------------------------------------------------------------------------------------
+
+    def bank_size(self, patches: int) -> int:
+        """The bank size for this many training patches: coreset_ratio of them, at most max_bank_size."""
+        c = self.config
+        bank = max(c.neighbours, math.ceil(c.coreset_ratio * patches))
+        return min(patches, bank, c.max_bank_size or bank)
+
+    def plan(self, n_images: int) -> FitPlan:
+        """Bank size and peak memory of fitting on n_images (nothing is computed); refuses a fit over
+        the memory limit (model_params.memory_limit_gb, default 80% of the RAM available)."""
+        c = self.config
+        patches = n_images * self.grid * self.grid
+        bank, dim = self.bank_size(patches), self.features.dim
+        if bank < c.neighbours:
+            raise SurfadError(f"patchcore: {patches} training patches are fewer than model_params.neighbours="
+                              f"{c.neighbours}")
+        projected = c.projection_dim if 0 < c.projection_dim < dim else 0
+        memory = 4 * (patches * (dim + 2 * projected + 2) + bank * dim + min(EAGER_CHUNK, bank) * bank)
+        limit = memory_limit(c.memory_limit_gb)
+        if memory > limit:
+            raise SurfadError(
+                f"patchcore: fitting {patches} patches x {dim} features needs about {memory / 2**30:.1f} GiB, over "
+                f"the limit of {limit / 2**30:.1f} GiB; use fewer or smaller images (data.image_size), layers with "
+                "fewer channels, or raise model_params.memory_limit_gb")
+        return FitPlan(memory, (f"memory bank: {bank} of {patches} training patches ({patches // max(n_images, 1)} "
+                                f"per image) x {dim} features = {bank * dim * 4 / 2**20:.1f} MiB; fitting needs about "
+                                f"{memory / 2**30:.2f} GiB",))
+
+    def fit(self, batches: Iterable[torch.Tensor], n_images: int, progress: bool = True) -> dict[str, Any]:
+        """Fill the bank from the good training images: features (a bar in images), then the coreset
+        (a bar in bank patches); returns sizes, the covering radius and seconds per phase."""
+        self.plan(n_images)
+        c, dim = self.config, self.features.dim
+        patches = n_images * self.grid * self.grid
+        bank_size = self.bank_size(patches)
+        device = self.bank.device
+        started = time.perf_counter()
+        feats = torch.empty(patches, dim)
+        filled = 0
+        bar = tqdm(total=n_images, desc="features", unit="img", disable=not progress, dynamic_ncols=True)
+        with torch.inference_mode():
+            for batch in batches:
+                f = self.features(batch.to(device)).permute(0, 2, 3, 1).reshape(-1, dim)
+                if filled + f.shape[0] > patches:
+                    raise ValueError(f"fit: got more than the {n_images} images announced")
+                feats[filled : filled + f.shape[0]] = f.float().cpu()
+                filled += f.shape[0]
+                bar.update(batch.shape[0])
+        bar.close()
+        if filled != patches:
+            raise ValueError(f"fit: expected {n_images} images ({patches} patches), got {filled} patches")
+        extracted = time.perf_counter()
+        projected = feats
+        if 0 < c.projection_dim < dim:  # computed dimension-major, as greedy_coreset reads it
+            projected = (random_projection(dim, c.projection_dim, c.seed).T @ feats.T).T
+        bar = tqdm(total=bank_size, desc="coreset", unit="patch", disable=not progress, dynamic_ncols=True)
+        chosen, radius = greedy_coreset(projected.to(device), bank_size, bar.update)
+        bar.close()
+        del projected
+        self.bank = feats[chosen].to(device)
+        del feats
+        self.bank_neighbours = self.bank_neighbourhoods()
+        return {"patches": patches, "bank": bank_size, "dim": dim, "coreset_radius": round(radius, 6),
+                "feature_seconds": round(extracted - started, 2),
+                "coreset_seconds": round(time.perf_counter() - extracted, 2)}
+
+    def estimate_seconds(self, batch: torch.Tensor, n_images: int) -> float:
+        """Feature extraction timed on `batch`, plus the coreset timed on random points of the fit's size."""
+        c, dim = self.config, self.features.dim
+        patches = n_images * self.grid * self.grid
+        projected = c.projection_dim if 0 < c.projection_dim < dim else dim
+        return seconds_per_image(self.features, batch) * n_images + coreset_seconds(patches, projected,
+                                                                                     self.bank_size(patches))
+
+    def bank_neighbourhoods(self) -> torch.Tensor:
+        """For each bank patch, the indices of its reweight_neighbours nearest bank patches, itself first
+        (a bank smaller than that repeats its farthest); zeros when re-weighting is off."""
+        b = self.config.reweight_neighbours
+        if not self.config.reweight:
+            return torch.zeros(self.bank.shape[0], b, dtype=torch.long, device=self.bank.device)
+        k = min(b, self.bank.shape[0])
+        _, idx = nearest_neighbours(self.bank, self.bank, k)
+        return torch.cat([idx, idx[:, -1:].expand(-1, b - k)], dim=1) if k < b else idx

@@ -1,0 +1,96 @@
+"""Training: splits -> datasets -> a trained (or fitted), validated, calibrated run folder.
+
+setup.py: the resolved config and what is built from it; loop.py: one epoch and the weight
+average; gradient.py: epochs, selection and resume; fitting.py: one-pass fitting; validation.py:
+validation and what to ship; checkpoint.py: the atomic `last` checkpoint; run_folder.py: the
+folder's files.
+
+Model-independent: a model's registry entry says how it learns (surfad.models.base). Validation
+never looks at the test set. With `ema_decay` > 0 a moving average of the weights is what gets
+validated, selected and shipped (best_detect, best_seg); `last` keeps the raw training weights.
+With `data.tile_scale` > 0 gradient training sees random tiles (data.dataset.TileDataset), fitting
+sees every tile (GridTileDataset), and validation scores whole images from their tiles.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from surfad import bundle
+from surfad.config import RunConfig
+from surfad.data.splits import Splits, make_splits
+from surfad.data.tiles import default_stride
+from surfad.errors import SurfadError
+from surfad.models import model_spec
+from surfad.training.checkpoint import TrainState
+from surfad.training.fitting import fit_and_validate
+from surfad.training.gradient import resume_state, run_epochs
+from surfad.training.run_folder import (
+    calibrate_shipped,
+    clear_untrained,
+    has_trained,
+    start_run_folder,
+)
+from surfad.training.setup import (
+    Training,
+    build_training,
+    check_settings,
+    resolve_config,
+)
+from surfad.training.validation import validate
+from surfad.utils import remove_stale_temp_files
+
+__all__ = ["Training", "build_training", "check_settings", "resolve_config", "train"]
+
+
+def prepare(config: RunConfig, out: Path, resume: bool) -> tuple[RunConfig, Splits, bool]:
+    """(resolved config, splits, whether to continue a checkpoint) for a run into `out`.
+
+    --resume continues a run's checkpoint; a run that never trained (stopped before its first
+    checkpoint) is started again from its saved config and splits. A fresh start refuses a folder
+    holding a run that trained, and replaces one that never did.
+    """
+    saved = (out / bundle.CONFIG).is_file()
+    if resume:
+        if not saved:
+            raise SurfadError(f"{out}: nothing to resume (no {bundle.CONFIG}); drop --resume to start a new run")
+        config, splits = RunConfig.load(out / bundle.CONFIG), Splits.load(out / bundle.SPLITS)
+        if not has_trained(out):
+            print(f"{out} stopped before its first checkpoint: training it from the start with its saved config and splits")
+            return config, splits, False
+        return config, splits, True
+    if saved and has_trained(out):
+        raise SurfadError(f"{out}: already holds a run; use --resume to continue it or choose another --out")
+    if saved:
+        print(f"{out} holds a run that never trained (no checkpoint): replacing it")
+        clear_untrained(out)
+    splits = make_splits(config.data)
+    return resolve_config(config, splits), splits, False
+
+
+def train(config: RunConfig, out: str | Path, resume: bool = False, progress: bool = True) -> Path:
+    """Train (or fit) a model as `config` says into the run folder `out`; returns the run folder."""
+    out = Path(out)
+    config, splits, continuing = prepare(config, out, resume)
+    check_settings(config, splits)
+    remove_stale_temp_files(out)
+    dc = config.data
+    print(splits.summary())
+    t = build_training(config, splits)
+    n_params = sum(p.numel() for p in t.model.parameters())
+    if not (out / bundle.META).is_file():
+        start_run_folder(out, config, splits, n_params)
+    print(f"model {config.model}: {n_params / 1e6:.2f} M parameters, {dc.image_size}x{dc.image_size}x{dc.input_channels}, "
+          f"device {t.device}")
+    if dc.tile_scale > 0:
+        print(f"tiling: images scaled by {dc.tile_scale}, inference tiles {default_stride(dc.image_size, dc.tile_stride)} px apart")
+    if model_spec(config.model).fitted:
+        scored = fit_and_validate(config, t, out, progress)
+    else:
+        state = resume_state(out, t, config) if continuing else TrainState()
+        run_epochs(config, t, out, state, progress)
+        bundle.load_weights(t.model, out / bundle.WEIGHTS)  # the shipped weights, to calibrate
+        _, scored = validate(t.graph, config, t.val_set, t.device, t.batch_size, progress)
+    calibration = calibrate_shipped(scored, splits, out)
+    print(f"trained {out}: shipped and calibrated on val ({calibration.strategy}): threshold {calibration.threshold:.5g}")
+    return out

@@ -1,0 +1,73 @@
+"""The run folder as training sees it: start one, tell whether one ever trained, record an epoch,
+and calibrate what was shipped (see surfad.bundle for the files)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from surfad import __version__, bundle
+from surfad.calibrate import Calibration, calibrate, default_strategy
+from surfad.config import RunConfig
+from surfad.data.splits import Splits
+from surfad.report import history_plot
+from surfad.scoring import ScoredSet
+from surfad.utils import (
+    atomic_write_bytes,
+    atomic_write_csv,
+    atomic_write_json,
+    remove_stale_temp_files,
+)
+
+# What a run that never finished a first epoch (or a fit) can hold; a fresh start replaces these.
+UNTRAINED_FILES = (bundle.CONFIG, bundle.META, bundle.SPLITS, bundle.HISTORY, bundle.HISTORY_PLOT)
+
+
+def has_trained(out: Path) -> bool:
+    """Whether the folder holds a checkpoint or shipped weights, i.e. some training was done."""
+    return (out / bundle.LAST_STATE).is_file() or (out / bundle.WEIGHTS).is_file()
+
+
+def clear_untrained(out: Path) -> None:
+    """Remove what a run that never trained wrote, so a fresh start can use its folder."""
+    for name in UNTRAINED_FILES:
+        (out / name).unlink(missing_ok=True)
+    shutil.rmtree(out / "grids", ignore_errors=True)
+    remove_stale_temp_files(out)
+
+
+def start_run_folder(out: Path, config: RunConfig, splits: Splits, n_params: int) -> None:
+    """A new run folder with its config, splits and meta.json."""
+    dc = config.data
+    out.mkdir(parents=True, exist_ok=True)
+    config.save(out / bundle.CONFIG)
+    splits.save(out / bundle.SPLITS)
+    atomic_write_json(out / bundle.META, {
+        "surfad_version": __version__,
+        "model": config.model,
+        "image_size": dc.image_size,
+        "channels": dc.channels,
+        "parameters": n_params,
+        "data": {"path": dc.path, "layout": splits.layout, "train": len(splits.train), "val": len(splits.val)},
+    })
+
+
+def write_history(out: Path, history: list[dict[str, Any]]) -> None:
+    """history.csv and its curves, history.png."""
+    atomic_write_csv(out / bundle.HISTORY, history)
+    atomic_write_bytes(out / bundle.HISTORY_PLOT, history_plot(history))
+
+
+def calibrate_shipped(scored: ScoredSet, splits: Splits, out: Path) -> Calibration:
+    """Calibrate the shipped weights' validation scores on the real validation images only (the
+    synthetic defects, which come after them, choose epochs but never thresholds): f1 with real
+    defects, else fpr:0.01 on the good images. Saved as calibration.json."""
+    real = np.arange(len(scored.labels)) < len(splits.val)
+    strategy = default_strategy(any(s.label == 1 for s in splits.val))
+    calibration = calibrate(scored.scores[real], scored.labels[real], scored.maps[real], scored.masks[real], strategy,
+                            split="val")
+    calibration.save(out / bundle.CALIBRATION)
+    return calibration

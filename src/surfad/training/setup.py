@@ -1,0 +1,94 @@
+"""What a run needs before it trains: its resolved config, checked settings, and the model, datasets
+and optimiser built from them (shared with the dry run, which builds the same and times it)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import torch
+from torch.optim.swa_utils import AveragedModel
+from torch.utils.data import Dataset
+
+from surfad import bundle
+from surfad.config import RunConfig
+from surfad.data.dataset import GridTileDataset, ImageDataset, TileDataset
+from surfad.data.io import infer_channels
+from surfad.data.splits import Splits
+from surfad.errors import SurfadError
+from surfad.models import AnomalyModel, default_score, model_spec, resolve_params
+from surfad.models.base import Loss
+from surfad.scoring import InferenceGraph
+from surfad.training.loop import weight_average
+from surfad.training.validation import validation_dataset
+from surfad.utils import resolve_device, seed_everything, set_threads
+
+
+def resolve_config(config: RunConfig, splits: Splits) -> RunConfig:
+    """Fill in what the user left to defaults: channels, score, full model parameters."""
+    data = config.data
+    if data.channels is None:
+        data = replace(data, channels=infer_channels(s.path for s in splits.train))
+    score = config.score or default_score(config.model)
+    if score.reduce == "model" and not model_spec(config.model).own_score:
+        raise SurfadError(f"score.reduce=model: model {config.model} does not score images itself; "
+                          "use mean, max or topk")
+    return replace(config, data=data, model_params=resolve_params(config.model, config.model_params), score=score)
+
+
+def check_settings(config: RunConfig, splits: Splits) -> None:
+    """Clear errors for training settings that cannot work together, before anything is built."""
+    if not splits.val:
+        raise SurfadError(f"{config.data.path}: the validation split is empty; set data.val_ratio > 0 or add a "
+                          "validation/ folder")
+
+
+@dataclass
+class Training:
+    """What a run trains and validates: built from a resolved config and its splits by build_training."""
+
+    model: AnomalyModel
+    graph: InferenceGraph  # model + scorer: calibration scores with it
+    val_set: Dataset  # the val split, plus synthetic defects when it has no real ones
+    batch_size: int
+    device: torch.device
+    train_images: Dataset  # the good training images (random tiles of them for gradient training, every tile for fitting)
+    # gradient-trained models only:
+    loss: Loss | None = None
+    average: AveragedModel | None = None  # the weight average (ema_decay > 0)
+    shipped_graph: InferenceGraph | None = None  # what is validated, selected and shipped (the average's if any)
+    train_set: Dataset | None = None  # the model's training samples built on train_images
+    steps_per_epoch: int = 0
+    optimizer: torch.optim.Optimizer | None = None
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None
+
+    @property
+    def shipped(self) -> torch.nn.Module:
+        return (self.shipped_graph or self.graph).model
+
+
+def build_training(config: RunConfig, splits: Splits) -> Training:
+    """Seed, set threads, and build the model, its datasets and (gradient training) its optimiser;
+    nothing is written."""
+    tc, dc = config.train, config.data
+    spec = model_spec(config.model)
+    set_threads(tc.threads)
+    seed_everything(tc.seed)
+    device = resolve_device(tc.device)
+    model, graph = bundle.build_from_config(config)
+    model.to(device)
+    graph.to(device)
+    images = ImageDataset(splits.train, dc.image_size, dc.input_channels, tile_scale=dc.tile_scale)
+    val_set = validation_dataset(ImageDataset(splits.val, dc.image_size, dc.input_channels, tile_scale=dc.tile_scale),
+                                 tc.val_synthetic, tc.val_defect_source, tc.seed + 1)
+    if spec.fitted:
+        fit_images = GridTileDataset(images, dc.tile_stride) if dc.tile_scale > 0 else images
+        return Training(model, graph, val_set, tc.batch_size, device, fit_images)
+    train_images: Dataset = TileDataset(images, dc.tiles_per_image, tc.seed) if dc.tile_scale > 0 else images
+    recipe = spec.recipe
+    train_set = recipe.samples(model, train_images, tc.seed)
+    average = weight_average(model, tc.ema_decay) if tc.ema_decay > 0 else None
+    shipped_graph = graph if average is None else InferenceGraph(average.module, graph.scorer)
+    batch_size = min(tc.batch_size, len(train_set))
+    optimizer, scheduler = recipe.optimizer(model, tc)
+    return Training(model, graph, val_set, batch_size, device, train_images, recipe.loss, average, shipped_graph,
+                    train_set, len(train_set) // batch_size, optimizer, scheduler)

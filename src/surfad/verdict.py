@@ -1,0 +1,95 @@
+"""Scores -> verdicts: the decision rule, the defect mask and regions, and the Prediction of one image.
+
+The rule, used by inspection, evaluation, metrics and reports alike: NG iff score > threshold
+(strictly greater). The defect mask is the anomaly map (at the original image size) above the
+calibrated pixel threshold; regions are its 8-connected components of at least `min_area` pixels.
+Localisation is reported for NG images only: an OK image has an empty mask and no regions, so an
+inspector never sees boxes on a part that passed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import cv2
+import numpy as np
+
+from surfad.data.transforms import resize_map
+
+OK, NG = "OK", "NG"
+VERDICTS = (OK, NG)
+
+
+def flagged(scores: Any, threshold: float) -> np.ndarray:
+    """The rule on an array of scores: True (NG) where score > threshold."""
+    return np.asarray(scores) > threshold
+
+
+def verdict(score: float, threshold: float) -> str:
+    """"NG" iff score > threshold, else "OK"."""
+    return NG if score > threshold else OK
+
+
+@dataclass
+class Region:
+    """A connected defect region; bbox = [x0, y0, x1, y1], inclusive, in original-image pixels."""
+
+    bbox: list[int]
+    area: int
+    max_score: float
+    mean_score: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"bbox": self.bbox, "area": self.area, "max_score": self.max_score, "mean_score": self.mean_score}
+
+
+@dataclass
+class Prediction:
+    """The inspection result for one image; maps and masks are at the original image size."""
+
+    score: float
+    threshold: float
+    verdict: str
+    anomaly_map: np.ndarray = field(repr=False)
+    mask: np.ndarray = field(repr=False)
+    regions: list[Region]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "score": self.score,
+            "threshold": self.threshold,
+            "verdict": self.verdict,
+            "regions": [r.to_dict() for r in self.regions],
+        }
+
+
+def find_regions(anomaly_map: np.ndarray, pixel_threshold: float, min_area: int) -> tuple[np.ndarray, list[Region]]:
+    """Mask (map > pixel_threshold, small components removed) and its 8-connected regions, largest first."""
+    above = (anomaly_map > pixel_threshold).astype(np.uint8)
+    count, labels, stats, _ = cv2.connectedComponentsWithStats(above, connectivity=8)
+    mask = np.zeros(anomaly_map.shape, dtype=bool)
+    regions = []
+    for k in range(1, count):
+        x, y, w, h, area = (int(v) for v in stats[k])
+        if area < min_area:
+            continue
+        inside = labels == k
+        mask |= inside
+        values = anomaly_map[inside]
+        regions.append(Region([x, y, x + w - 1, y + h - 1], area, float(values.max()), float(values.mean())))
+    regions.sort(key=lambda r: r.area, reverse=True)
+    return mask, regions
+
+
+def judge(image: np.ndarray, model_map: np.ndarray, score: float, threshold: float, pixel_threshold: float,
+          min_area: int) -> Prediction:
+    """The Prediction for one image from its anomaly map (resized to the image here) and score."""
+    h, w = image.shape[:2]
+    amap = resize_map(model_map, h, w)
+    decided = verdict(score, threshold)
+    if decided == NG:
+        mask, regions = find_regions(amap, pixel_threshold, min_area)
+    else:
+        mask, regions = np.zeros((h, w), dtype=bool), []
+    return Prediction(score, threshold, decided, amap, mask, regions)
