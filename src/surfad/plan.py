@@ -192,6 +192,7 @@ def plan_training(config: RunConfig, progress: bool = True) -> TrainingPlan:
     if isinstance(t.model, FittedModel):
         fit = t.model.plan(len(t.train_images))
         batch = next(image_batches(t.train_images, t.batch_size))
+        t.model.fill_placeholder(len(t.train_images))
         return TrainingPlan(config, splits, survey, parameters, 0, t.batch_size, 0.0, time_validation(t, config), 0.0,
                             fit=fit, fit_seconds=t.model.estimate_seconds(batch.to(t.device), len(t.train_images)))
     step_seconds, validation_seconds, writing_seconds = time_training(t, config)

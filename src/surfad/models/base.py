@@ -88,6 +88,10 @@ class FittedModel(AnomalyModel):
         """Seconds fitting on n_images would take here, from timing parts of the work on `batch`."""
         raise NotImplementedError
 
+    def fill_placeholder(self, n_images: int) -> None:
+        """Give the fitted buffers the shapes a fit on n_images would, with placeholder values, so the
+        dry run can time inference without fitting (default: the buffers' shapes do not depend on it)."""
+
 
 def seconds_per_image(work: Callable[[torch.Tensor], Any], batch: torch.Tensor) -> float:
     """Seconds `work` takes per image of `batch`, timed on its second run (the first allocates)."""

@@ -63,12 +63,15 @@ class PaDiM(FittedModel):
         f = self.features(x)[:, self.keep]
         return f.flatten(2).permute(2, 0, 1)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def grid_distances(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C, S, S) images -> Mahalanobis distance of each position's features (B, 1, side, side)."""
         diff = self.selected(x) - self.mean[:, None]  # (P, B, D)
         squared = (torch.bmm(diff, self.precision) * diff).sum(-1).clamp_min(0.0)  # (P, B)
         side = self.features.grid(self.image_size)
-        grid = squared.sqrt().T.reshape(x.shape[0], 1, side, side)
-        return F.interpolate(grid, size=x.shape[-2:], mode="bilinear", align_corners=False)
+        return squared.sqrt().T.reshape(x.shape[0], 1, side, side)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.interpolate(self.grid_distances(x), size=x.shape[-2:], mode="bilinear", align_corners=False)
 
     def plan(self, n_images: int) -> FitPlan:
         """Peak memory of the fit: float64 sums per position, then the inverses."""
@@ -113,6 +116,6 @@ class PaDiM(FittedModel):
         covariance = (outer - seen * mean[:, :, None] * mean[:, None, :]) / (seen - 1)
         covariance += self.config.regularisation * torch.eye(dim, dtype=torch.float64, device=device)
         self.mean = mean.float()
-        self.precision = torch.linalg.inv(covariance).float()
+        self.precision = torch.linalg.inv(covariance).float().contiguous()  # inv returns column-major
         return {"positions": positions, "dim": dim, "images": seen,
                 "seconds": round(time.perf_counter() - started, 2)}

@@ -188,6 +188,13 @@ class PatchCore(FittedModel):
         return seconds_per_image(self.features, batch) * n_images + coreset_seconds(patches, projected,
                                                                                      self.bank_size(patches))
 
+    def fill_placeholder(self, n_images: int) -> None:
+        """A bank of random features of the size a fit on n_images would keep."""
+        size = self.bank_size(n_images * self.grid * self.grid)
+        self.bank = torch.randn(size, self.features.dim, device=self.bank.device)
+        self.bank_neighbours = torch.zeros(size, self.config.reweight_neighbours, dtype=torch.long,
+                                           device=self.bank.device)
+
     def bank_neighbourhoods(self) -> torch.Tensor:
         """For each bank patch, the indices of its reweight_neighbours nearest bank patches, itself first
         (a bank smaller than that repeats its farthest); zeros when re-weighting is off."""

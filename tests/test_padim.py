@@ -1,0 +1,46 @@
+"""PaDiM: per-position Gaussians, and the Mahalanobis map checked against a direct computation."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from surfad.errors import SurfadError
+from surfad.models import build_model
+
+
+def images(n: int, seed: int, defect: bool = False) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    x = 0.3 + 0.4 * torch.nn.functional.interpolate(torch.rand(n, 3, 8, 8, generator=gen), size=64, mode="bilinear")
+    if defect:
+        x[:, :, 20:34, 24:38] = 1.0
+    return x
+
+
+def test_mahalanobis_map_matches_numpy_and_finds_the_defect() -> None:
+    torch.set_num_threads(1)
+    model = build_model("padim", {"preset": "tiny"}, in_channels=3, image_size=64).eval()
+    train = images(40, 0)
+    model.fit([train[:20], train[20:]], 40, progress=False)
+    test = images(4, 5, defect=True)
+    with torch.inference_mode():
+        feats, grid = model.selected(train).double().numpy(), model.selected(test).double().numpy()  # (P, N, D)
+        distances = model.grid_distances(test).flatten(1).numpy()  # (B, P)
+        amap, good = model(test), model(images(4, 6))
+    for position in (0, 10, 37):
+        sample = feats[position]
+        cov = np.cov(sample, rowvar=False) + model.config.regularisation * np.eye(sample.shape[1])
+        diff = grid[position] - sample.mean(0)
+        expected = np.sqrt(np.einsum("bd,de,be->b", diff, np.linalg.inv(cov), diff))
+        np.testing.assert_allclose(distances[:, position], expected, rtol=1e-3)
+    assert amap.shape == (4, 1, 64, 64)
+    assert float(amap.flatten(1).amax(1).min()) > float(good.flatten(1).amax(1).max())
+
+
+def test_padim_needs_two_images_and_a_feature_count_the_layers_have() -> None:
+    with pytest.raises(SurfadError, match="only 64 channels"):
+        build_model("padim", {"layers": ["stage2", "stage3"], "feature_dim": 100}, 3, 64)
+    model = build_model("padim", {"preset": "tiny"}, 3, 64)
+    with pytest.raises(SurfadError, match="at least 2 training images"):
+        model.fit([images(1, 0)], 1, progress=False)

@@ -1,0 +1,135 @@
+"""PatchCore: the greedy coreset, the nearest-neighbour search, fitting and scoring, memory bounds."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from surfad.errors import SurfadError
+from surfad.models import build_model
+from surfad.models.patchcore.coreset import coreset_seconds, greedy_coreset, nearest, nearest_neighbours
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_coreset_first_centres_on_a_hand_checked_line() -> None:
+    points = torch.tensor([[0.0], [1.0], [2.0], [10.0], [11.0], [20.0]])
+    chosen, radius = greedy_coreset(points, 3)
+    # mean 7.33: 20 is farthest; then 0 (20 away from 20); then 10 (10 from 0, 10 from 20; lowest index of ties)
+    assert chosen.tolist() == [5, 0, 3]
+    assert radius == pytest.approx(2.0)  # point 2 is 2 from centre 0, every other point nearer its centre
+
+
+def test_every_point_lies_within_the_reported_radius_of_the_bank() -> None:
+    points = torch.randn(500, 6, generator=torch.Generator().manual_seed(0))
+    chosen, radius = greedy_coreset(points, 40)
+    assert len(set(chosen.tolist())) == 40
+    nearest_centre = torch.cdist(points, points[chosen]).min(dim=1).values
+    assert float(nearest_centre.max()) == pytest.approx(radius, rel=1e-5)
+    fewer = greedy_coreset(points, 10)[1]
+    assert fewer > radius  # more centres cover tighter
+
+
+def test_coreset_progress_counts_every_centre() -> None:
+    counted = []
+    greedy_coreset(torch.randn(300, 3), 130, counted.append)
+    assert sum(counted) == 130
+
+
+@pytest.mark.parametrize("k", [1, 3])
+def test_nearest_neighbours_match_brute_force(k: int) -> None:
+    gen = torch.Generator().manual_seed(1)
+    queries, bank = torch.randn(257, 8, generator=gen) * 3, torch.randn(90, 8, generator=gen)
+    reference = torch.cdist(queries.double(), bank.double()).topk(k, dim=1, largest=False)
+    for dist, idx in (nearest(queries, bank, k), nearest_neighbours(queries, bank, k, chunk=50)):
+        np.testing.assert_allclose(dist.numpy(), reference.values.numpy(), rtol=1e-4, atol=1e-4)
+        assert torch.equal(idx, reference.indices)
+
+
+def test_coreset_time_estimate_is_positive_and_grows_with_the_bank() -> None:
+    small, large = coreset_seconds(20_000, 16, 10), coreset_seconds(20_000, 16, 10_000)
+    assert 0 < small < large
+
+
+def blob_images(n: int, defect: bool, seed: int) -> torch.Tensor:
+    """Smooth noise textures; a defect is a bright square."""
+    gen = torch.Generator().manual_seed(seed)
+    base = torch.nn.functional.interpolate(torch.rand(n, 3, 8, 8, generator=gen), size=64, mode="bilinear")
+    images = 0.3 + 0.4 * base
+    if defect:
+        images[:, :, 20:34, 24:38] = 1.0
+    return images
+
+
+def fitted(**params) -> torch.nn.Module:
+    model = build_model("patchcore", {"preset": "tiny", **params}, in_channels=3, image_size=64).eval()
+    model.fit([blob_images(8, False, 0), blob_images(8, False, 1)], 16, progress=False)
+    return model
+
+
+@pytest.mark.parametrize("reweight", [False, True])
+def test_a_pasted_defect_scores_above_good_images(reweight: bool) -> None:
+    model = fitted(reweight=reweight)
+    with torch.inference_mode():
+        good_map, good = model(blob_images(6, False, 7))
+        bad_map, bad = model(blob_images(6, True, 7))
+    assert good_map.shape == (6, 1, 64, 64) and good.shape == (6,)
+    assert float(bad.min()) > float(good.max())
+    inside, outside = bad_map[:, 0, 20:34, 24:38].mean(), bad_map[:, 0, :, :16].mean()
+    assert inside > 2 * outside  # the map points at the defect
+    if not reweight:  # the score is the largest patch distance
+        with torch.inference_mode():
+            feats = model.features(blob_images(6, False, 7))
+            b, d = feats.shape[:2]
+            distances, _ = model.patch_distances(feats.permute(0, 2, 3, 1).reshape(-1, d))
+        assert torch.allclose(good, distances.view(b, -1).max(dim=1).values)
+
+
+def test_fitted_bank_is_the_chosen_share_and_loads_back(tmp_path) -> None:
+    model = fitted(coreset_ratio=0.25, reweight=True)
+    patches = 16 * model.grid * model.grid
+    assert model.bank.shape == (math.ceil(0.25 * patches), model.features.dim)
+    assert int(model.bank_neighbours[:, 0].eq(torch.arange(len(model.bank))).sum()) >= len(model.bank) - 2  # itself first
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp_path / "w.safetensors"))
+    fresh = build_model("patchcore", {"preset": "tiny", "coreset_ratio": 0.25, "reweight": True}, 3, 64).eval()
+    fresh.load_state_dict(load_file(str(tmp_path / "w.safetensors")))
+    x = blob_images(3, True, 9)
+    with torch.inference_mode():
+        assert torch.equal(model(x)[1], fresh(x)[1])
+
+
+def test_a_bank_too_large_is_refused_before_any_work() -> None:
+    model = build_model("patchcore", {"preset": "tiny", "memory_limit_gb": 1e-6}, in_channels=3, image_size=64)
+
+    def never():
+        raise AssertionError("features were computed")
+        yield
+
+    with pytest.raises(SurfadError, match="needs about .* GiB, over the limit"):
+        model.fit(never(), 1000, progress=False)
+    plan = build_model("patchcore", {"preset": "tiny"}, 3, 64).plan(1000)
+    assert "memory bank" in plan.lines[0] and plan.memory_bytes > 0
+
+
+def test_unfitted_model_says_so() -> None:
+    model = build_model("patchcore", {"preset": "tiny"}, 3, 64)
+    with pytest.raises(RuntimeError, match="fit it first"):
+        model(torch.rand(1, 3, 64, 64))
+
+
+def test_settings_are_checked() -> None:
+    for params, message in (({"coreset_ratio": 0}, "coreset_ratio=0"), ({"layers": []}, "at least one"),
+                            ({"layers": ["stage9"]}, "feature tap"), ({"backbone": "resnet50"}, "backbone"),
+                            ({"neighbours": 0}, "neighbours=0")):
+        with pytest.raises(SurfadError, match=message):
+            build_model("patchcore", params, 3, 64)
