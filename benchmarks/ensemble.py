@@ -20,7 +20,7 @@ from sklearn.metrics import roc_auc_score
 
 from surfad import bundle
 from surfad.config import RunConfig
-from surfad.models import ImageScorer
+from surfad.scoring import ImageScorer
 
 
 def image_auroc(run: Path, maps: torch.Tensor, labels: np.ndarray) -> float:

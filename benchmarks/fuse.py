@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from run import provenance
 
-from surfad.ensemble import fuse_runs
+from surfad.detector import fuse_runs
 from surfad.evaluate import evaluate_run
 
 OUT = Path(os.environ.get("SURFAD_BENCH_OUT", Path(__file__).resolve().parent))

@@ -27,7 +27,7 @@ from surfad.calibrate import Calibration
 from surfad.config import RunConfig
 from surfad.data.io import read_image
 from surfad.export.onnx import onnx_score_fn
-from surfad.inference import Detector
+from surfad.detector import Detector
 from surfad.scoring import image_score_fn, torch_score_fn
 
 

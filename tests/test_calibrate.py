@@ -182,7 +182,15 @@ def test_load_errors_name_the_file_and_field(tmp_path: Path) -> None:
     with pytest.raises(SurfadError, match="calibration.threshold"):
         Calibration.from_dict({**cal.to_dict(), "threshold": "high"})
     assert Calibration.from_dict({**cal.to_dict(), "threshold": 1}).threshold == 1.0
-    assert math.isnan(Calibration.from_dict({**cal.to_dict(), "pixel_threshold": float("nan")}).pixel_threshold)
+    # A NaN threshold would call every part OK (NaN compares False); infinity, every part OK or NG.
+    for field, value in (("threshold", "NaN"), ("threshold", "Infinity"), ("pixel_threshold", "NaN"),
+                         ("threshold", "-Infinity")):
+        tampered = tmp_path / f"{field}_{value}.json"
+        tampered.write_text(json.dumps({**cal.to_dict(), field: 0.0}).replace(f'"{field}": 0.0', f'"{field}": {value}'))
+        with pytest.raises(SurfadError, match=rf"{tampered.name}: calibration.{field}=.*must be a finite number"):
+            Calibration.load(tampered)
+    with pytest.raises(SurfadError, match="normal_stats"):
+        Calibration(0.5, "f1", 0.7, "val", 3, 2, {"p95": math.nan})
 
 
 def test_trade_offs_show_what_each_rule_gives_on_the_data():

@@ -47,6 +47,16 @@ class Calibration:
     n_defect: int
     normal_stats: dict[str, float]  # mean, std, min, max, p50, p90, p95, p99 of good scores ({} if none)
 
+    def __post_init__(self) -> None:
+        """A non-finite threshold would pass (NaN) or fail (inf) every part without a word: refused."""
+        for name in ("threshold", "pixel_threshold"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and math.isfinite(value)):
+                raise SurfadError(f"calibration.{name}={value}: must be a finite number")
+        bad = {k: v for k, v in self.normal_stats.items() if not (isinstance(v, (int, float)) and math.isfinite(v))}
+        if bad:
+            raise SurfadError(f"calibration.normal_stats: non-finite values {bad}")
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 

@@ -7,3 +7,7 @@ class SurfadError(Exception):
 
 class BadInputError(SurfadError):
     """An image, mask or dataset file that cannot be used; the message names the file."""
+
+
+class ImageTooLarge(BadInputError):
+    """An image whose header declares more pixels than allowed; refused before decoding."""

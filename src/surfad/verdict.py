@@ -9,6 +9,7 @@ inspector never sees boxes on a part that passed.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,6 +17,7 @@ import cv2
 import numpy as np
 
 from surfad.data.transforms import resize_map
+from surfad.errors import SurfadError
 
 OK, NG = "OK", "NG"
 VERDICTS = (OK, NG)
@@ -82,11 +84,23 @@ def find_regions(anomaly_map: np.ndarray, pixel_threshold: float, min_area: int)
     return mask, regions
 
 
+def check_finite(value: float, what: str) -> float:
+    """`value` as a float, or a SurfadError: a NaN compares False with everything, so it would pass every
+    part as OK."""
+    value = float(value)
+    if not math.isfinite(value):
+        raise SurfadError(f"{what} is {value}: refusing to judge with a non-finite value")
+    return value
+
+
 def judge(image: np.ndarray, model_map: np.ndarray, score: float, threshold: float, pixel_threshold: float,
           min_area: int) -> Prediction:
-    """The Prediction for one image from its anomaly map (resized to the image here) and score."""
+    """The Prediction for one image from its anomaly map (resized to the image here when it is not
+    at its size) and score."""
+    score = check_finite(score, "the model's image score")
+    threshold = check_finite(threshold, "the threshold")
     h, w = image.shape[:2]
-    amap = resize_map(model_map, h, w)
+    amap = model_map if model_map.shape == (h, w) else resize_map(model_map, h, w)
     decided = verdict(score, threshold)
     if decided == NG:
         mask, regions = find_regions(amap, pixel_threshold, min_area)

@@ -2,28 +2,61 @@
 
 from __future__ import annotations
 
+import io
+import warnings
 from collections.abc import Iterable
 from pathlib import Path
 
 import cv2
 import numpy as np
 
-from surfad.errors import BadInputError
+from surfad.errors import BadInputError, ImageTooLarge
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 LOSSY_SUFFIXES = (".jpg", ".jpeg", ".webp")
+FORMATS = ("PNG", "JPEG", "BMP", "TIFF", "WEBP")  # accepted, by their header (Pillow's names)
+MAX_PIXELS = 2**30  # OpenCV refuses (with an exception) to decode more; checked on the header first
 
 
-def decode_image(data: bytes, channels: int | None = None, name: str = "<upload>") -> np.ndarray:
+def image_header(data: bytes, name: str = "<upload>") -> tuple[str, int, int] | None:
+    """(format, width, height) from the file header, without decoding any pixel; None when the bytes
+    do not start like an image of an accepted format. A header Pillow itself calls a decompression
+    bomb (over twice its MAX_IMAGE_PIXELS) is ImageTooLarge here."""
+    from PIL import Image
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data), formats=FORMATS) as im:
+                return str(im.format), int(im.size[0]), int(im.size[1])
+    except Image.DecompressionBombError:
+        raise ImageTooLarge(f"{name}: image too large (over {2 * Image.MAX_IMAGE_PIXELS} pixels)") from None
+    except Exception:  # noqa: BLE001 - Pillow raises many types for bytes it cannot parse
+        return None
+
+
+def decode_image(data: bytes, channels: int | None = None, name: str = "<upload>",
+                 max_pixels: int = MAX_PIXELS) -> np.ndarray:
     """Decode encoded image bytes to uint8 HxWxC (C = 1 or 3, RGB order).
 
-    channels=None keeps the file's own (1 for grayscale, 3 for colour); 1 or 3 converts.
-    16-bit images are scaled to 8 bits; an alpha channel is dropped.
+    The header is read first: bytes that are not a PNG, JPEG, BMP, TIFF or WebP image are refused
+    without decoding, and so is an image declaring more than max_pixels (ImageTooLarge), so a small
+    file cannot make the decoder allocate gigabytes. channels=None keeps the file's own (1 for
+    grayscale, 3 for colour); 1 or 3 converts. 16-bit images are scaled to 8 bits; an alpha channel
+    is dropped.
     """
     if not data:
         raise BadInputError(f"{name}: empty file")
-    buffer = np.frombuffer(data, dtype=np.uint8)
-    image = cv2.imdecode(buffer, cv2.IMREAD_UNCHANGED)
+    header = image_header(data, name)
+    if header is None:
+        raise BadInputError(f"{name}: not a readable image (corrupt, truncated, or not {', '.join(FORMATS)})")
+    _, width, height = header
+    if width * height > max_pixels:
+        raise ImageTooLarge(f"{name}: image too large ({width}x{height} pixels; the limit is {max_pixels})")
+    try:
+        image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
+    except cv2.error as err:
+        raise BadInputError(f"{name}: cannot be decoded ({str(err).strip().splitlines()[-1][:120]})") from None
     if image is None or image.size == 0:
         raise BadInputError(f"{name}: not a readable image (corrupt, truncated or unsupported format)")
     if image.dtype == np.uint16:

@@ -14,7 +14,6 @@ own calibration.json; the members stay where they are and are loaded from there.
 
 from __future__ import annotations
 
-import math
 import os
 import shutil
 from collections.abc import Sequence
@@ -121,12 +120,12 @@ class FusedDetector(Detector):
     def predict_batch(self, images: Sequence[np.ndarray | str | Path], threshold: float | None = None) -> list[Prediction]:
         """Inspect images: each member's map and score at the image's size, standardised and averaged."""
         arrays = [as_image(im) for im in images]
-        per_member = [m.predict_batch(arrays, threshold=math.inf) for m in self.members]  # inf: no regions needed
-        t = self.threshold if threshold is None else float(threshold)
+        per_member = [m.outputs(arrays) for m in self.members]
+        t = self.threshold if threshold is None else threshold
         results = []
         for i, image in enumerate(arrays):
-            score = float(np.mean([s.scores(np.float64(p[i].score)) for s, p in zip(self.stats, per_member)]))
-            amap = np.mean([s.maps(p[i].anomaly_map) for s, p in zip(self.stats, per_member)], axis=0)
+            score = float(np.mean([s.scores(np.float64(out[i][1])) for s, out in zip(self.stats, per_member)]))
+            amap = np.mean([s.maps(out[i][0]) for s, out in zip(self.stats, per_member)], axis=0)
             results.append(judge(image, amap.astype(np.float32), score, t, self.calibration.pixel_threshold,
                                  self.min_area))
         return results

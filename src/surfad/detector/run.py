@@ -19,7 +19,7 @@ from surfad.calibrate import Calibration
 from surfad.config import RunConfig
 from surfad.data.io import as_image
 from surfad.data.samples import Sample
-from surfad.data.transforms import preprocess
+from surfad.data.transforms import preprocess, resize_map
 from surfad.detector.base import Detector
 from surfad.errors import SurfadError
 from surfad.scoring import (
@@ -92,13 +92,17 @@ class RunDetector(Detector):
         progress: show a bar named after the run."""
         return score_samples(self.score_batch, self.config, samples, batch_size, progress=run_bar(self.run, progress))
 
+    def outputs(self, images: Sequence[np.ndarray]) -> list[tuple[np.ndarray, float]]:
+        """(anomaly map at the image's size, image score) of uint8 HxWxC images, in one forward pass."""
+        maps, scores = score_images(self.score_batch, [self.preprocess(a) for a in images], batch_size=len(images))
+        return [(resize_map(m, *a.shape[:2]), float(s)) for a, m, s in zip(images, maps, scores)]
+
     def predict_batch(self, images: Sequence[np.ndarray | str | Path], threshold: float | None = None) -> list[Prediction]:
         """Inspect several images in one forward pass."""
         arrays = [as_image(im) for im in images]
-        maps, scores = score_images(self.score_batch, [self.preprocess(a) for a in arrays], batch_size=len(arrays))
-        t = self.threshold if threshold is None else float(threshold)
-        pixel = self.calibration.pixel_threshold if self.calibration is not None else float("inf")
-        return [judge(a, m, float(s), t, pixel, self.min_area) for a, m, s in zip(arrays, maps, scores)]
+        t = self.threshold if threshold is None else threshold
+        pixel = self.calibration.pixel_threshold
+        return [judge(a, m, s, t, pixel, self.min_area) for a, (m, s) in zip(arrays, self.outputs(arrays))]
 
 
 def run_info(run: Path, config: RunConfig, calibration: Calibration | None) -> dict[str, Any]:

@@ -24,10 +24,11 @@ that header; it is never put in a URL. Use HTTPS (a reverse proxy) when the key 
 
 Limits: uploads over `max_upload_bytes` get 413 (checked on the bytes received, so a client cannot
 get around it by omitting Content-Length); images over `max_pixels` get 413, checked on the file
-header before decoding when Pillow can read it, so a small file that inflates to a huge image is
-refused without decoding it. The content is judged by decoding it (surfad.data.io.decode_image),
-never by the file name: empty -> 400, not a readable image -> 415, no "file" field -> 422, not
-multipart -> 415. Every error is JSON {"detail": "<message>"}.
+header before any decoding, and only formats whose header is checked (PNG, JPEG, BMP, TIFF, WebP)
+are decoded at all, so a small file cannot inflate to a huge image. The content is judged by its
+header and decoding (surfad.data.io.decode_image), never by the file name: empty -> 400, not a
+readable image -> 415, no "file" field -> 422, not multipart -> 415. Every error is JSON
+{"detail": "<message>"}.
 
 Concurrency: decoding and inference run in worker threads, never on the event loop, and all
 requests share one Detector. Concurrent calls are safe for both runtimes (onnxruntime sessions
@@ -39,11 +40,9 @@ so more only adds contention and memory.
 from __future__ import annotations
 
 import base64
-import io
 import secrets
 import sys
 import time
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -55,7 +54,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from surfad import __version__
 from surfad.data.io import decode_image
 from surfad.detector import Detector
-from surfad.errors import BadInputError
+from surfad.errors import BadInputError, ImageTooLarge
 from surfad.serve.record import InspectionLog, LiveStats, prometheus_text
 from surfad.visualize import encode_png, heatmap, heatmap_scale, overlay
 
@@ -209,16 +208,13 @@ def _inspect(detector: Detector, data: bytes, name: str, max_pixels: int, want_i
     started = time.perf_counter()
     if not data:
         raise RequestError(400, f"{name}: empty file")
-    pixels = _header_pixels(data)
-    if pixels is not None and pixels > max_pixels:
-        raise RequestError(413, f"{name}: image too large ({pixels} pixels; the limit is {max_pixels})")
     try:
-        image = decode_image(data, name=name)
+        image = decode_image(data, name=name, max_pixels=max_pixels)  # the header is checked before decoding
+    except ImageTooLarge as err:
+        raise RequestError(413, str(err)) from None
     except BadInputError as err:
         raise RequestError(415, f"{err}; send a PNG, JPEG, BMP, TIFF or WebP image") from None
     height, width = image.shape[:2]
-    if height * width > max_pixels:
-        raise RequestError(413, f"{name}: image too large ({width}x{height} pixels; the limit is {max_pixels})")
     decoded = time.perf_counter()
     pred = detector.predict(image)
     inferred = time.perf_counter()
@@ -234,21 +230,6 @@ def _inspect(detector: Detector, data: bytes, name: str, max_pixels: int, want_i
     if want_images:
         result["timing_ms"]["images"] = round(1000 * (time.perf_counter() - inferred), 2)
     return result
-
-
-def _header_pixels(data: bytes) -> int | None:
-    """Width x height read from the file header without decoding; None when Pillow cannot tell."""
-    from PIL import Image
-
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data)) as im:
-                return int(im.size[0]) * int(im.size[1])
-    except Image.DecompressionBombError:
-        return 2 * Image.MAX_IMAGE_PIXELS + 1  # Pillow refuses above this: at least that many pixels
-    except Exception:  # Pillow raises many types for formats it does not know; decoding decides then
-        return None
 
 
 def serve(run: str | Path, host: str = "127.0.0.1", port: int = 8000, runtime: str = "onnx",
