@@ -11,8 +11,8 @@ import pytest
 
 from surfad.cli import main
 from surfad.data.splits import Splits
-from surfad.detector.fused import FusedDetector, read_stats
 from surfad.detector import Detector
+from surfad.detector.fused import FusedDetector, read_stats
 
 
 @pytest.fixture(scope="module")

@@ -15,10 +15,10 @@ from surfad import bundle
 from surfad.calibrate import Calibration
 from surfad.cli import main
 from surfad.config import RunConfig
+from surfad.detector import Detector
 from surfad.errors import SurfadError
 from surfad.export import onnx as onnx_export
 from surfad.export.onnx import EXPORT_JSON, export_onnx, onnx_score_fn
-from surfad.detector import Detector
 from surfad.models import available_models
 
 REAL_DATA = Path(__file__).parents[1] / ".." / "shared" / "data"

@@ -17,7 +17,13 @@ from torch.utils.data import TensorDataset
 
 from surfad import bundle
 from surfad.config import ScoreConfig, TrainConfig
-from surfad.models import IMAGE_LAYOUT, FittedModel, available_models, build_model, model_spec
+from surfad.models import (
+    IMAGE_LAYOUT,
+    FittedModel,
+    available_models,
+    build_model,
+    model_spec,
+)
 from surfad.scoring import ImageScorer, InferenceGraph
 
 SIZE = 32

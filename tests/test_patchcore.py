@@ -11,7 +11,12 @@ from safetensors.torch import load_file, save_file
 
 from surfad.errors import SurfadError
 from surfad.models import build_model
-from surfad.models.patchcore.coreset import coreset_seconds, greedy_coreset, nearest, nearest_neighbours
+from surfad.models.patchcore.coreset import (
+    coreset_seconds,
+    greedy_coreset,
+    nearest,
+    nearest_neighbours,
+)
 
 
 @pytest.fixture(autouse=True)

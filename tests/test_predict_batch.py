@@ -11,11 +11,11 @@ from pathlib import Path
 import cv2
 import pytest
 
-from surfad.cli import main
-from surfad.errors import SurfadError
-from surfad.detector import Detector
 from surfad.batch_predict import CSV, ERRORS, JSONL, predict_files
+from surfad.cli import main
 from surfad.data.layouts import expand_inputs
+from surfad.detector import Detector
+from surfad.errors import SurfadError
 
 KEYS = {"path", "score", "threshold", "verdict", "regions", "heatmap", "overlay", "mask"}
 

@@ -15,8 +15,19 @@ from surfad.data.defects import procedural_texture
 from surfad.errors import SurfadError
 from surfad.models import build_model, resolve_params
 from surfad.models.recondiff.loss import focal_loss, recondiff_loss
-from surfad.models.recondiff.memory import DPU, MultiScaleMemory, dpu_losses, map_block_sizes
-from surfad.models.recondiff.model import Decoder, Encoder, RecondiffModel, SegUNet, SiameseSegNet
+from surfad.models.recondiff.memory import (
+    DPU,
+    MultiScaleMemory,
+    dpu_losses,
+    map_block_sizes,
+)
+from surfad.models.recondiff.model import (
+    Decoder,
+    Encoder,
+    RecondiffModel,
+    SegUNet,
+    SiameseSegNet,
+)
 from surfad.models.recondiff.samples import augment_normal, recondiff_samples
 from surfad.models.recondiff.schedule import lr_factor, recondiff_optimizer
 

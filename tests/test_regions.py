@@ -3,8 +3,8 @@ import pytest
 import torch
 
 from surfad.config import ScoreConfig
-from surfad.verdict import find_regions
 from surfad.scoring import ImageScorer
+from surfad.verdict import find_regions
 
 
 def test_regions_boxes_areas_and_min_area():

@@ -22,8 +22,7 @@ from surfad.data.synthetic_wood import add_defect, wood_texture
 from surfad.data.tiles import cut_tiles, pad_to_tile, random_tile, stitch, tile_starts
 from surfad.data.transforms import preprocess
 from surfad.detector import Detector
-from surfad.scoring import ImageScorer
-from surfad.scoring import score_images, tiled_score_fn
+from surfad.scoring import ImageScorer, score_images, tiled_score_fn
 
 TILE_MODEL = ["--model", "recondiff", "--param", "base_width=4", "--param", "rec_depth=3", "--param", "seg_base_width=2",
               "--param", "seg_depth=3", "--param", "n_prototypes=4"]

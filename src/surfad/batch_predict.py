@@ -23,13 +23,20 @@ from surfad.data.layouts import expand_inputs
 from surfad.detector import Detector
 from surfad.errors import BadInputError
 from surfad.report import write_gallery
-from surfad.utils import atomic_write_csv, atomic_write_text, to_json
+from surfad.utils import (
+    atomic_write_csv,
+    atomic_write_text,
+    exclusive,
+    remove_stale_temp_files,
+    to_json,
+)
 from surfad.verdict import NG, VERDICTS
 from surfad.visualize import heatmap, heatmap_scale, overlay, write_png
 
 JSONL = "predictions.jsonl"
 CSV = "predictions.csv"
 ERRORS = "errors.jsonl"
+LOCK = ".predict.lock"  # held while a predict writes into the folder
 
 
 def output_stem(path: Path) -> str:
@@ -47,6 +54,14 @@ def predict_files(detector: Detector, inputs: Iterable[str], out: str | Path, th
     retried on the next run), ng (of those done now).
     """
     out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    with exclusive(out / LOCK, f"{out}: another `surfad predict` is writing into it"):
+        remove_stale_temp_files(out)
+        return _predict_into(detector, inputs, out, threshold, batch_size, progress, sort_into)
+
+
+def _predict_into(detector: Detector, inputs: Iterable[str], out: Path, threshold: float | None, batch_size: int,
+                  progress: bool, sort_into: str | Path | None) -> dict[str, int]:
     paths = expand_inputs(inputs, exclude=out)
     if sort_into is not None:
         paths = [p for p in paths if not p.is_relative_to(Path(sort_into).resolve())]  # not its own copies

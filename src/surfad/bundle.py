@@ -17,6 +17,7 @@ Weights are safetensors, so loading a bundle never unpickles anything.
 from __future__ import annotations
 
 import csv
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +40,29 @@ HISTORY = "history.csv"
 HISTORY_PLOT = "history.png"
 ONNX = "model.onnx"
 ENSEMBLE = "ensemble.json"  # marks a folder written by `surfad fuse`: members and their standardisation
+
+
+def inference_settings(config: RunConfig) -> dict[str, Any]:
+    """What a run's weights (and an export of them) were made for: the model and its parameters, the
+    input geometry and the scoring rule. Recorded in meta.json at training and in export.json at
+    export; an edited config.yaml that no longer matches is refused at load (check_settings_match)."""
+    dc = config.data
+    return {"model": config.model, "model_params": config.model_params, "image_size": dc.image_size,
+            "channels": dc.channels, "tile_scale": dc.tile_scale, "tile_stride": dc.tile_stride,
+            "score": None if config.score is None else dataclasses.asdict(config.score)}
+
+
+def check_settings_match(recorded: dict[str, Any] | None, config: RunConfig, source: Path) -> None:
+    """SurfadError naming every setting where config.yaml differs from what `source` recorded (a run
+    written before settings were recorded passes)."""
+    if not recorded:
+        return
+    current = inference_settings(config)
+    differ = [f"{key}: {recorded.get(key)!r} in {source.name}, {current[key]!r} in {CONFIG}"
+              for key in current if key in recorded and recorded[key] != current[key]]
+    if differ:
+        raise SurfadError(f"{source.parent}: {CONFIG} no longer matches what {source.name} was made for ("
+                          + "; ".join(differ) + f"); restore {CONFIG}, or retrain / re-export")
 
 
 def require_run(run: str | Path) -> Path:
@@ -88,10 +112,17 @@ def checkpoint_path(run: Path, checkpoint: str) -> Path:
     return path
 
 
+def load_config(run: Path) -> RunConfig:
+    """The run's config.yaml, checked against what meta.json says the run was trained for."""
+    config = RunConfig.load(run / CONFIG)
+    check_settings_match(read_meta(run).get("inference"), config, run / META)
+    return config
+
+
 def load_graph(run: str | Path, checkpoint: str = "best_detect") -> tuple[RunConfig, InferenceGraph]:
     """Resolved config and the inference graph with a checkpoint's weights, in eval mode."""
     run = require_run(run)
-    config = RunConfig.load(run / CONFIG)
+    config = load_config(run)
     model, graph = build_from_config(config)
     load_weights(model, checkpoint_path(run, checkpoint))
     graph.eval()
@@ -109,8 +140,14 @@ def read_history(run: str | Path) -> list[dict[str, str]]:
     path = Path(run) / HISTORY
     if not path.is_file():
         return []
-    with path.open(newline="") as f:
-        return list(csv.DictReader(f))
+    try:
+        with path.open(newline="") as f:
+            rows = list(csv.DictReader(f))
+    except (OSError, UnicodeDecodeError, csv.Error) as err:
+        raise SurfadError(f"{path}: not a readable history ({err})") from None
+    if rows and "epoch" not in rows[0]:
+        raise SurfadError(f"{path}: not a surfad history (no epoch column)")
+    return rows
 
 
 def shipped_row(history: list[dict[str, Any]]) -> dict[str, Any] | None:
@@ -129,6 +166,9 @@ def training_summary(run: str | Path) -> dict[str, Any]:
     shipped = shipped_row(rows)
     summary: dict[str, Any] = {"epochs_trained": len(rows)}
     if shipped is not None:
-        summary["shipped_epoch"] = int(shipped["epoch"])
-        summary["shipped_validation"] = {k: float(v) for k, v in shipped.items() if k.startswith("val_") and v}
+        try:
+            summary["shipped_epoch"] = int(shipped["epoch"])
+            summary["shipped_validation"] = {k: float(v) for k, v in shipped.items() if k.startswith("val_") and v}
+        except (TypeError, ValueError) as err:
+            raise SurfadError(f"{Path(run) / HISTORY}: a value of the shipped epoch's row is not a number ({err})") from None
     return summary

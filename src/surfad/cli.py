@@ -384,6 +384,9 @@ def add_serve(sub: argparse._SubParsersAction) -> None:
                    "chosen by --keep-images (for traceability, and to collect real defects for validation)")
     p.add_argument("--keep-images", default="ng", choices=["ng", "all", "none"],
                    help="with --record: which uploads to keep, unchanged (default: ng)")
+    p.add_argument("--allow-host", action="append", default=[], metavar="NAME",
+                   help="without --api-key, also answer requests naming this host (repeatable); by default only "
+                        "the address served and localhost, so a foreign name (DNS rebinding) or site is refused")
     p.set_defaults(func=cmd_serve)
 
 
@@ -393,7 +396,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
     api_key = args.api_key or os.environ.get("SURFAD_API_KEY") or None
     serve(args.run, host=args.host, port=args.port, runtime=args.runtime, api_key=api_key,
           max_upload_bytes=int(args.max_upload_mb * 1_000_000), max_pixels=args.max_pixels, workers=args.workers,
-          record=args.record, keep_images=args.keep_images)
+          record=args.record, keep_images=args.keep_images, allow_hosts=args.allow_host)
 
 
 def add_preview_defects(sub: argparse._SubParsersAction) -> None:

@@ -16,6 +16,7 @@ import math
 import os
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import numpy as np
 from matplotlib.figure import Figure
@@ -158,7 +159,7 @@ def write_gallery(out_dir: Path, records: list[dict[str, Any]]) -> Path:
         parts.append(f"<h2>{html.escape(heading)}</h2>")
         cards = []
         for r in chosen:
-            link = html.escape(Path(os.path.relpath(r["overlay"], out_dir)).as_posix(), quote=True)
+            link = html.escape(quote(Path(os.path.relpath(r["overlay"], out_dir)).as_posix()), quote=True)
             cards.append(
                 f'<div class="card"><a href="{link}"><img loading="lazy" alt="overlay" src="{link}"></a>'
                 f"<div>{html.escape(str(r['path']))}</div>"

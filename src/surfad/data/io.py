@@ -15,7 +15,9 @@ from surfad.errors import BadInputError, ImageTooLarge
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 LOSSY_SUFFIXES = (".jpg", ".jpeg", ".webp")
 FORMATS = ("PNG", "JPEG", "BMP", "TIFF", "WEBP")  # accepted, by their header (Pillow's names)
-MAX_PIXELS = 2**30  # OpenCV refuses (with an exception) to decode more; checked on the header first
+# Largest image decoded: Pillow's decompression-bomb limit (2 x its MAX_IMAGE_PIXELS), below the 2^30
+# at which OpenCV raises instead of decoding; checked on the header, before any decoding.
+MAX_PIXELS = 178_956_970
 
 
 def image_header(data: bytes, name: str = "<upload>") -> tuple[str, int, int] | None:

@@ -62,7 +62,7 @@ class RunDetector(Detector):
             if checkpoint != "best_detect":
                 raise SurfadError(f"checkpoint {checkpoint!r}: model.onnx holds the shipped weights (best_detect) only; "
                                   "use the torch runtime for other checkpoints")
-            config = RunConfig.load(run / bundle.CONFIG)
+            config = bundle.load_config(run)
             score_fn = onnx_score_fn(run / bundle.ONNX)
         return cls(run, config, image_score_fn(score_fn, config), calibration, runtime, min_area)
 

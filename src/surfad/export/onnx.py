@@ -116,6 +116,7 @@ def export_onnx(run: str | Path, opset: int = 17) -> Path:
             "resize to image_size (INTER_AREA when smaller than both sides, else INTER_LINEAR), /255, CHW float32"),
         "decision": "NG iff score > threshold (calibration.json)",
         "tiling": _tiling(config),
+        "inference": bundle.inference_settings(config),
         "parity": {"random_inputs": N_RANDOM, "val_images": len(val_batches), **parity, "tolerance": PARITY_TOLERANCE},
         "weights_sha256": _sha256(run / bundle.WEIGHTS),
         "surfad_version": __version__,
@@ -141,6 +142,7 @@ def onnx_score_fn(path: str | Path, threads: int = 0, check_weights: bool = True
         raise SurfadError(f"{path}: ONNX model not found; create it with `surfad export RUN --format onnx`")
     if check_weights:
         _check_not_stale(path)
+        _check_settings(path)
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = max(0, int(threads))
     options.log_severity_level = 3
@@ -216,6 +218,19 @@ def _sha256(path: Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def _check_settings(path: Path) -> None:
+    """SurfadError when the run's config.yaml no longer describes what export.json says the export was
+    made for (an edited image_size or model would crash onnxruntime, or score at the wrong size)."""
+    record = path.parent / EXPORT_JSON
+    if not record.is_file() or not (path.parent / bundle.CONFIG).is_file():
+        return
+    try:
+        recorded = json.loads(record.read_text()).get("inference")
+    except (OSError, ValueError, AttributeError):
+        raise SurfadError(f"{record}: not a readable export record; re-run `surfad export {path.parent}`") from None
+    bundle.check_settings_match(recorded, RunConfig.load(path.parent / bundle.CONFIG), record)
 
 
 def _check_not_stale(path: Path) -> None:

@@ -22,6 +22,12 @@ API key: with `api_key` set, /model, /stats, /metrics and /predict need the head
 the key when the service answers 401 and keeps it in the browser's localStorage, then sends it as
 that header; it is never put in a URL. Use HTTPS (a reverse proxy) when the key crosses a network.
 
+Origins: a request whose Origin header names another site is refused (403), so a web page
+elsewhere cannot post uploads (which would be recorded). Without an API key, `surfad serve` also
+answers only requests whose Host is the address served, localhost or an --allow-host name, so a
+foreign name pointed at this address (DNS rebinding) cannot read /model. Answers carry no
+file-system paths.
+
 Limits: uploads over `max_upload_bytes` get 413 (checked on the bytes received, so a client cannot
 get around it by omitting Content-Length); images over `max_pixels` get 413, checked on the file
 header before any decoding, and only formats whose header is checked (PNG, JPEG, BMP, TIFF, WebP)
@@ -45,6 +51,7 @@ import sys
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import anyio
 from fastapi import Depends, FastAPI, Request
@@ -78,12 +85,51 @@ class _BodyTooLarge(Exception):
     """Raised from the receive channel when a request body passes its limit."""
 
 
+def hostname(authority: str) -> str:
+    """'example.com:8000' -> 'example.com'; '[::1]:8000' -> '::1' (lower case)."""
+    authority = authority.strip().lower()
+    if authority.startswith("["):
+        return authority[1:].split("]", 1)[0]
+    return authority.rsplit(":", 1)[0] if authority.count(":") == 1 else authority
+
+
+def guard_origin(app: FastAPI, allowed_hosts: frozenset[str] | None) -> None:
+    """Refuse (403) a request whose Host is not served here (when allowed_hosts is given: DNS
+    rebinding points a foreign name at this address) or whose Origin is another site (a page
+    elsewhere posting uploads): an Origin passes when it is this Host or an allowed host."""
+
+    @app.middleware("http")
+    async def check(request: Request, call_next: Any) -> Any:
+        host = request.headers.get("host", "")
+        if allowed_hosts is not None and hostname(host) not in allowed_hosts:
+            return JSONResponse({"detail": f"host {hostname(host)!r} is not served here; start the service with "
+                                           f"--allow-host {hostname(host) or 'NAME'} to allow it"}, status_code=403)
+        origin = request.headers.get("origin")
+        if origin is not None:
+            netloc = urlsplit(origin).netloc.lower()
+            if netloc != host.lower() and hostname(netloc) not in (allowed_hosts or ()):
+                return JSONResponse({"detail": f"cross-site request from {origin!r} refused"}, status_code=403)
+        return await call_next(request)
+
+
+def public(info: Any) -> Any:
+    """A detector's info without file-system paths (the training data's "path"), for clients."""
+    if isinstance(info, dict):
+        return {k: public(v) for k, v in info.items() if k != "path"}
+    if isinstance(info, list):
+        return [public(v) for v in info]
+    return info
+
+
 def create_app(detector: Detector, api_key: str | None = None, max_upload_bytes: int = 10_000_000,
-               max_pixels: int = 40_000_000, workers: int = 1, record: InspectionLog | None = None) -> FastAPI:
-    """The service around one loaded Detector (see the module doc for routes, limits, keys and recording)."""
+               max_pixels: int = 40_000_000, workers: int = 1, record: InspectionLog | None = None,
+               allowed_hosts: frozenset[str] | None = None) -> FastAPI:
+    """The service around one loaded Detector (see the module doc for routes, limits, keys, origin
+    checks and recording). allowed_hosts: the Host names served (None: any)."""
     if max_upload_bytes < 1 or max_pixels < 1 or workers < 1:
         raise ValueError("max_upload_bytes, max_pixels and workers must be positive")
     app = FastAPI(title="surfad", version=__version__, docs_url=None, redoc_url=None, openapi_url=None)
+    guard_origin(app, allowed_hosts)
     page = (STATIC / "index.html").read_text(encoding="utf-8")
     limiter = anyio.CapacityLimiter(workers)
     limits = {"max_upload_bytes": max_upload_bytes, "max_pixels": max_pixels}
@@ -121,11 +167,11 @@ def create_app(detector: Detector, api_key: str | None = None, max_upload_bytes:
 
     @app.get("/model", dependencies=[Depends(check_key)])
     async def model() -> dict[str, Any]:
-        return {**detector.info(), "service_version": __version__, "limits": limits}
+        return {**public(detector.info()), "service_version": __version__, "limits": limits}
 
     @app.get("/stats", dependencies=[Depends(check_key)])
     async def live_stats() -> dict[str, Any]:
-        return {**stats.summary(), "recording": None if record is None else str(record.folder)}
+        return {**stats.summary(), "recording": record is not None}
 
     @app.get("/metrics", dependencies=[Depends(check_key)], response_class=PlainTextResponse)
     async def metrics() -> PlainTextResponse:
@@ -143,9 +189,9 @@ def create_app(detector: Detector, api_key: str | None = None, max_upload_bytes:
         if record is not None:  # a full or failing disk must not cost the line its verdict: say so instead
             try:
                 result["inspection_id"] = await anyio.to_thread.run_sync(record.record, data, result, detector.name)
-            except OSError as err:
+            except OSError as err:  # the client learns what failed, not where the log lives
                 result["inspection_id"] = None
-                result["recording_error"] = f"not recorded: {err}"
+                result["recording_error"] = f"not recorded: {err.strerror or type(err).__name__}"
                 print(f"recording failed: {err}", file=sys.stderr)
         result["timing_ms"]["total"] = round(1000 * (time.perf_counter() - started), 2)
         return result
@@ -232,16 +278,35 @@ def _inspect(detector: Detector, data: bytes, name: str, max_pixels: int, want_i
     return result
 
 
+LOCAL_NAMES = ("localhost", "127.0.0.1", "::1")
+WILDCARDS = ("0.0.0.0", "::", "")
+
+
+def served_hosts(host: str, api_key: str | None, allow_hosts: list[str]) -> frozenset[str] | None:
+    """The Host names a service answers: any with an API key (the key protects it); else the bound
+    address (unless it is a wildcard), the local names and `allow_hosts`."""
+    if api_key:
+        return None
+    names = {*LOCAL_NAMES, *(hostname(h) for h in allow_hosts)}
+    if host not in WILDCARDS:
+        names.add(hostname(host))
+    return frozenset(names)
+
+
 def serve(run: str | Path, host: str = "127.0.0.1", port: int = 8000, runtime: str = "onnx",
           api_key: str | None = None, max_upload_bytes: int = 10_000_000, max_pixels: int = 40_000_000,
-          workers: int = 1, record: str | Path | None = None, keep_images: str = "ng") -> None:
+          workers: int = 1, record: str | Path | None = None, keep_images: str = "ng",
+          allow_hosts: list[str] | None = None) -> None:
     """Load the run and serve it with uvicorn until interrupted; `record`: a folder for the InspectionLog."""
     import uvicorn
 
     detector = Detector.load(run, runtime=runtime)
+    hosts = served_hosts(host, api_key, allow_hosts or [])
     app = create_app(detector, api_key=api_key, max_upload_bytes=max_upload_bytes, max_pixels=max_pixels,
-                     workers=workers, record=None if record is None else InspectionLog(record, keep_images))
-    if host not in ("127.0.0.1", "localhost", "::1") and not api_key:
-        print(f"warning: serving on {host} without --api-key: anyone who can reach it can use the model")
+                     workers=workers, record=None if record is None else InspectionLog(record, keep_images),
+                     allowed_hosts=hosts)
+    if host not in LOCAL_NAMES and not api_key:
+        print(f"warning: serving on {host} without --api-key: anyone who can reach it can use the model; "
+              f"requests must name one of these hosts: {', '.join(sorted(hosts or ()))} (add others with --allow-host)")
     print(f"serving {run} ({detector.config.model}, runtime {runtime}) on http://{host}:{port}/")
     uvicorn.run(app, host=host, port=port, log_level="info")

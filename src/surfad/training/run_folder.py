@@ -52,6 +52,7 @@ def start_run_folder(out: Path, config: RunConfig, splits: Splits, n_params: int
         "channels": dc.channels,
         "parameters": n_params,
         "data": {"path": dc.path, "layout": splits.layout, "train": len(splits.train), "val": len(splits.val)},
+        "inference": bundle.inference_settings(config),
     })
 
 
