@@ -23,11 +23,13 @@ import hashlib
 import importlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from surfad.config import Checked, setting
 from surfad.errors import SurfadError
 
 BN_EPS = 1e-3
@@ -270,6 +272,24 @@ def pretrained_backbone(variant: str, taps: list[str] | None = None, in_channels
     for p in net.parameters():
         p.requires_grad_(False)
     return net
+
+
+@dataclass
+class FeatureSettings(Checked):
+    """The settings every model on pretrained patch features shares (the start of its model_params)."""
+
+    section: ClassVar[str] = "model_params"
+    backbone: str = setting("efficientnet_lite0", "ImageNet backbone", choices=tuple(VARIANTS))
+    layers: list[str] = setting(["stage3", "stage5"], "feature taps (surfad.models.backbones: stageN, stageN.expand)")
+    memory_limit_gb: float = setting(0.0, "refuse a fit needing more memory than this (0: 80% of available RAM)",
+                                     low=0)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not self.layers:
+            raise SurfadError("model_params.layers: give at least one feature tap, e.g. [stage3, stage5]")
+        for tap in self.layers:
+            parse_tap(tap)
 
 
 class PatchFeatures(nn.Module):

@@ -11,35 +11,23 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from surfad.config import Checked, setting
+from surfad.config import setting
 from surfad.errors import SurfadError
-from surfad.models.backbones import VARIANTS, PatchFeatures, parse_tap
+from surfad.models.backbones import FeatureSettings, PatchFeatures
 from surfad.models.base import FitPlan, FittedModel, memory_limit, seconds_per_image
 
 
 @dataclass
-class PaDiMConfig(Checked):
-    section: ClassVar[str] = "model_params"
-    backbone: str = setting("efficientnet_lite0", "ImageNet backbone", choices=tuple(VARIANTS))
-    layers: list[str] = setting(["stage3", "stage5"], "feature taps (surfad.models.backbones: stageN, stageN.expand)")
+class PaDiMConfig(FeatureSettings):
     feature_dim: int = setting(100, "features kept, a seeded random subset of the taps' channels (0 = all)", low=0)
     regularisation: float = setting(0.01, "added to the covariance's diagonal before inverting", low=1e-9)
-    memory_limit_gb: float = setting(0.0, "refuse a fit needing more memory than this (0: 80% of available RAM)",
-                                     low=0)
     seed: int = setting(0, "seed of the feature subset")
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if not self.layers:
-            raise SurfadError("model_params.layers: give at least one feature tap, e.g. [stage3, stage5]")
-        for tap in self.layers:
-            parse_tap(tap)
 
 
 class PaDiM(FittedModel):

@@ -16,15 +16,15 @@ import math
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from surfad.config import Checked, setting
+from surfad.config import setting
 from surfad.errors import SurfadError
-from surfad.models.backbones import VARIANTS, PatchFeatures, parse_tap
+from surfad.models.backbones import FeatureSettings, PatchFeatures
 from surfad.models.base import FitPlan, FittedModel, memory_limit, seconds_per_image
 from surfad.models.patchcore.coreset import (
     coreset_seconds,
@@ -38,10 +38,7 @@ EAGER_CHUNK = 8192  # query patches per distance matrix outside export (bounds m
 
 
 @dataclass
-class PatchCoreConfig(Checked):
-    section: ClassVar[str] = "model_params"
-    backbone: str = setting("efficientnet_lite0", "ImageNet backbone", choices=tuple(VARIANTS))
-    layers: list[str] = setting(["stage3", "stage5"], "feature taps (surfad.models.backbones: stageN, stageN.expand)")
+class PatchCoreConfig(FeatureSettings):
     neighbourhood: int = setting(3, "local averaging window of each feature map (the paper's patch size)", low=1)
     coreset_ratio: float = setting(0.01, "share of the training patches kept in the memory bank", low=1e-6, high=1)
     max_bank_size: int = setting(20000, "at most this many bank patches (inference time grows with the bank); "
@@ -50,16 +47,7 @@ class PatchCoreConfig(Checked):
     neighbours: int = setting(1, "a patch's distance: the mean over its k nearest bank patches", low=1)
     reweight: bool = setting(False, "the paper's re-weighting of the image score (eq. 7)")
     reweight_neighbours: int = setting(9, "its b: the bank neighbourhood of the nearest bank patch", low=2)
-    memory_limit_gb: float = setting(0.0, "refuse a fit needing more memory than this (0: 80% of available RAM)",
-                                     low=0)
     seed: int = setting(0, "seed of the projection")
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if not self.layers:
-            raise SurfadError("model_params.layers: give at least one feature tap, e.g. [stage3, stage5]")
-        for tap in self.layers:
-            parse_tap(tap)
 
 
 class PatchCore(FittedModel):

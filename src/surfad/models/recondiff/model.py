@@ -5,16 +5,11 @@ trained to turn an image with a synthetic defect back into the clean image; a se
 sees (reconstruction, input) and predicts the defect mask (2-class logits). The anomaly map is the
 defect probability (softmax channel 1). See docs/method-seed002-recon-memory-segnet.md.
 
-Memory (one DPU per scale): the encoder output X (C x F x F) is max-pooled to s x s, a learned
-position embedding is added (Z = X + P), per-image prototypes are soft-assigned from Z, every
-position reads out the prototypes it addresses, and the unit-norm readout is added to Z (skip).
-The scale outputs are upsampled back to F x F and concatenated.
-
-`mblock_sizes` are given at the paper's scale (F = 16 for 256 px input and rec_depth 5): when the
-largest size exceeds F, all sizes are multiplied by F / max(sizes) (ratios kept), so (8, 16)
-becomes (4, 8) at 128 px and (2, 4) at 64 px. Sizes up to F are used as given. Every mapped size
-must be a whole number dividing F, so the pooling is a plain max_pool2d with an integer kernel
-(ONNX-friendly); otherwise the model refuses to build.
+The memory is in memory.py. `mblock_sizes` are given at the paper's scale (F = 16 for 256 px
+input and rec_depth 5): when the largest size exceeds F, all sizes are multiplied by
+F / max(sizes) (ratios kept), so (8, 16) becomes (4, 8) at 128 px and (2, 4) at 64 px. Sizes up
+to F are used as given. Every mapped size must be a whole number dividing F, so the pooling is a
+plain max_pool2d with an integer kernel (ONNX-friendly); otherwise the model refuses to build.
 
 Inputs are [0, 1] images; the model normalises them with the ImageNet mean/std (RGB order, as
 surfad reads images; the authors' BGR-reordered statistics are the same numbers for BGR input;
