@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+import cv2
 import pytest
 import torch
 
@@ -20,6 +21,19 @@ TINY = {"size": 64, "n_train": 12, "n_test_good": 4, "n_test_defect": 8, "n_val_
 def tiny_mvtec(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Category folder of a 64 px synthetic wood dataset (counts in TINY); shared: treat as read-only."""
     return write_synthetic_dataset(tmp_path_factory.mktemp("tiny_mvtec"), seed=0, **TINY)
+
+
+@pytest.fixture(scope="session")
+def tiny_gray(tiny_mvtec: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """tiny_mvtec with every image converted to one channel (masks unchanged); shared: read-only."""
+    root = tmp_path_factory.mktemp("gray") / "gray"
+    for path in tiny_mvtec.rglob("*.png"):
+        target = root / path.relative_to(tiny_mvtec)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+        is_mask = "ground_truth" in path.parts
+        cv2.imwrite(str(target), image if is_mask or image.ndim == 2 else cv2.cvtColor(image, cv2.COLOR_BGR2GRAY))
+    return root
 
 
 @pytest.fixture(scope="session")

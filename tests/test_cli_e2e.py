@@ -77,6 +77,18 @@ def test_calibrate_evaluate_predict(trained_run: Path, tiny_mvtec: Path, tmp_pat
             assert 0 <= x0 <= x1 < 64 and 0 <= y0 <= y1 < 64  # original-image pixels (64 px), not model input (32)
 
 
+def test_export_with_skip_connections_agrees_with_torch(trained_run: Path, tiny_mvtec: Path, tmp_path: Path):
+    """The tiny preset has no skips; this run (skip level 1) checks their concatenation in the export."""
+    run = Path(shutil.copytree(trained_run, tmp_path / "run"))
+    assert yaml.safe_load((run / "config.yaml").read_text())["model_params"]["skip_levels"] == [1]
+    assert main(["export", str(run)]) == 0
+    images = sorted((tiny_mvtec / "test").rglob("*.png"))[:4]
+    from surfad import Detector
+
+    for a, b in zip(Detector.load(run).predict_batch(images), Detector.load(run, runtime="onnx").predict_batch(images)):
+        assert b.score == pytest.approx(a.score, abs=1e-4) and a.verdict == b.verdict
+
+
 def test_scoring_shows_progress_unless_quiet(trained_run: Path, tmp_path: Path, capsys):
     """calibrate and evaluate show a bar (images done of the split, rate) on stderr; --quiet hides it."""
     assert main(["evaluate", str(trained_run), "--out", str(tmp_path / "loud")]) == 0

@@ -31,19 +31,6 @@ def fitted_run(tiny_mvtec: Path, tmp_path_factory: pytest.TempPathFactory) -> Pa
     return run
 
 
-@pytest.fixture(scope="module")
-def gray_mvtec(tiny_mvtec: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """tiny_mvtec with every image converted to one channel (masks unchanged)."""
-    root = tmp_path_factory.mktemp("gray") / "gray"
-    for path in tiny_mvtec.rglob("*.png"):
-        target = root / path.relative_to(tiny_mvtec)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-        is_mask = "ground_truth" in path.parts
-        cv2.imwrite(str(target), image if is_mask or image.ndim == 2 else cv2.cvtColor(image, cv2.COLOR_BGR2GRAY))
-    return root
-
-
 def test_fit_writes_a_complete_bundle_with_one_history_row(fitted_run: Path, capsys) -> None:
     for name in ("config.yaml", "meta.json", "splits.json", "model.safetensors", "calibration.json", "history.csv",
                  "history.png"):
@@ -86,13 +73,13 @@ def test_fuse_a_fitted_and_a_trained_run(fitted_run: Path, tiny_run, tmp_path: P
     assert detector.predict(np.full((40, 50, 3), 128, np.uint8)).verdict in ("OK", "NG")
 
 
-def test_grayscale_data_fits_a_one_channel_model(gray_mvtec: Path, tmp_path: Path) -> None:
+def test_grayscale_data_fits_a_one_channel_model(tiny_gray: Path, tmp_path: Path) -> None:
     run = tmp_path / "gray"
-    assert main(fit_args(gray_mvtec, run)) == 0
+    assert main(fit_args(tiny_gray, run)) == 0
     config = json.loads((run / "meta.json").read_text())
     assert config["channels"] == 1
     assert main(["export", str(run)]) == 0
-    image = cv2.imread(str(next((gray_mvtec / "test" / "knot").iterdir())), cv2.IMREAD_UNCHANGED)
+    image = cv2.imread(str(next((tiny_gray / "test" / "knot").iterdir())), cv2.IMREAD_UNCHANGED)
     torch_prediction = Detector.load(run).predict(image)  # HxW uint8
     onnx_prediction = Detector.load(run, runtime="onnx").predict(image[:, :, None])  # HxWx1
     assert onnx_prediction.score == pytest.approx(torch_prediction.score, rel=1e-4, abs=1e-4)

@@ -2,7 +2,7 @@
 
 make_splits decodes every image and mask once, so a corrupt file, a missing mask or a mask of the
 wrong size is reported before training starts rather than in the middle of an epoch (about 1 ms per
-small JPEG). val is a seeded hold-out of the training good images plus the layout's validation/
+small JPEG); for training it leaves the test files unopened (check_test=False). val is a seeded hold-out of the training good images plus the layout's validation/
 samples; it is used for model selection and thresholds and never shares a file with test.
 """
 
@@ -91,14 +91,18 @@ def _sample(item: dict[str, Any]) -> Sample:
     return Sample(Path(item["path"]), int(item["label"]), str(item.get("defect_type", GOOD)), mask_path)
 
 
-def make_splits(cfg: DataConfig) -> Splits:
-    """Index cfg.path, drop (skip_bad) or report bad files, and hold out a seeded validation share."""
+def make_splits(cfg: DataConfig, check_test: bool = True) -> Splits:
+    """Index cfg.path, drop (skip_bad) or report bad files, and hold out a seeded validation share.
+
+    check_test=False lists the test split without opening its files: training does so, so a model is
+    chosen and calibrated without a test image ever being read (evaluation reports a bad one).
+    """
     index = load_layout(cfg)
     _check_disjoint({"train": index.train, "validation": index.validation, "test": index.test})
     bad = BadFiles(cfg.skip_bad, list(index.skipped))
     train = [s for s in index.train if _usable(s, bad)]
     validation = [s for s in index.validation if _usable(s, bad)]
-    test = [s for s in index.test if _usable(s, bad)]
+    test = [s for s in index.test if _usable(s, bad)] if check_test else list(index.test)
     if not train:
         raise SurfadError(
             f"{index.root}: no usable training images; all {len(index.train)} were skipped as bad files"

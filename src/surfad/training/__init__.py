@@ -64,7 +64,7 @@ def prepare(config: RunConfig, out: Path, resume: bool) -> tuple[RunConfig, Spli
     if saved:
         print(f"{out} holds a run that never trained (no checkpoint): replacing it")
         clear_untrained(out)
-    splits = make_splits(config.data)
+    splits = make_splits(config.data, check_test=False)  # training never opens a test image
     return resolve_config(config, splits), splits, False
 
 
