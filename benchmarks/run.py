@@ -157,6 +157,7 @@ def main() -> None:
         result.update(command=previous["command"], date=previous["date"], commit=previous.get("commit"),
                       evaluated_at_commit=result["commit"], threads=previous["threads"],
                       peak_rss_gb=previous.get("peak_rss_gb"))
+    out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps({k: result[k] for k in ("name", "threshold_free", "thresholded", "epochs", "train_minutes")}, indent=1))
 

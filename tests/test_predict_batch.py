@@ -17,7 +17,7 @@ from surfad.data.layouts import expand_inputs
 from surfad.detector import Detector
 from surfad.errors import SurfadError
 
-KEYS = {"path", "score", "threshold", "verdict", "regions", "heatmap", "overlay", "mask"}
+KEYS = {"path", "score", "threshold", "verdict", "review", "regions", "heatmap", "overlay", "mask"}
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +44,7 @@ def records(out: Path) -> list[dict]:
 def test_outputs(detector: Detector, images: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
     counts = predict_files(detector, [str(images)], out, batch_size=4, progress=False)
-    assert counts == {"images": 6, "already_done": 0, "done": 6, "failed": 0, "ng": counts["ng"]}
+    assert counts == {"images": 6, "already_done": 0, "done": 6, "failed": 0, "ng": counts["ng"], "review": 0}
     rows = records(out)
     assert len(rows) == 6 and all(set(r) == KEYS for r in rows)
     for r in rows:

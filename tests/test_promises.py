@@ -305,7 +305,7 @@ def test_the_service_keeps_the_chosen_uploads_and_reports_drift(tiny_run, tiny_m
     families = {f.name: f for f in text_string_to_metric_families(client.get("/metrics").text)}
     counted = {s.labels["verdict"]: s.value for s in families["surfad_inspections"].samples
                if s.name == "surfad_inspections_total"}
-    assert counted == {"OK": sum(a["verdict"] == "OK" for a in answers), "NG": sum(a["verdict"] == "NG" for a in answers)}
+    assert counted == {v: sum(a["verdict"] == v for a in answers) for v in ("OK", "REVIEW", "NG")}
 
 
 # --- 10. outputs recomputed ------------------------------------------------------------------------

@@ -213,7 +213,7 @@ def test_cli_serve_passes_the_options(monkeypatch: pytest.MonkeyPatch) -> None:
     assert main(["serve", "RUN", "--api-key", "given", "--host", "0.0.0.0"]) == 0
     assert calls[0] == ("RUN", {"host": "127.0.0.1", "port": 9001, "runtime": "torch", "api_key": "from-env",
                                 "max_upload_bytes": 2_500_000, "max_pixels": 5000, "workers": 1, "record": None,
-                                "keep_images": "ng", "allow_hosts": []})
+                                "keep_images": "ng", "allow_hosts": [], "roi": None})
     assert calls[1][1]["api_key"] == "given" and calls[1][1]["host"] == "0.0.0.0" and calls[1][1]["runtime"] == "onnx"
     assert main(["serve", "RUN", "--record", "log", "--keep-images", "all"]) == 0
     assert calls[2][1]["record"] == "log" and calls[2][1]["keep_images"] == "all"

@@ -30,7 +30,7 @@ from surfad.utils import (
     remove_stale_temp_files,
     to_json,
 )
-from surfad.verdict import NG, VERDICTS
+from surfad.verdict import NG, REVIEW, VERDICTS
 from surfad.visualize import heatmap, heatmap_scale, overlay, write_png
 
 JSONL = "predictions.jsonl"
@@ -47,7 +47,7 @@ def output_stem(path: Path) -> str:
 def predict_files(detector: Detector, inputs: Iterable[str], out: str | Path, threshold: float | None = None,
                   batch_size: int = 8, progress: bool = True, sort_into: str | Path | None = None) -> dict[str, int]:
     """Inspect every input image, writing results under `out`; with `sort_into`, also copy each image
-    (unchanged, named as its outputs) into sort_into/OK or sort_into/NG by its verdict, ready for a
+    (unchanged, named as its outputs) into sort_into/OK, /REVIEW or /NG by its verdict, ready for a
     person to correct and for `surfad calibrate --good .../OK --defect .../NG`.
 
     Returns counts: images (found), already_done (skipped on resume), done, failed (unreadable,
@@ -71,7 +71,7 @@ def _predict_into(detector: Detector, inputs: Iterable[str], out: Path, threshol
     todo = [p for p in paths if str(p) not in done]
     for sub in ("heatmaps", "overlays", "masks"):
         (out / sub).mkdir(parents=True, exist_ok=True)
-    counts = {"images": len(paths), "already_done": len(paths) - len(todo), "done": 0, "failed": 0, "ng": 0}
+    counts = {"images": len(paths), "already_done": len(paths) - len(todo), "done": 0, "failed": 0, "ng": 0, "review": 0}
     bar = tqdm(total=len(todo), disable=not progress, unit="img", desc="predict", dynamic_ncols=True)
     with (out / JSONL).open("a") as results, (out / ERRORS).open("a") as errors:
         for start in range(0, len(todo), batch_size):
@@ -92,7 +92,7 @@ def _predict_into(detector: Detector, inputs: Iterable[str], out: Path, threshol
                 files = {k: str(out / k / f"{stem}.png") for k in ("heatmaps", "overlays", "masks")}
                 amap_scale = heatmap_scale(detector.calibration.pixel_threshold, pred.anomaly_map)
                 write_png(files["heatmaps"], heatmap(pred.anomaly_map, amap_scale))
-                write_png(files["overlays"], overlay(image, pred.anomaly_map, amap_scale, pred.regions))
+                write_png(files["overlays"], overlay(image, pred.anomaly_map, amap_scale, pred.regions, roi=detector.roi))
                 write_png(files["masks"], (pred.mask * 255).astype(np.uint8))
                 if sort_into is not None:
                     shutil.copy2(path, Path(sort_into) / pred.verdict / f"{stem}{path.suffix}")
@@ -102,6 +102,7 @@ def _predict_into(detector: Detector, inputs: Iterable[str], out: Path, threshol
                 results.flush()
                 counts["done"] += 1
                 counts["ng"] += pred.verdict == NG
+                counts["review"] += pred.verdict == REVIEW
                 bar.update()
     bar.close()
     _write_summaries(out)
@@ -133,5 +134,7 @@ def _write_summaries(out: Path) -> None:
     predictions.jsonl, so both cover every run of a resumed batch."""
     records = [json.loads(line) for line in (out / JSONL).read_text().splitlines() if line.strip()]
     write_gallery(out, records)
-    rows = [{**r, "n_regions": len(r["regions"]), "regions": json.dumps(r["regions"])} for r in records]
-    atomic_write_csv(out / CSV, rows, ["path", "score", "threshold", "verdict", "n_regions", "regions", "heatmap", "overlay", "mask"])
+    rows = [{**r, "n_regions": len(r["regions"]), "regions": json.dumps(r["regions"]),
+             "review": json.dumps(r["review"]) if r.get("review") else ""} for r in records]
+    atomic_write_csv(out / CSV, rows, ["path", "score", "threshold", "review", "verdict", "n_regions", "regions",
+                                       "heatmap", "overlay", "mask"])

@@ -46,6 +46,8 @@ class Calibration:
     n_good: int
     n_defect: int
     normal_stats: dict[str, float]  # mean, std, min, max, p50, p90, p95, p99 of good scores ({} if none)
+    review: list[float] | None = None  # [low, high]: OK iff score <= low, NG iff score > high, else REVIEW
+    review_strategy: str | None = None  # the two rules (or numbers) that chose the band, "LOW,HIGH"
 
     def __post_init__(self) -> None:
         """A non-finite threshold would pass (NaN) or fail (inf) every part without a word: refused."""
@@ -53,6 +55,11 @@ class Calibration:
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and math.isfinite(value)):
                 raise SurfadError(f"calibration.{name}={value}: must be a finite number")
+        if self.review is not None:
+            if len(self.review) != 2 or not all(isinstance(v, (int, float)) and math.isfinite(v) for v in self.review):
+                raise SurfadError(f"calibration.review={self.review}: must be two finite numbers [low, high]")
+            if self.review[0] > self.review[1]:
+                raise SurfadError(f"calibration.review={self.review}: the low threshold is above the high one")
         bad = {k: v for k, v in self.normal_stats.items() if not (isinstance(v, (int, float)) and math.isfinite(v))}
         if bad:
             raise SurfadError(f"calibration.normal_stats: non-finite values {bad}")
@@ -65,7 +72,7 @@ class Calibration:
         """Build from a dict as written by to_dict; errors name the missing or wrong field."""
         if not isinstance(d, dict):
             raise SurfadError(f"calibration: expected a mapping, got {type(d).__name__}")
-        missing = [f.name for f in dataclasses.fields(cls) if f.name not in d]
+        missing = [f.name for f in dataclasses.fields(cls) if f.name not in d and f.default is dataclasses.MISSING]
         if missing:
             raise SurfadError(f"calibration: missing field(s) {', '.join(missing)}")
         return from_dict(cls, d, "calibration")
@@ -177,7 +184,8 @@ def trade_offs(scores: object, labels: object,
     return table
 
 
-def pixel_threshold(maps: object, masks: object | None, labels: object, seed: int = 0) -> float:
+def pixel_threshold(maps: object, masks: object | None, labels: object, seed: int = 0,
+                    valid: np.ndarray | None = None) -> float:
     """Threshold on anomaly-map values that marks defect pixels (``map > threshold``).
 
     With ground truth (any mask pixel set): the threshold of maximum pixel F1 over the pixels
@@ -185,9 +193,13 @@ def pixel_threshold(maps: object, masks: object | None, labels: object, seed: in
     Without (masks None or all empty, e.g. good-only data): the 99.9% quantile (linear
     interpolation) of the good images' pixel values, i.e. about 0.1% of normal pixels exceed it.
 
-    maps: (N, H, W) floats; masks: (N, H, W) bools or None; labels: (N,) with 1 = defect.
+    maps: (N, H, W) floats; masks: (N, H, W) bools or None; labels: (N,) with 1 = defect;
+    valid: (H, W) bools, the pixels that count (a region of interest), or None for all.
     """
     map_list = check_maps(maps)
+    if valid is not None:  # only the pixels inside the region of interest
+        map_list = [m[valid][None] for m in map_list]
+        masks = None if masks is None else [np.asarray(k)[valid][None] for k in masks]
     y = check_labels(labels, len(map_list))
     if masks is not None:
         _, mask_list = check_maps_masks(map_list, masks)
@@ -223,19 +235,49 @@ def normal_stats(good_scores: np.ndarray) -> dict[str, float]:
     }
 
 
+def review_band(scores: object, labels: object, rules: str) -> list[float]:
+    """[low, high] thresholds of a review band from "LOW,HIGH": each a strategy (see choose_threshold)
+    or a number, e.g. "recall:0.995,fpr:0.005" (OK below a threshold that still catches 99.5% of the
+    defects, NG above one that calls at most 0.5% of good parts NG) or "0.3,0.7". Rules that would
+    cross (low above high) are an error."""
+    parts = [p.strip() for p in rules.split(",")]
+    if len(parts) != 2 or not all(parts):
+        raise SurfadError(f"--review {rules!r}: expected LOW,HIGH, e.g. recall:0.995,fpr:0.005 or 0.3,0.7")
+    band = [_number(p) if _number(p) is not None else choose_threshold(scores, labels, p) for p in parts]
+    if band[0] > band[1]:
+        raise SurfadError(f"--review {rules}: the low threshold {band[0]:.6g} ({parts[0]}) is above the high one "
+                          f"{band[1]:.6g} ({parts[1]}) on this data; choose a lower rule for LOW (e.g. a higher "
+                          "recall) or a stricter one for HIGH (a lower fpr)")
+    return band
+
+
+def _number(text: str) -> float | None:
+    try:
+        value = float(text)
+    except ValueError:
+        return None
+    if not math.isfinite(value):
+        raise SurfadError(f"--review: {text} is not a finite threshold")
+    return value
+
+
 def calibrate(
-    scores: object, labels: object, maps: object, masks: object | None, strategy: str, split: str
+    scores: object, labels: object, maps: object, masks: object | None, strategy: str, split: str,
+    valid: np.ndarray | None = None, review: str | None = None,
 ) -> Calibration:
-    """Choose image and pixel thresholds on one split (see choose_threshold, pixel_threshold)."""
+    """Choose image and pixel thresholds on one split (see choose_threshold, pixel_threshold), and the
+    review band when `review` gives its rules (see review_band)."""
     s = check_scores(scores)
     y = check_labels(labels, s.size)
     threshold = choose_threshold(s, y, strategy)
     return Calibration(
         threshold=threshold,
         strategy=strategy,
-        pixel_threshold=pixel_threshold(maps, masks, y),
+        pixel_threshold=pixel_threshold(maps, masks, y, valid=valid),
         split=split,
         n_good=int((~y).sum()),
         n_defect=int(y.sum()),
         normal_stats=normal_stats(s[~y].astype(np.float64)),
+        review=None if review is None else review_band(s, y, review),
+        review_strategy=review,
     )

@@ -162,6 +162,11 @@ def add_checkpoint_flag(p: argparse.ArgumentParser) -> None:
                    help="best_detect (shipped), best_seg, last, or a .safetensors path (torch runtime)")
 
 
+def add_roi_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--roi", help="a region-of-interest mask to inspect within instead of the run's own (roi.png), "
+                                 "or 'none' for the whole image")
+
+
 def add_image_set_flags(p: argparse.ArgumentParser, default_split: str) -> None:
     p.add_argument("--data", help="dataset (default: the one the run was trained on)")
     p.add_argument("--layout", choices=["auto", *LAYOUTS], help="layout of --data (default: the run's)")
@@ -254,6 +259,10 @@ def add_calibrate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("run")
     add_image_set_flags(p, "val")
     p.add_argument("--strategy", default="f1", help="f1 | youden | recall:X | fpr:X")
+    p.add_argument("--review", metavar="LOW,HIGH",
+                   help="also an OK / REVIEW / NG band: two rules or numbers, e.g. recall:0.995,fpr:0.005 (OK at or "
+                        "below LOW, NG above HIGH, REVIEW between)")
+    add_roi_flag(p)
     add_checkpoint_flag(p)
     add_quiet(p)
     p.set_defaults(func=cmd_calibrate)
@@ -264,9 +273,11 @@ def cmd_calibrate(args: argparse.Namespace) -> None:
 
     split, samples = image_set(args, "val")
     c = calibrate_run(args.run, data=args.data, split=split, strategy=args.strategy, layout=args.layout,
-                      checkpoint=args.checkpoint, progress=not args.quiet, samples=samples)
+                      checkpoint=args.checkpoint, progress=not args.quiet, samples=samples, roi=args.roi,
+                      review=args.review)
+    band = f"; review band {c.review[0]:.6g} to {c.review[1]:.6g} ({c.review_strategy})" if c.review else ""
     print(f"threshold {c.threshold:.6g} ({c.strategy} on {c.split}: {c.n_good} good, {c.n_defect} defective); "
-          f"pixel threshold {c.pixel_threshold:.6g}; saved in {Path(args.run) / 'calibration.json'}")
+          f"pixel threshold {c.pixel_threshold:.6g}{band}; saved in {Path(args.run) / 'calibration.json'}")
 
 
 def add_evaluate(sub: argparse._SubParsersAction) -> None:
@@ -274,6 +285,7 @@ def add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("run")
     add_image_set_flags(p, "test")
     p.add_argument("--out")
+    add_roi_flag(p)
     add_checkpoint_flag(p)
     p.add_argument("--runtime", default="torch", choices=["torch", "onnx"])
     add_quiet(p)
@@ -286,7 +298,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     split, samples = image_set(args, "test")
     out = Path(args.out) if args.out else Path(args.run) / f"eval_{'folders' if samples else split}"
     metrics = evaluate_run(args.run, data=args.data, split=split, out=out, runtime=args.runtime, layout=args.layout,
-                           checkpoint=args.checkpoint, progress=not args.quiet, samples=samples)
+                           checkpoint=args.checkpoint, progress=not args.quiet, samples=samples, roi=args.roi)
     print(summary_line(metrics))
     print(f"report: {out / 'report.html'}")
 
@@ -300,8 +312,9 @@ def add_predict(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--runtime", default="torch", choices=["torch", "onnx"])
     p.add_argument("--batch-size", type=positive_int, default=8)
     p.add_argument("--min-area", type=positive_int, default=16, help="smallest region kept, in pixels")
-    p.add_argument("--sort-into", help="also copy each image into DIR/OK or DIR/NG by its verdict (to review, "
-                   "correct, then `surfad calibrate --good DIR/OK --defect DIR/NG`)")
+    p.add_argument("--sort-into", help="also copy each image into DIR/OK, DIR/REVIEW or DIR/NG by its verdict (to "
+                   "review, correct, then `surfad calibrate --good DIR/OK --defect DIR/NG`)")
+    add_roi_flag(p)
     add_checkpoint_flag(p)
     add_quiet(p)
     p.set_defaults(func=cmd_predict)
@@ -311,11 +324,13 @@ def cmd_predict(args: argparse.Namespace) -> None:
     from surfad.batch_predict import predict_files
     from surfad.detector import Detector
 
-    detector = Detector.load(args.run, runtime=args.runtime, min_area=args.min_area, checkpoint=args.checkpoint)
+    detector = Detector.load(args.run, runtime=args.runtime, min_area=args.min_area, checkpoint=args.checkpoint,
+                             roi=args.roi)
     out = Path(args.out) if args.out else Path(args.run) / "predictions"
     counts = predict_files(detector, args.inputs, out, threshold=args.threshold, batch_size=args.batch_size,
                            progress=not args.quiet, sort_into=args.sort_into)
-    print(f"{counts['done']} predicted ({counts['ng']} NG), {counts['already_done']} already done, "
+    review = f", {counts['review']} to review" if counts["review"] else ""
+    print(f"{counts['done']} predicted ({counts['ng']} NG{review}), {counts['already_done']} already done, "
           f"{counts['failed']} unreadable; results in {out / 'predictions.jsonl'}")
 
 
@@ -384,6 +399,7 @@ def add_serve(sub: argparse._SubParsersAction) -> None:
                    "chosen by --keep-images (for traceability, and to collect real defects for validation)")
     p.add_argument("--keep-images", default="ng", choices=["ng", "all", "none"],
                    help="with --record: which uploads to keep, unchanged (default: ng)")
+    add_roi_flag(p)
     p.add_argument("--allow-host", action="append", default=[], metavar="NAME",
                    help="without --api-key, also answer requests naming this host (repeatable); by default only "
                         "the address served and localhost, so a foreign name (DNS rebinding) or site is refused")
@@ -396,7 +412,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
     api_key = args.api_key or os.environ.get("SURFAD_API_KEY") or None
     serve(args.run, host=args.host, port=args.port, runtime=args.runtime, api_key=api_key,
           max_upload_bytes=int(args.max_upload_mb * 1_000_000), max_pixels=args.max_pixels, workers=args.workers,
-          record=args.record, keep_images=args.keep_images, allow_hosts=args.allow_host)
+          record=args.record, keep_images=args.keep_images, allow_hosts=args.allow_host, roi=args.roi)
 
 
 def add_preview_defects(sub: argparse._SubParsersAction) -> None:

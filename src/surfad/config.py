@@ -91,6 +91,8 @@ class DataConfig(Checked):
     val_defect_dir: str | None = setting(None, "folder layout: defective validation images, which then choose "
                                                "the shipped epoch and the threshold")
     skip_bad: bool = setting(False, "skip unreadable images (and count them) instead of stopping")
+    roi: str | None = setting(None, "a region-of-interest mask (nonzero = inspected; the images' aspect ratio): the "
+                                    "map outside it is ignored; saved in the run as roi.png")
 
     @property
     def input_channels(self) -> int:

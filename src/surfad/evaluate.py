@@ -26,7 +26,7 @@ from surfad.data.samples import Sample
 from surfad.data.splits import Splits, make_splits
 from surfad.data.transforms import resize_map
 from surfad.detector import Detector
-from surfad.metrics import image_metrics, per_type_auroc, pixel_metrics
+from surfad.metrics import band_rates, image_metrics, per_type_auroc, pixel_metrics
 from surfad.report import worst_cases, write_report
 from surfad.scoring import ScoredSet
 from surfad.utils import atomic_write_bytes, atomic_write_csv, atomic_write_json
@@ -77,14 +77,17 @@ def images_to_score(config: RunConfig, run: Path, data: str | None, layout: str 
 
 def calibrate_run(run: str | Path, data: str | None = None, split: str = "val", strategy: str = "f1",
                   layout: str | None = None, checkpoint: str = "best_detect", progress: bool = False,
-                  samples: list[Sample] | None = None) -> Calibration:
+                  samples: list[Sample] | None = None, roi: str | Path | None = None,
+                  review: str | None = None) -> Calibration:
     """Choose thresholds on a split (or on `samples`, which `split` then names) and store them in the
-    run's calibration.json (the one it replaces goes to calibrations/); progress: show a bar while scoring."""
+    run's calibration.json (the one it replaces goes to calibrations/); progress: show a bar while
+    scoring; review: "LOW,HIGH" rules of an OK / REVIEW / NG band (calibrate.review_band)."""
     run = Path(run)
-    detector = Detector.load(run, checkpoint=checkpoint, calibrated=False)  # it may not be calibrated yet
+    detector = Detector.load(run, checkpoint=checkpoint, calibrated=False, roi=roi)  # it may not be calibrated yet
     samples = images_to_score(detector.config, run, data, layout, split, samples)
     scored, _ = detector.score_samples(samples, progress=progress)
-    calibration = calibrate(scored.scores, scored.labels, scored.maps, scored.masks, strategy, split=split)
+    calibration = calibrate(scored.scores, scored.labels, scored.maps, scored.masks, strategy, split=split,
+                            valid=scored.valid, review=review)
     previous = run / bundle.CALIBRATION
     if previous.is_file():  # kept, so a threshold replaced by mistake can be put back
         stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
@@ -96,24 +99,28 @@ def calibrate_run(run: str | Path, data: str | None = None, split: str = "val", 
 def evaluate_run(run: str | Path, data: str | None = None, split: str = "test", out: str | Path | None = None,
                  runtime: str = "torch", threshold: float | None = None, layout: str | None = None,
                  checkpoint: str = "best_detect", progress: bool = False,
-                 samples: list[Sample] | None = None) -> dict[str, Any]:
+                 samples: list[Sample] | None = None, roi: str | Path | None = None) -> dict[str, Any]:
     """Metrics, per-image scores and an HTML report for a split (or for `samples`, which `split` then
-    names); returns the metrics. progress: show a bar while scoring."""
-    detector = Detector.load(run, runtime=runtime, checkpoint=checkpoint)
+    names); returns the metrics. progress: show a bar while scoring. roi: see Detector.load (pixel
+    metrics count only its pixels)."""
+    detector = Detector.load(run, runtime=runtime, checkpoint=checkpoint, roi=roi)
     out = Path(out) if out is not None else Path(run) / f"eval_{split}"
     samples = images_to_score(detector.config, detector.run, data, layout, split, samples)
     scored, rate = detector.score_samples(samples, progress=progress)
     t = detector.threshold if threshold is None else threshold
     metrics: dict[str, Any] = image_metrics(scored.scores, scored.labels, t)
     if scored.masks.any():
-        metrics.update(pixel_metrics(scored.maps, scored.masks))
+        metrics.update(pixel_metrics(scored.maps, scored.masks, valid=scored.valid))
     metrics["trade_offs"] = trade_offs(scored.scores, scored.labels)
+    review = None if threshold is not None else detector.calibration.review
+    if review is not None:
+        metrics["review_band"] = band_rates(scored.scores, scored.labels, *review)
     metrics["per_type_image_auroc"] = per_type_auroc(scored.scores, scored.labels, [s.defect_type for s in samples])
     metrics.update(split=split, n_images=len(samples), images_per_s=rate, runtime=runtime, model=detector.name,
                    checkpoint=checkpoint)
     records = [
         {"path": str(s.path), "label": int(s.label), "defect_type": s.defect_type, "score": float(score),
-         "verdict": verdict(float(score), t)}
+         "verdict": verdict(float(score), t, review)}
         for s, score in zip(samples, scored.scores)
     ]
     atomic_write_json(out / "metrics.json", metrics)
@@ -142,5 +149,6 @@ def _worst_overlays(detector: Detector, records: list[dict], scored: ScoredSet, 
         i = index[record["path"]]
         image = read_image(samples[i].path, detector.channels)
         amap = resize_map(scored.maps[i], image.shape[0], image.shape[1])
-        result[record["path"]] = encode_png(overlay(image, amap, heatmap_scale(detector.calibration.pixel_threshold, amap)))
+        scale = heatmap_scale(detector.calibration.pixel_threshold, amap)
+        result[record["path"]] = encode_png(overlay(image, amap, scale, roi=detector.roi))
     return result

@@ -161,6 +161,31 @@ def rates_at(scores: object, labels: object, threshold: float) -> dict[str, floa
     }
 
 
+def band_rates(scores: object, labels: object, low: float, high: float) -> dict[str, float]:
+    """What an OK / REVIEW / NG band gives on labelled images (OK iff score <= low, NG iff score > high).
+
+    Returns
+    -------
+    rates : dict
+        ``review_share`` (share of all images sent to a person), ``escapes`` (share of the defects
+        called OK, nan without defects), ``false_rejects`` (share of the good images called NG, nan
+        without good images), and the counts ``n_review``, ``n_escapes``, ``n_false_rejects``.
+    """
+    s = check_scores(scores)
+    y = check_labels(labels, s.size)
+    ok, ng = s <= low, flagged(s, high)
+    n_defect, n_good = int(y.sum()), int((~y).sum())
+    escapes, false_rejects = int((ok & y).sum()), int((ng & ~y).sum())
+    n_review = int((~ok & ~ng).sum())
+    return {
+        "low": float(low), "high": float(high),
+        "review_share": n_review / s.size if s.size else NAN,
+        "escapes": escapes / n_defect if n_defect else NAN,
+        "false_rejects": false_rejects / n_good if n_good else NAN,
+        "n_review": n_review, "n_escapes": escapes, "n_false_rejects": false_rejects,
+    }
+
+
 def image_metrics(scores: object, labels: object, threshold: float) -> dict[str, float]:
     """Image-level metrics of scores against labels, threshold-free and at `threshold`.
 
@@ -262,7 +287,7 @@ def check_maps_masks(maps: object, masks: object) -> tuple[list[np.ndarray], lis
 
 
 def pixel_metrics(
-    maps: object, masks: object, max_pixels: int | None = 2_000_000, seed: int = 0
+    maps: object, masks: object, max_pixels: int | None = 2_000_000, seed: int = 0, valid: np.ndarray | None = None
 ) -> dict[str, float]:
     """Pixel-level AUROC and average precision over all pixels of all images, and AUPRO.
 
@@ -278,18 +303,23 @@ def pixel_metrics(
         negligible effect on the values. None uses every pixel. AUPRO always uses every pixel.
     seed : int, default=0
         Seed of the subsample, so results are reproducible.
+    valid : bool array of shape (H, W) or None, default=None
+        A region of interest: only its pixels count (defect pixels outside it are ignored, and so
+        is the background there). None: every pixel.
 
     Returns
     -------
     metrics : dict
         ``pixel_auroc`` and ``pixel_ap`` (nan unless the masks have both defect and background
-        pixels) and ``aupro`` (see :func:`aupro`).
+        pixels) and ``aupro`` (see :func:`aupro`; with `valid`, regions are cut to it).
     """
     map_list, mask_list = check_maps_masks(maps, masks)
     if not map_list:
         return {"pixel_auroc": NAN, "pixel_ap": NAN, "aupro": NAN}
-    values = np.concatenate([m.ravel() for m in map_list])
-    truth = np.concatenate([k.ravel() for k in mask_list])
+    if valid is not None:
+        mask_list = [k & valid for k in mask_list]  # defect regions cut to the region of interest
+    values = np.concatenate([m.ravel() if valid is None else m[valid] for m in map_list])
+    truth = np.concatenate([k.ravel() if valid is None else k[valid] for k in mask_list])
     if max_pixels is not None and values.size > max_pixels:
         keep = np.random.default_rng(seed).choice(values.size, size=max_pixels, replace=False)
         values, truth = values[keep], truth[keep]
@@ -297,11 +327,12 @@ def pixel_metrics(
     return {
         "pixel_auroc": float(roc_auc_score(truth, values)) if both else NAN,
         "pixel_ap": float(average_precision_score(truth, values)) if both else NAN,
-        "aupro": aupro(map_list, mask_list),
+        "aupro": aupro(map_list, mask_list, background=valid),
     }
 
 
-def aupro(maps: object, masks: object, fpr_limit: float = 0.3, num_thresholds: int | None = None) -> float:
+def aupro(maps: object, masks: object, fpr_limit: float = 0.3, num_thresholds: int | None = None,
+          background: np.ndarray | None = None) -> float:
     """Normalised area under the per-region-overlap (PRO) curve up to a false-positive rate.
 
     Regions are the 8-connected components of each ground-truth mask. At threshold t,
@@ -322,6 +353,8 @@ def aupro(maps: object, masks: object, fpr_limit: float = 0.3, num_thresholds: i
     num_thresholds : int or None, default=None
         None: the exact curve over every distinct map value. An int: that many evenly spaced
         thresholds between the lowest and highest map value (faster, approximate).
+    background : bool array of shape (H, W) or None, default=None
+        Where background pixels count for FPR (a region of interest); None: everywhere.
 
     Returns
     -------
@@ -333,17 +366,18 @@ def aupro(maps: object, masks: object, fpr_limit: float = 0.3, num_thresholds: i
     if num_thresholds is not None and num_thresholds < 2:
         raise SurfadError(f"num_thresholds: must be at least 2 (or None for exact), got {num_thresholds}")
     map_list, mask_list = check_maps_masks(maps, masks)
-    background, defect, inv_size = [], [], []
+    defect, inv_size = [], []
     n_regions = 0
+    outside = []
     for m, k in zip(map_list, mask_list):
-        background.append(m[~k])
+        outside.append(m[~k] if background is None else m[~k & background])
         regions, count = ndimage.label(k, structure=_EIGHT_CONNECTED)
         if count:
             ids = regions[k]
             defect.append(m[k])
             inv_size.append(1.0 / np.bincount(ids)[ids])
             n_regions += count
-    bg = np.concatenate(background) if background else np.empty(0)
+    bg = np.concatenate(outside) if outside else np.empty(0)
     if n_regions == 0 or bg.size == 0:
         return NAN
     values = np.concatenate(defect)

@@ -23,6 +23,7 @@ from tqdm import tqdm
 from surfad.calibrate import GOOD_ONLY_STRATEGY, parse_strategy
 from surfad.categories import category_config
 from surfad.config import RunConfig
+from surfad.data.roi import load_roi
 from surfad.data.splits import Splits, make_splits
 from surfad.data.survey import THIN_DEFECT_PX, DataSurvey, survey_data
 from surfad.models import FitPlan, FittedModel
@@ -147,7 +148,8 @@ class TrainingPlan:
 def time_validation(t: Training, config: RunConfig) -> float:
     """Seconds of one validation pass, scaled up from one timed batch (its second run)."""
     part = Subset(t.val_set, range(min(len(t.val_set), t.batch_size)))
-    return second_run_seconds(lambda: validate(t.shipped_graph or t.graph, config, part, t.device, t.batch_size)) \
+    graph = t.shipped_graph or t.graph
+    return second_run_seconds(lambda: validate(graph, config, part, t.device, t.batch_size, roi=t.roi)) \
         * len(t.val_set) / len(part)
 
 
@@ -187,7 +189,7 @@ def plan_training(config: RunConfig, progress: bool = True) -> TrainingPlan:
     config = resolve_config(config, splits)
     check_settings(config, splits)
     survey = survey_data(splits, config.data, progress)
-    t = build_training(config, splits)
+    t = build_training(config, splits, load_roi(config.data.roi) if config.data.roi else None)
     parameters = sum(p.numel() for p in t.model.parameters())
     if isinstance(t.model, FittedModel):
         fit = t.model.plan(len(t.train_images))

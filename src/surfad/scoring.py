@@ -23,6 +23,7 @@ from tqdm import tqdm
 
 from surfad.config import RunConfig, ScoreConfig
 from surfad.data.dataset import ImageDataset
+from surfad.data.roi import resize_roi
 from surfad.data.samples import Sample
 from surfad.data.tiles import cut_tiles, default_stride, stitch
 from surfad.data.transforms import resize_map
@@ -95,12 +96,14 @@ MAX_TILES = 64  # tiles per forward pass when tiling
 
 @dataclass
 class ScoredSet:
-    """Model outputs on a labelled set, at model resolution: maps (N, S, S), masks bool (N, S, S)."""
+    """Model outputs on a labelled set, at model resolution: maps (N, S, S), masks bool (N, S, S);
+    valid (S, S): the pixels that count (a region of interest), None for all."""
 
     scores: np.ndarray
     maps: np.ndarray
     labels: np.ndarray
     masks: np.ndarray
+    valid: np.ndarray | None = None
 
 
 def torch_score_fn(graph: torch.nn.Module, device: torch.device) -> ScoreFn:
@@ -148,13 +151,50 @@ def tiled_score_fn(tile_score: ScoreFn, score: ScoreConfig, tile: int, stride: i
     return score_images
 
 
-def image_score_fn(graph_score: ScoreFn, config: RunConfig) -> ScoreFn:
-    """The ScoreFn for preprocessed images of a run: the graph's own, or its tiled wrapper when tiling."""
+def masked_scores(maps: np.ndarray, inside: np.ndarray, score: ScoreConfig) -> np.ndarray:
+    """The score rule's pooling and reduction (no smoothing) on maps (B, H, W), over the pixels `inside`
+    (H, W) only; a model's own score (reduce "model") becomes the largest map value inside."""
+    with torch.inference_mode():
+        pooled = torch.from_numpy(np.ascontiguousarray(maps, dtype=np.float32))[:, None]
+        if score.pool > 1 and score.reduce != "model":
+            pooled = F.avg_pool2d(pooled, score.pool, stride=1, padding=score.pool // 2, count_include_pad=False)
+        values = pooled[:, 0][:, torch.from_numpy(inside)]  # (B, pixels inside)
+        if score.reduce == "mean":
+            return values.mean(1).numpy()
+        if score.reduce == "topk":
+            return values.topk(min(score.topk, values.shape[1]), dim=1).values.mean(1).numpy()
+        return values.amax(1).numpy()
+
+
+def roi_score_fn(inner: ScoreFn, score: ScoreConfig, roi: np.ndarray) -> ScoreFn:
+    """A ScoreFn that ignores everything outside a region of interest (bool, any size with the images'
+    aspect ratio), applied around the graph the same way for both runtimes: maps are set to zero
+    outside the ROI (resized to the maps, nearest neighbour) and the image score is masked_scores of
+    what is inside. The graph's own smoothing runs before the mask, so a value just outside can reach
+    at most 3 sigma pixels in; a model's receptive field can also cross the ROI's edge."""
+    resized: dict[tuple[int, int], np.ndarray] = {}
+
+    def score_images(batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        maps, _ = inner(batch)
+        shape = maps.shape[1:]
+        if shape not in resized:
+            resized[shape] = resize_roi(roi, *shape)
+        inside = resized[shape]
+        maps = maps * inside
+        return maps, masked_scores(maps, inside, score)
+
+    return score_images
+
+
+def image_score_fn(graph_score: ScoreFn, config: RunConfig, roi: np.ndarray | None = None) -> ScoreFn:
+    """The ScoreFn for preprocessed images of a run: the graph's own, its tiled wrapper when tiling,
+    and either within a region of interest when one is given."""
     data = config.data
-    if data.tile_scale <= 0:
-        return graph_score
     assert config.score is not None, "config must be resolved"
-    return tiled_score_fn(graph_score, config.score, data.image_size, data.tile_stride)
+    score = graph_score
+    if data.tile_scale > 0:
+        score = tiled_score_fn(score, config.score, data.image_size, data.tile_stride)
+    return score if roi is None else roi_score_fn(score, config.score, roi)
 
 
 def score_images(score: ScoreFn, images: Sequence[np.ndarray], batch_size: int = 16) -> tuple[list[np.ndarray], np.ndarray]:
@@ -173,10 +213,12 @@ def score_images(score: ScoreFn, images: Sequence[np.ndarray], batch_size: int =
     return maps, np.concatenate(scores) if scores else np.zeros(0, np.float32)
 
 
-def score_dataset(score: ScoreFn, dataset: Dataset, batch_size: int = 16, progress: str | None = None) -> ScoredSet:
+def score_dataset(score: ScoreFn, dataset: Dataset, batch_size: int = 16, progress: str | None = None,
+                  roi: np.ndarray | None = None) -> ScoredSet:
     """Score every item of a dataset yielding {"image", "mask", "label"} dicts; maps are resized to the
     masks' resolution (model resolution) when the inputs are larger (tiling). progress: the label of
-    a progress bar (images, rate, ETA), or None for none."""
+    a progress bar (images, rate, ETA), or None for none. roi: the region of interest `score` applies,
+    kept (at the masks' resolution) as the set's valid pixels."""
     scores, maps, labels, masks = [], [], [], []
     bar = tqdm(total=len(dataset), desc=progress, disable=progress is None, unit="img", leave=False, dynamic_ncols=True)
     for start in range(0, len(dataset), batch_size):
@@ -190,7 +232,8 @@ def score_dataset(score: ScoreFn, dataset: Dataset, batch_size: int = 16, progre
         scores.append(s)
         bar.update(len(items))
     bar.close()
-    return ScoredSet(np.concatenate(scores), np.stack(maps), np.array(labels), np.stack(masks))
+    valid = None if roi is None else resize_roi(roi, *masks[0].shape)
+    return ScoredSet(np.concatenate(scores), np.stack(maps), np.array(labels), np.stack(masks), valid)
 
 
 def run_bar(run: Path, progress: bool) -> str | None:
@@ -199,14 +242,14 @@ def run_bar(run: Path, progress: bool) -> str | None:
 
 
 def score_samples(score: ScoreFn, config: RunConfig, samples: list[Sample], batch_size: int = 16,
-                  progress: str | None = None) -> tuple[ScoredSet, float]:
+                  progress: str | None = None, roi: np.ndarray | None = None) -> tuple[ScoredSet, float]:
     """Scores/maps of dataset samples at model resolution, and the model's rate in images/s (time spent
     in `score` alone, not decoding); `score` takes the run's preprocessed images (whole scaled images
-    when tiling: see image_score_fn). progress: as for score_dataset."""
+    when tiling: see image_score_fn). progress, roi: as for score_dataset."""
     if not samples:
         raise SurfadError("no images to score in the chosen split")
     data = config.data
-    dataset = ImageDataset(samples, data.image_size, data.input_channels, tile_scale=data.tile_scale)
+    dataset = ImageDataset(samples, data.image_size, data.input_channels, tile_scale=data.tile_scale, roi=roi)
     seconds = 0.0
 
     def timed(batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -216,5 +259,5 @@ def score_samples(score: ScoreFn, config: RunConfig, samples: list[Sample], batc
         seconds += time.perf_counter() - start
         return result
 
-    scored = score_dataset(timed, dataset, batch_size, progress)
+    scored = score_dataset(timed, dataset, batch_size, progress, roi)
     return scored, len(samples) / max(seconds, 1e-9)

@@ -10,11 +10,15 @@ import cv2
 import numpy as np
 import torch
 
+from surfad.data.roi import resize_roi
 from surfad.data.tiles import pad_to_tile
 from surfad.utils import atomic_write_bytes
 
 if TYPE_CHECKING:
     from surfad.verdict import Region
+
+
+ROI_COLOUR = (0, 220, 0)  # the outline of a region of interest on overlays
 
 
 def heatmap_scale(pixel_threshold: float, amap: np.ndarray) -> float:
@@ -36,11 +40,17 @@ def to_rgb(image: np.ndarray) -> np.ndarray:
     return np.repeat(image, 3, axis=2) if image.shape[2] == 1 else image
 
 
-def overlay(image: np.ndarray, amap: np.ndarray, scale: float, regions: Sequence[Region] = (), alpha: float = 0.45) -> np.ndarray:
-    """The image with its heatmap blended in and each region's box drawn in white with its index."""
+def overlay(image: np.ndarray, amap: np.ndarray, scale: float, regions: Sequence[Region] = (), alpha: float = 0.45,
+            roi: np.ndarray | None = None) -> np.ndarray:
+    """The image with its heatmap blended in, each region's box drawn in white with its index, and the
+    outline of the region of interest (if any) in green."""
     base = to_rgb(image)
     out = cv2.addWeighted(base, 1 - alpha, heatmap(amap, scale), alpha, 0)
     thickness = max(1, round(min(out.shape[:2]) / 200))
+    if roi is not None:
+        inside = resize_roi(roi, *out.shape[:2]).astype(np.uint8)
+        contours, _ = cv2.findContours(inside, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+        cv2.drawContours(out, contours, -1, ROI_COLOUR, thickness)
     for i, region in enumerate(regions):
         x0, y0, x1, y1 = region.bbox
         cv2.rectangle(out, (x0, y0), (x1, y1), (255, 255, 255), thickness)

@@ -9,6 +9,7 @@ import torch
 from torch.utils.data import Dataset
 
 from surfad.data.io import read_image, read_mask
+from surfad.data.roi import check_aspect
 from surfad.data.samples import Sample
 from surfad.data.tiles import default_stride, pad_to_tile, random_tile, tile_grid
 from surfad.data.transforms import preprocess, resize_mask
@@ -24,8 +25,9 @@ class ImageDataset(Dataset):
     """
 
     def __init__(self, samples: Sequence[Sample], image_size: int, channels: int, with_masks: bool = True,
-                 tile_scale: float = 0.0):
+                 tile_scale: float = 0.0, roi: np.ndarray | None = None):
         self.samples = list(samples)
+        self.roi = roi  # a region of interest: every image must have its aspect ratio
         self.image_size = image_size
         self.channels = channels
         self.with_masks = with_masks
@@ -40,6 +42,8 @@ class ImageDataset(Dataset):
         if index not in self._cache:
             sample = self.samples[index]
             image = read_image(sample.path)
+            if self.roi is not None:
+                check_aspect(self.roi, *image.shape[:2], str(sample.path))
             prepared = preprocess(image, self.image_size, self.channels, self.tile_scale)
             array = (prepared * 255).round().astype(np.uint8)
             size = self.image_size

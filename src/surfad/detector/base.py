@@ -40,12 +40,13 @@ class Detector:
             Detector.kinds.append(cls)
 
     def __init__(self, run: Path, config: RunConfig, calibration: Calibration | None, runtime: str,
-                 min_area: int = 16) -> None:
+                 min_area: int = 16, roi: np.ndarray | None = None) -> None:
         self.run = run
         self.config = config
         self.calibration = calibration
         self.runtime = runtime
         self.min_area = min_area
+        self.roi = roi  # the region of interest inspected (bool, any size with the images' aspect), None: all
 
     @staticmethod
     def kind_of(folder: str | Path) -> type[Detector]:
@@ -58,13 +59,15 @@ class Detector:
 
     @staticmethod
     def load(folder: str | Path, runtime: str = "torch", device: str = "cpu", min_area: int = 16,
-             checkpoint: str = "best_detect", calibrated: bool = True) -> Detector:
+             checkpoint: str = "best_detect", calibrated: bool = True, roi: str | Path | None = None) -> Detector:
         """Load a run or a fused folder as the right detector; checkpoint (torch runtime, runs only):
         best_detect (shipped), best_seg, last or a .safetensors path. calibrated=False also loads a
-        folder without calibration.json (to calibrate it); it can score images but not judge them."""
+        folder without calibration.json (to calibrate it); it can score images but not judge them.
+        roi: a region-of-interest mask file to inspect within instead of the run's own (roi.png, if
+        it was trained with one), or "none" for the whole image."""
         if runtime not in RUNTIMES:
             raise SurfadError(f"runtime must be one of {', '.join(RUNTIMES)}, got {runtime!r}")
-        detector = Detector.kind_of(folder).open(Path(folder), runtime, device, min_area, checkpoint)
+        detector = Detector.kind_of(folder).open(Path(folder), runtime, device, min_area, checkpoint, roi)
         if calibrated and detector.calibration is None:
             raise SurfadError(f"{folder}: no {bundle.CALIBRATION}; run `surfad calibrate {folder}`")
         return detector
@@ -75,7 +78,8 @@ class Detector:
         return Detector.kind_of(folder).describe_folder(Path(folder))
 
     @classmethod
-    def open(cls, folder: Path, runtime: str, device: str, min_area: int, checkpoint: str) -> Detector:
+    def open(cls, folder: Path, runtime: str, device: str, min_area: int, checkpoint: str,
+             roi: str | Path | None) -> Detector:
         raise NotImplementedError  # pragma: no cover - abstract
 
     @classmethod
@@ -93,6 +97,13 @@ class Detector:
         if self.calibration is None:
             raise SurfadError(f"{self.run}: not calibrated (no {bundle.CALIBRATION}); run `surfad calibrate {self.run}`")
         return self.calibration.threshold
+
+    def decision(self, threshold: float | None) -> tuple[float, list[float] | None]:
+        """(threshold, review band) to judge with: the calibration's, or `threshold` alone when given
+        (an override replaces the band too)."""
+        if threshold is not None:
+            return threshold, None
+        return self.threshold, self.calibration.review
 
     @property
     def name(self) -> str:

@@ -59,7 +59,7 @@ def fuse_scored(sets: Sequence[ScoredSet], stats: Sequence[MemberStats]) -> Scor
     size = sets[0].maps.shape[1:]
     scores = np.mean([s.scores(scored.scores) for s, scored in zip(stats, sets)], axis=0)
     maps = np.mean([s.maps(_resized(scored.maps, size)) for s, scored in zip(stats, sets)], axis=0)
-    return ScoredSet(scores, maps.astype(np.float32), sets[0].labels, sets[0].masks)
+    return ScoredSet(scores, maps.astype(np.float32), sets[0].labels, sets[0].masks, sets[0].valid)
 
 
 def _resized(maps: np.ndarray, size: tuple[int, ...]) -> np.ndarray:
@@ -74,17 +74,18 @@ class FusedDetector(Detector):
 
     def __init__(self, run: Path, members: list[RunDetector], stats: list[MemberStats],
                  calibration: Calibration | None, runtime: str, min_area: int = 16) -> None:
-        super().__init__(run, members[0].config, calibration, runtime, min_area)
+        super().__init__(run, members[0].config, calibration, runtime, min_area, members[0].roi)
         self.members = members
         self.stats = stats
 
     @classmethod
     def open(cls, folder: Path, runtime: str = "torch", device: str = "cpu", min_area: int = 16,
-             checkpoint: str = "best_detect") -> FusedDetector:
+             checkpoint: str = "best_detect", roi: str | Path | None = None) -> FusedDetector:
+        """Each member inspects within its own region of interest, or within `roi` for all of them."""
         if checkpoint != "best_detect":
             raise SurfadError(f"{folder}: a fused detector uses its members' shipped weights (best_detect) only")
         calibration = cls.read_calibration(folder)
-        members = [RunDetector.open(member, runtime, device, min_area) for member in model_runs(folder)]
+        members = [RunDetector.open(member, runtime, device, min_area, roi=roi) for member in model_runs(folder)]
         return cls(folder, members, read_stats(folder), calibration, runtime, min_area)
 
     @classmethod
@@ -121,13 +122,13 @@ class FusedDetector(Detector):
         """Inspect images: each member's map and score at the image's size, standardised and averaged."""
         arrays = [as_image(im) for im in images]
         per_member = [m.outputs(arrays) for m in self.members]
-        t = self.threshold if threshold is None else threshold
+        t, review = self.decision(threshold)
         results = []
         for i, image in enumerate(arrays):
             score = float(np.mean([s.scores(np.float64(out[i][1])) for s, out in zip(self.stats, per_member)]))
             amap = np.mean([s.maps(out[i][0]) for s, out in zip(self.stats, per_member)], axis=0)
             results.append(judge(image, amap.astype(np.float32), score, t, self.calibration.pixel_threshold,
-                                 self.min_area))
+                                 self.min_area, self.roi, review))
         return results
 
 
@@ -180,7 +181,8 @@ def fuse_runs(runs: Sequence[str | Path], out: str | Path, strategy: str | None 
                                  float(values.mean()), float(values.std()) or 1.0))
     fused = fuse_scored(outputs, stats)
     strategy = strategy or default_strategy(bool((fused.labels == 1).any()))
-    calibration = calibrate(fused.scores, fused.labels, fused.maps, fused.masks, strategy, split="val")
+    calibration = calibrate(fused.scores, fused.labels, fused.maps, fused.masks, strategy, split="val",
+                            valid=fused.valid)
     out.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(Path(runs[0]) / bundle.SPLITS, out / bundle.SPLITS)
     atomic_write_json(out / bundle.ENSEMBLE, {"members": [asdict(s) for s in stats]})

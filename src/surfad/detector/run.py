@@ -18,6 +18,7 @@ from surfad import bundle
 from surfad.calibrate import Calibration
 from surfad.config import RunConfig
 from surfad.data.io import as_image
+from surfad.data.roi import check_aspect, resize_roi
 from surfad.data.samples import Sample
 from surfad.data.transforms import preprocess, resize_map
 from surfad.detector.base import Detector
@@ -40,16 +41,18 @@ class RunDetector(Detector):
     marker = bundle.CONFIG
 
     def __init__(self, run: Path, config: RunConfig, score_fn: ScoreFn, calibration: Calibration | None,
-                 runtime: str, min_area: int = 16) -> None:
-        """score_fn takes the run's preprocessed images (see scoring.image_score_fn); `open` builds it."""
-        super().__init__(run, config, calibration, runtime, min_area)
+                 runtime: str, min_area: int = 16, roi: np.ndarray | None = None) -> None:
+        """score_fn takes the run's preprocessed images and applies `roi` (see scoring.image_score_fn);
+        `open` builds it."""
+        super().__init__(run, config, calibration, runtime, min_area, roi)
         self.score_fn = score_fn
 
     @classmethod
     def open(cls, folder: Path, runtime: str = "torch", device: str = "cpu", min_area: int = 16,
-             checkpoint: str = "best_detect") -> RunDetector:
+             checkpoint: str = "best_detect", roi: str | Path | None = None) -> RunDetector:
         run = bundle.require_run(folder)
         calibration = cls.read_calibration(run)
+        inside = bundle.choose_roi(run, roi)
         if runtime == "torch":
             import torch
 
@@ -64,7 +67,7 @@ class RunDetector(Detector):
                                   "use the torch runtime for other checkpoints")
             config = bundle.load_config(run)
             score_fn = onnx_score_fn(run / bundle.ONNX)
-        return cls(run, config, image_score_fn(score_fn, config), calibration, runtime, min_area)
+        return cls(run, config, image_score_fn(score_fn, config, inside), calibration, runtime, min_area, inside)
 
     @classmethod
     def describe_folder(cls, folder: Path) -> dict[str, Any]:
@@ -90,19 +93,27 @@ class RunDetector(Detector):
     def score_samples(self, samples: list[Sample], batch_size: int = 16, progress: bool = False) -> tuple[ScoredSet, float]:
         """Scores and maps of dataset samples at model resolution, and the rate in images/s;
         progress: show a bar named after the run."""
-        return score_samples(self.score_batch, self.config, samples, batch_size, progress=run_bar(self.run, progress))
+        return score_samples(self.score_batch, self.config, samples, batch_size, progress=run_bar(self.run, progress),
+                             roi=self.roi)
 
     def outputs(self, images: Sequence[np.ndarray]) -> list[tuple[np.ndarray, float]]:
-        """(anomaly map at the image's size, image score) of uint8 HxWxC images, in one forward pass."""
+        """(anomaly map at the image's size, zero outside the region of interest; image score) of uint8
+        HxWxC images, in one forward pass."""
+        if self.roi is not None:
+            for i, a in enumerate(images):
+                check_aspect(self.roi, *a.shape[:2], f"image {i}")
         maps, scores = score_images(self.score_batch, [self.preprocess(a) for a in images], batch_size=len(images))
-        return [(resize_map(m, *a.shape[:2]), float(s)) for a, m, s in zip(images, maps, scores)]
+        full = [resize_map(m, *a.shape[:2]) for a, m in zip(images, maps)]
+        if self.roi is not None:
+            full = [m * resize_roi(self.roi, *m.shape) for m in full]
+        return [(m, float(s)) for m, s in zip(full, scores)]
 
     def predict_batch(self, images: Sequence[np.ndarray | str | Path], threshold: float | None = None) -> list[Prediction]:
         """Inspect several images in one forward pass."""
         arrays = [as_image(im) for im in images]
-        t = self.threshold if threshold is None else threshold
+        t, review = self.decision(threshold)
         pixel = self.calibration.pixel_threshold
-        return [judge(a, m, s, t, pixel, self.min_area) for a, (m, s) in zip(arrays, self.outputs(arrays))]
+        return [judge(a, m, s, t, pixel, self.min_area, self.roi, review) for a, (m, s) in zip(arrays, self.outputs(arrays))]
 
 
 def run_info(run: Path, config: RunConfig, calibration: Calibration | None) -> dict[str, Any]:

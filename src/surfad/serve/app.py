@@ -268,7 +268,8 @@ def _inspect(detector: Detector, data: bytes, name: str, max_pixels: int, want_i
     if want_images:
         scale = heatmap_scale(detector.calibration.pixel_threshold, pred.anomaly_map)
         result["heatmap_png"] = base64.b64encode(encode_png(heatmap(pred.anomaly_map, scale))).decode()
-        result["overlay_png"] = base64.b64encode(encode_png(overlay(image, pred.anomaly_map, scale, pred.regions))).decode()
+        picture = overlay(image, pred.anomaly_map, scale, pred.regions, roi=detector.roi)
+        result["overlay_png"] = base64.b64encode(encode_png(picture)).decode()
     result["timing_ms"] = {
         "decode": round(1000 * (decoded - started), 2),
         "inference": round(1000 * (inferred - decoded), 2),
@@ -296,11 +297,12 @@ def served_hosts(host: str, api_key: str | None, allow_hosts: list[str]) -> froz
 def serve(run: str | Path, host: str = "127.0.0.1", port: int = 8000, runtime: str = "onnx",
           api_key: str | None = None, max_upload_bytes: int = 10_000_000, max_pixels: int = 40_000_000,
           workers: int = 1, record: str | Path | None = None, keep_images: str = "ng",
-          allow_hosts: list[str] | None = None) -> None:
-    """Load the run and serve it with uvicorn until interrupted; `record`: a folder for the InspectionLog."""
+          allow_hosts: list[str] | None = None, roi: str | Path | None = None) -> None:
+    """Load the run and serve it with uvicorn until interrupted; `record`: a folder for the InspectionLog;
+    roi: see Detector.load."""
     import uvicorn
 
-    detector = Detector.load(run, runtime=runtime)
+    detector = Detector.load(run, runtime=runtime, roi=roi)
     hosts = served_hosts(host, api_key, allow_hosts or [])
     app = create_app(detector, api_key=api_key, max_upload_bytes=max_upload_bytes, max_pixels=max_pixels,
                      workers=workers, record=None if record is None else InspectionLog(record, keep_images),

@@ -28,6 +28,7 @@ import numpy as np
 
 from surfad.data.io import IMAGE_SUFFIXES
 from surfad.utils import atomic_write_bytes
+from surfad.verdict import OK, VERDICTS
 
 LOG = "inspections.jsonl"
 IMAGES = "images"
@@ -59,7 +60,7 @@ class InspectionLog:
         now = datetime.now(timezone.utc)
         inspection_id = uuid.uuid4().hex
         image = None
-        if self.keep_images == "all" or (self.keep_images == "ng" and result["verdict"] == "NG"):
+        if self.keep_images == "all" or (self.keep_images == "ng" and result["verdict"] != OK):
             relative = Path(IMAGES) / now.strftime("%Y-%m-%d") / f"{now:%H%M%S}_{inspection_id[:8]}_{safe_name(result['filename'])}"
             (self.folder / relative).parent.mkdir(parents=True, exist_ok=True)
             atomic_write_bytes(self.folder / relative, data)
@@ -90,7 +91,7 @@ class LiveStats:
         self.threshold = threshold
         self.validation_good = validation_good
         self.started = datetime.now(timezone.utc)
-        self.counts = {"OK": 0, "NG": 0}
+        self.counts = {verdict: 0 for verdict in VERDICTS}
         self.scores: deque[float] = deque(maxlen=RECENT)
         self.seconds = 0.0  # total time spent answering /predict
         self._lock = threading.Lock()
@@ -105,7 +106,7 @@ class LiveStats:
         """Counts, NG rate, quantiles of the recent scores and, for comparison, of the good validation images."""
         with self._lock:
             counts, scores, seconds = dict(self.counts), np.array(self.scores, dtype=np.float64), self.seconds
-        total = counts["OK"] + counts["NG"]
+        total = sum(counts.values())
         recent: dict[str, Any] = {"n": int(scores.size)}
         if scores.size:
             p50, p95, p99 = np.percentile(scores, [50, 95, 99])
@@ -117,6 +118,9 @@ class LiveStats:
             "inspected": total,
             "ng": counts["NG"],
             "ng_rate": counts["NG"] / total if total else None,
+            "review": counts["REVIEW"],
+            "review_rate": counts["REVIEW"] / total if total else None,
+            "counts": counts,
             "mean_ms": 1000 * seconds / total if total else None,
             "seconds": seconds,
             "threshold": self.threshold,
@@ -131,8 +135,7 @@ def prometheus_text(summary: dict[str, Any]) -> str:
     lines = [
         "# HELP surfad_inspections_total Images inspected since the service started, by verdict.",
         "# TYPE surfad_inspections_total counter",
-        f'surfad_inspections_total{{verdict="OK"}} {summary["inspected"] - summary["ng"]}',
-        f'surfad_inspections_total{{verdict="NG"}} {summary["ng"]}',
+        *(f'surfad_inspections_total{{verdict="{v}"}} {n}' for v, n in summary["counts"].items()),
         "# HELP surfad_inspection_seconds_total Time spent answering /predict.",
         "# TYPE surfad_inspection_seconds_total counter",
         f"surfad_inspection_seconds_total {summary['seconds']:.6f}",

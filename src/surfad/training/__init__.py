@@ -16,8 +16,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+
 from surfad import bundle
 from surfad.config import RunConfig
+from surfad.data.roi import load_roi
 from surfad.data.splits import Splits, make_splits
 from surfad.data.tiles import default_stride
 from surfad.errors import SurfadError
@@ -68,6 +71,13 @@ def prepare(config: RunConfig, out: Path, resume: bool) -> tuple[RunConfig, Spli
     return resolve_config(config, splits), splits, False
 
 
+def training_roi(out: Path, config: RunConfig) -> np.ndarray | None:
+    """The region of interest of a run: its saved roi.png when it has one (resuming), else data.roi's."""
+    if (out / bundle.ROI).is_file():
+        return load_roi(out / bundle.ROI)
+    return load_roi(config.data.roi) if config.data.roi else None
+
+
 def train(config: RunConfig, out: str | Path, resume: bool = False, progress: bool = True) -> Path:
     """Train (or fit) a model as `config` says into the run folder `out`; returns the run folder."""
     out = Path(out)
@@ -76,10 +86,11 @@ def train(config: RunConfig, out: str | Path, resume: bool = False, progress: bo
     remove_stale_temp_files(out)
     dc = config.data
     print(splits.summary())
-    t = build_training(config, splits)
+    roi = training_roi(out, config)
+    t = build_training(config, splits, roi)
     n_params = sum(p.numel() for p in t.model.parameters())
     if not (out / bundle.META).is_file():
-        start_run_folder(out, config, splits, n_params)
+        start_run_folder(out, config, splits, n_params, roi)
     print(f"model {config.model}: {n_params / 1e6:.2f} M parameters, {dc.image_size}x{dc.image_size}x{dc.input_channels}, "
           f"device {t.device}")
     if dc.tile_scale > 0:
@@ -90,7 +101,7 @@ def train(config: RunConfig, out: str | Path, resume: bool = False, progress: bo
         state = resume_state(out, t, config) if continuing else TrainState()
         run_epochs(config, t, out, state, progress)
         bundle.load_weights(t.model, out / bundle.WEIGHTS)  # the shipped weights, to calibrate
-        _, scored = validate(t.graph, config, t.val_set, t.device, t.batch_size, progress)
+        _, scored = validate(t.graph, config, t.val_set, t.device, t.batch_size, progress, t.roi)
     calibration = calibrate_shipped(scored, splits, out)
     print(f"trained {out}: shipped and calibrated on val ({calibration.strategy}): threshold {calibration.threshold:.5g}")
     return out

@@ -43,7 +43,7 @@ def fit_and_validate(config: RunConfig, t: Training, out: Path, progress: bool) 
         bundle.save_weights(model, out / bundle.WEIGHTS)
         atomic_write_json(out / bundle.META, {**bundle.read_meta(out), "fit": fit})
     started = time.monotonic()
-    figures, scored = validate(t.graph, config, t.val_set, t.device, t.batch_size, progress)
+    figures, scored = validate(t.graph, config, t.val_set, t.device, t.batch_size, progress, t.roi)
     row = {"epoch": 1, **{k: v for k, v in fit.items() if isinstance(v, (int, float))}, **figures, "best": 1,
            "validation_seconds": round(time.monotonic() - started, 2)}
     write_history(out, [row])

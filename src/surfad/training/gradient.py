@@ -73,7 +73,7 @@ def validate_epoch(config: RunConfig, t: Training, out: Path, state: TrainState,
                    shippable: bool, progress: bool) -> None:
     """Validate the shipped weights, keep them if best (when the epoch may be shipped: see
     TrainConfig.select_after) and draw the training grid when due."""
-    figures, _ = validate(t.shipped_graph, config, t.val_set, t.device, t.batch_size, progress)
+    figures, _ = validate(t.shipped_graph, config, t.val_set, t.device, t.batch_size, progress, t.roi)
     row.update(figures)
     if shippable:
         select(state, row, figures, t.shipped, out)

@@ -23,7 +23,7 @@ from surfad.utils import (
 )
 
 # What a run that never finished a first epoch (or a fit) can hold; a fresh start replaces these.
-UNTRAINED_FILES = (bundle.CONFIG, bundle.META, bundle.SPLITS, bundle.HISTORY, bundle.HISTORY_PLOT)
+UNTRAINED_FILES = (bundle.CONFIG, bundle.META, bundle.SPLITS, bundle.HISTORY, bundle.HISTORY_PLOT, bundle.ROI)
 
 
 def has_trained(out: Path) -> bool:
@@ -39,10 +39,12 @@ def clear_untrained(out: Path) -> None:
     remove_stale_temp_files(out)
 
 
-def start_run_folder(out: Path, config: RunConfig, splits: Splits, n_params: int) -> None:
-    """A new run folder with its config, splits and meta.json."""
+def start_run_folder(out: Path, config: RunConfig, splits: Splits, n_params: int, roi: np.ndarray | None) -> None:
+    """A new run folder with its config, splits, meta.json and region of interest (roi.png)."""
     dc = config.data
     out.mkdir(parents=True, exist_ok=True)
+    if roi is not None:
+        bundle.save_roi(roi, out / bundle.ROI)
     config.save(out / bundle.CONFIG)
     splits.save(out / bundle.SPLITS)
     atomic_write_json(out / bundle.META, {
@@ -69,6 +71,6 @@ def calibrate_shipped(scored: ScoredSet, splits: Splits, out: Path) -> Calibrati
     real = np.arange(len(scored.labels)) < len(splits.val)
     strategy = default_strategy(any(s.label == 1 for s in splits.val))
     calibration = calibrate(scored.scores[real], scored.labels[real], scored.maps[real], scored.masks[real], strategy,
-                            split="val")
+                            split="val", valid=scored.valid)
     calibration.save(out / bundle.CALIBRATION)
     return calibration

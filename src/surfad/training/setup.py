@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+import numpy as np
 import torch
 from torch.optim.swa_utils import AveragedModel
 from torch.utils.data import Dataset
@@ -52,6 +53,7 @@ class Training:
     batch_size: int
     device: torch.device
     train_images: Dataset  # the good training images (random tiles of them for gradient training, every tile for fitting)
+    roi: np.ndarray | None  # the region of interest (data.roi), applied to validation
     # gradient-trained models only:
     loss: Loss | None = None
     average: AveragedModel | None = None  # the weight average (ema_decay > 0)
@@ -66,9 +68,9 @@ class Training:
         return (self.shipped_graph or self.graph).model
 
 
-def build_training(config: RunConfig, splits: Splits) -> Training:
+def build_training(config: RunConfig, splits: Splits, roi: np.ndarray | None = None) -> Training:
     """Seed, set threads, and build the model, its datasets and (gradient training) its optimiser;
-    nothing is written."""
+    nothing is written. roi: the region of interest (validation scores and checks within it)."""
     tc, dc = config.train, config.data
     spec = model_spec(config.model)
     set_threads(tc.threads)
@@ -77,12 +79,12 @@ def build_training(config: RunConfig, splits: Splits) -> Training:
     model, graph = bundle.build_from_config(config)
     model.to(device)
     graph.to(device)
-    images = ImageDataset(splits.train, dc.image_size, dc.input_channels, tile_scale=dc.tile_scale)
-    val_set = validation_dataset(ImageDataset(splits.val, dc.image_size, dc.input_channels, tile_scale=dc.tile_scale),
-                                 tc.val_synthetic, tc.val_defect_source, tc.seed + 1)
+    images = ImageDataset(splits.train, dc.image_size, dc.input_channels, tile_scale=dc.tile_scale, roi=roi)
+    val_images = ImageDataset(splits.val, dc.image_size, dc.input_channels, tile_scale=dc.tile_scale, roi=roi)
+    val_set = validation_dataset(val_images, tc.val_synthetic, tc.val_defect_source, tc.seed + 1)
     if spec.fitted:
         fit_images = GridTileDataset(images, dc.tile_stride) if dc.tile_scale > 0 else images
-        return Training(model, graph, val_set, tc.batch_size, device, fit_images)
+        return Training(model, graph, val_set, tc.batch_size, device, fit_images, roi)
     train_images: Dataset = TileDataset(images, dc.tiles_per_image, tc.seed) if dc.tile_scale > 0 else images
     recipe = spec.recipe
     train_set = recipe.samples(model, train_images, tc.seed)
@@ -90,5 +92,5 @@ def build_training(config: RunConfig, splits: Splits) -> Training:
     shipped_graph = graph if average is None else InferenceGraph(average.module, graph.scorer)
     batch_size = min(tc.batch_size, len(train_set))
     optimizer, scheduler = recipe.optimizer(model, tc)
-    return Training(model, graph, val_set, batch_size, device, train_images, recipe.loss, average, shipped_graph,
+    return Training(model, graph, val_set, batch_size, device, train_images, roi, recipe.loss, average, shipped_graph,
                     train_set, len(train_set) // batch_size, optimizer, scheduler)

@@ -67,18 +67,19 @@ def validation_dataset(val: ImageDataset, synthetic: bool, source: str, seed: in
 
 
 def validate(graph: torch.nn.Module, config: RunConfig, dataset: Dataset, device: torch.device,
-             batch_size: int, progress: bool = False) -> tuple[dict[str, float], ScoredSet]:
+             batch_size: int, progress: bool = False, roi: np.ndarray | None = None) -> tuple[dict[str, float], ScoredSet]:
     """Validation figures: image AUROC/AP when defects exist, pixel AUROC/AUPRO when masks
-    exist, and the mean score of good images. progress: a bar while scoring."""
+    exist (inside the region of interest, if any), and the mean score of good images. progress: a
+    bar while scoring."""
     graph.eval()
-    scored = score_dataset(image_score_fn(torch_score_fn(graph, device), config), dataset, batch_size,
-                           progress="validate" if progress else None)
+    scored = score_dataset(image_score_fn(torch_score_fn(graph, device), config, roi), dataset, batch_size,
+                           progress="validate" if progress else None, roi=roi)
     figures = {"val_good_score": float(scored.scores[scored.labels == 0].mean())}
     if (scored.labels == 1).any() and (scored.labels == 0).any():
         m = image_metrics(scored.scores, scored.labels, threshold=float(np.median(scored.scores)))
         figures.update(val_auroc=m["image_auroc"], val_ap=m["image_ap"])
     if scored.masks.any():
-        m = pixel_metrics(scored.maps, scored.masks, max_pixels=500_000)
+        m = pixel_metrics(scored.maps, scored.masks, max_pixels=500_000, valid=scored.valid)
         figures.update(val_pixel_auroc=m["pixel_auroc"], val_aupro=m["aupro"])
     return figures, scored
 

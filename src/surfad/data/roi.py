@@ -1,0 +1,45 @@
+"""Regions of interest: a mask image saying where the part is in a fixed camera's view.
+
+A ROI is an image file whose nonzero pixels (> 127 for lossy formats, as for defect masks) are
+inspected. It is resized with each image, with nearest-neighbour interpolation: to the model's
+input when squashing, to the scaled image when tiling, to the original image for masks and
+regions. So it must have the images' aspect ratio (any size), and it must not be empty.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from surfad.data.io import read_mask
+from surfad.errors import BadInputError, SurfadError
+
+ASPECT_TOLERANCE = 0.02  # relative difference of width/height allowed between a ROI and an image
+
+
+def load_roi(path: str | Path) -> np.ndarray:
+    """A ROI file as a bool (H, W) array, or an error naming the file when it is not usable."""
+    try:
+        roi = read_mask(path)
+    except BadInputError as err:
+        raise SurfadError(f"region of interest: {err}") from None
+    if not roi.any():
+        raise SurfadError(f"{path}: the region of interest is empty (no nonzero pixel): nothing would be inspected")
+    return roi
+
+
+def check_aspect(roi: np.ndarray, height: int, width: int, name: str) -> None:
+    """SurfadError when an image of height x width does not have the ROI's aspect ratio."""
+    ratio, image_ratio = roi.shape[1] / roi.shape[0], width / height
+    if abs(ratio / image_ratio - 1) > ASPECT_TOLERANCE:
+        raise SurfadError(f"{name}: the image is {width}x{height} but the region of interest is "
+                          f"{roi.shape[1]}x{roi.shape[0]}, another aspect ratio; give a ROI drawn on this camera's images")
+
+
+def resize_roi(roi: np.ndarray, height: int, width: int) -> np.ndarray:
+    """The ROI at height x width (nearest neighbour), bool."""
+    if roi.shape == (height, width):
+        return roi
+    return cv2.resize(roi.astype(np.uint8), (width, height), interpolation=cv2.INTER_NEAREST).astype(bool)
