@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import copy
+import os
 import dataclasses
 import hashlib
 import json
@@ -63,7 +64,7 @@ def png_header_only(width: int, height: int) -> bytes:
 def test_health_needs_no_key(detector: Detector) -> None:
     bare = TestClient(create_app(detector, api_key=KEY))
     response = bare.get("/health")
-    assert response.status_code == 200 and response.json() == {"status": "ok"}
+    assert response.status_code == 200 and response.json() == {"status": "ok", "worker": os.getpid()}
 
 
 def test_page_is_self_contained(client: TestClient) -> None:
@@ -191,7 +192,7 @@ def test_inference_runs_off_the_event_loop(detector: Detector, image: np.ndarray
             return super().predict(image, threshold)
 
     spy = Recording(detector.run, detector.config, detector.score_fn, detector.calibration, detector.runtime)
-    code, _ = post(TestClient(create_app(spy, workers=2)), png(image))
+    code, _ = post(TestClient(create_app(spy, concurrency=2)), png(image))
     assert code == 200 and loops == [None]
 
 
@@ -212,8 +213,8 @@ def test_cli_serve_passes_the_options(monkeypatch: pytest.MonkeyPatch) -> None:
     assert main(["serve", "RUN", "--port", "9001", "--runtime", "torch", "--max-upload-mb", "2.5", "--max-pixels", "5000"]) == 0
     assert main(["serve", "RUN", "--api-key", "given", "--host", "0.0.0.0"]) == 0
     assert calls[0] == ("RUN", {"host": "127.0.0.1", "port": 9001, "runtime": "torch", "api_key": "from-env",
-                                "max_upload_bytes": 2_500_000, "max_pixels": 5000, "workers": 1, "record": None,
-                                "keep_images": "ng", "allow_hosts": [], "roi": None})
+                                "max_upload_bytes": 2_500_000, "max_pixels": 5000, "concurrency": 1, "record": None,
+                                "keep_images": "ng", "allow_hosts": [], "roi": None, "workers": 1})
     assert calls[1][1]["api_key"] == "given" and calls[1][1]["host"] == "0.0.0.0" and calls[1][1]["runtime"] == "onnx"
     assert main(["serve", "RUN", "--record", "log", "--keep-images", "all"]) == 0
     assert calls[2][1]["record"] == "log" and calls[2][1]["keep_images"] == "all"

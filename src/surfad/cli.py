@@ -394,7 +394,9 @@ def add_serve(sub: argparse._SubParsersAction) -> None:
                    "(default: $SURFAD_API_KEY, which keeps it out of the process list)")
     p.add_argument("--max-upload-mb", type=positive_float, default=10.0, help="largest upload, in MB (10^6 bytes)")
     p.add_argument("--max-pixels", type=positive_int, default=40_000_000, help="largest image, width x height")
-    p.add_argument("--workers", type=positive_int, default=1, help="images inspected at once")
+    p.add_argument("--workers", type=positive_int, default=1,
+                   help="service processes on the port (their statistics and recording are shared)")
+    p.add_argument("--concurrency", type=positive_int, default=1, help="images a process inspects at once")
     p.add_argument("--record", help="folder: log every inspection to inspections.jsonl and keep the uploads "
                    "chosen by --keep-images (for traceability, and to collect real defects for validation)")
     p.add_argument("--keep-images", default="ng", choices=["ng", "all", "none"],
@@ -411,8 +413,9 @@ def cmd_serve(args: argparse.Namespace) -> None:
 
     api_key = args.api_key or os.environ.get("SURFAD_API_KEY") or None
     serve(args.run, host=args.host, port=args.port, runtime=args.runtime, api_key=api_key,
-          max_upload_bytes=int(args.max_upload_mb * 1_000_000), max_pixels=args.max_pixels, workers=args.workers,
-          record=args.record, keep_images=args.keep_images, allow_hosts=args.allow_host, roi=args.roi)
+          max_upload_bytes=int(args.max_upload_mb * 1_000_000), max_pixels=args.max_pixels,
+          concurrency=args.concurrency, record=args.record, keep_images=args.keep_images,
+          allow_hosts=args.allow_host, roi=args.roi, workers=args.workers)
 
 
 def add_preview_defects(sub: argparse._SubParsersAction) -> None:

@@ -5,7 +5,7 @@
 
 Routes:
     GET  /          the web page (static, self-contained; holds no model data, so it needs no key)
-    GET  /health    {"status": "ok"}; never needs a key (for load balancers and monitoring)
+    GET  /health    {"status": "ok", "worker": PID}; never needs a key (for load balancers and monitoring)
     GET  /model     Detector.info(): model, input size, thresholds, training data, versions, limits
     GET  /stats     verdict counts since the start, NG rate, quantiles of the last 1000 scores beside
                     those of the good validation images (surfad.serve.record.LiveStats)
@@ -39,16 +39,24 @@ readable image -> 415, no "file" field -> 422, not multipart -> 415. Every error
 Concurrency: decoding and inference run in worker threads, never on the event loop, and all
 requests share one Detector. Concurrent calls are safe for both runtimes (onnxruntime sessions
 allow concurrent `run`; the torch graph is in eval mode under inference_mode, which changes no
-state). At most `workers` images are inspected at once: each inference already uses every core,
-so more only adds contention and memory.
+state). At most `concurrency` images are inspected at once by a process: each inference already
+uses every core, so more only adds contention and memory. `surfad serve --workers N` runs N such
+processes on one port (uvicorn's workers); they share /stats and /metrics through a SQLite file
+(SharedStats) and append to one inspections.jsonl under a file lock, a line per inspection.
 """
 
 from __future__ import annotations
 
 import base64
+import dataclasses
+import json
+import os
 import secrets
 import sys
+import tempfile
 import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -62,7 +70,7 @@ from surfad import __version__
 from surfad.data.io import decode_image
 from surfad.detector import Detector
 from surfad.errors import BadInputError, ImageTooLarge
-from surfad.serve.record import InspectionLog, LiveStats, prometheus_text
+from surfad.serve.record import InspectionLog, LiveStats, SharedStats, prometheus_text
 from surfad.visualize import encode_png, heatmap, heatmap_scale, overlay
 
 STATIC = Path(__file__).parent / "static"
@@ -122,18 +130,19 @@ def public(info: Any) -> Any:
 
 
 def create_app(detector: Detector, api_key: str | None = None, max_upload_bytes: int = 10_000_000,
-               max_pixels: int = 40_000_000, workers: int = 1, record: InspectionLog | None = None,
-               allowed_hosts: frozenset[str] | None = None) -> FastAPI:
+               max_pixels: int = 40_000_000, concurrency: int = 1, record: InspectionLog | None = None,
+               allowed_hosts: frozenset[str] | None = None, stats: LiveStats | SharedStats | None = None) -> FastAPI:
     """The service around one loaded Detector (see the module doc for routes, limits, keys, origin
-    checks and recording). allowed_hosts: the Host names served (None: any)."""
-    if max_upload_bytes < 1 or max_pixels < 1 or workers < 1:
-        raise ValueError("max_upload_bytes, max_pixels and workers must be positive")
+    checks and recording). allowed_hosts: the Host names served (None: any); concurrency: images
+    inspected at once; stats: where /stats counts (default: this process's LiveStats)."""
+    if max_upload_bytes < 1 or max_pixels < 1 or concurrency < 1:
+        raise ValueError("max_upload_bytes, max_pixels and concurrency must be positive")
     app = FastAPI(title="surfad", version=__version__, docs_url=None, redoc_url=None, openapi_url=None)
     guard_origin(app, allowed_hosts)
     page = (STATIC / "index.html").read_text(encoding="utf-8")
-    limiter = anyio.CapacityLimiter(workers)
+    limiter = anyio.CapacityLimiter(concurrency)
     limits = {"max_upload_bytes": max_upload_bytes, "max_pixels": max_pixels}
-    stats = LiveStats(detector.threshold, detector.calibration.normal_stats)
+    stats = stats or LiveStats(detector.threshold, detector.calibration.normal_stats)
 
     @app.exception_handler(RequestError)
     async def _request_error(request: Request, err: RequestError) -> JSONResponse:
@@ -162,8 +171,8 @@ def create_app(detector: Detector, api_key: str | None = None, max_upload_bytes:
         return HTMLResponse(page, headers={"Content-Security-Policy": PAGE_CSP, "X-Content-Type-Options": "nosniff"})
 
     @app.get("/health")
-    async def health() -> dict[str, str]:
-        return {"status": "ok"}
+    async def health() -> dict[str, Any]:
+        return {"status": "ok", "worker": os.getpid()}  # which worker process answered
 
     @app.get("/model", dependencies=[Depends(check_key)])
     async def model() -> dict[str, Any]:
@@ -279,6 +288,46 @@ def _inspect(detector: Detector, data: bytes, name: str, max_pixels: int, want_i
     return result
 
 
+@dataclass
+class ServiceOptions:
+    """What `surfad serve` was asked for; every worker process builds its app from these."""
+
+    run: str
+    runtime: str = "onnx"
+    api_key: str | None = None
+    max_upload_bytes: int = 10_000_000
+    max_pixels: int = 40_000_000
+    concurrency: int = 1
+    record: str | None = None
+    keep_images: str = "ng"
+    allowed_hosts: list[str] | None = None  # None: any (an API key protects the service)
+    roi: str | None = None
+    stats_db: str | None = None  # several workers: the SQLite file their SharedStats share
+    started: str | None = None  # ISO time the service started (for /stats)
+
+
+def build_app(options: ServiceOptions) -> FastAPI:
+    """Load the detector and build the service as `options` say (in each worker process)."""
+    detector = Detector.load(options.run, runtime=options.runtime, roi=options.roi)
+    stats = None
+    if options.stats_db is not None:
+        stats = SharedStats(options.stats_db, detector.threshold, detector.calibration.normal_stats,
+                            datetime.fromisoformat(options.started) if options.started else None)
+    return create_app(detector, api_key=options.api_key, max_upload_bytes=options.max_upload_bytes,
+                      max_pixels=options.max_pixels, concurrency=options.concurrency,
+                      record=None if options.record is None else InspectionLog(options.record, options.keep_images),
+                      allowed_hosts=None if options.allowed_hosts is None else frozenset(options.allowed_hosts),
+                      stats=stats)
+
+
+OPTIONS_ENV = "SURFAD_SERVE_OPTIONS"  # the JSON ServiceOptions a worker process reads
+
+
+def app_from_environment() -> FastAPI:
+    """The app of one worker of a multi-process service (uvicorn's factory; see serve)."""
+    return build_app(ServiceOptions(**json.loads(os.environ[OPTIONS_ENV])))
+
+
 LOCAL_NAMES = ("localhost", "127.0.0.1", "::1")
 WILDCARDS = ("0.0.0.0", "::", "")
 
@@ -296,19 +345,32 @@ def served_hosts(host: str, api_key: str | None, allow_hosts: list[str]) -> froz
 
 def serve(run: str | Path, host: str = "127.0.0.1", port: int = 8000, runtime: str = "onnx",
           api_key: str | None = None, max_upload_bytes: int = 10_000_000, max_pixels: int = 40_000_000,
-          workers: int = 1, record: str | Path | None = None, keep_images: str = "ng",
-          allow_hosts: list[str] | None = None, roi: str | Path | None = None) -> None:
-    """Load the run and serve it with uvicorn until interrupted; `record`: a folder for the InspectionLog;
-    roi: see Detector.load."""
+          concurrency: int = 1, record: str | Path | None = None, keep_images: str = "ng",
+          allow_hosts: list[str] | None = None, roi: str | Path | None = None, workers: int = 1) -> None:
+    """Serve the run with uvicorn until interrupted: one process, or `workers` processes behind the
+    same port (their /stats and /metrics shared, their recording one line per inspection)."""
     import uvicorn
 
-    detector = Detector.load(run, runtime=runtime, roi=roi)
     hosts = served_hosts(host, api_key, allow_hosts or [])
-    app = create_app(detector, api_key=api_key, max_upload_bytes=max_upload_bytes, max_pixels=max_pixels,
-                     workers=workers, record=None if record is None else InspectionLog(record, keep_images),
-                     allowed_hosts=hosts)
+    options = ServiceOptions(str(run), runtime, api_key, max_upload_bytes, max_pixels, concurrency,
+                             None if record is None else str(record), keep_images,
+                             None if hosts is None else sorted(hosts), None if roi is None else str(roi))
+    if record is not None:
+        InspectionLog(record, keep_images)  # a folder that cannot be created fails here, before serving
+    detector = Detector.load(run, runtime=runtime, roi=roi)  # errors now, not in a worker
     if host not in LOCAL_NAMES and not api_key:
         print(f"warning: serving on {host} without --api-key: anyone who can reach it can use the model; "
               f"requests must name one of these hosts: {', '.join(sorted(hosts or ()))} (add others with --allow-host)")
-    print(f"serving {run} ({detector.config.model}, runtime {runtime}) on http://{host}:{port}/")
-    uvicorn.run(app, host=host, port=port, log_level="info")
+    print(f"serving {run} ({detector.config.model}, runtime {runtime}, {workers} worker(s)) on http://{host}:{port}/")
+    if workers == 1:
+        uvicorn.run(create_app(detector, api_key=api_key, max_upload_bytes=max_upload_bytes, max_pixels=max_pixels,
+                               concurrency=concurrency, allowed_hosts=hosts,
+                               record=None if record is None else InspectionLog(record, keep_images)),
+                    host=host, port=port, log_level="info")
+        return
+    with tempfile.TemporaryDirectory(prefix="surfad-serve-") as shared:
+        options.stats_db = str(Path(shared) / "stats.sqlite")
+        options.started = datetime.now(timezone.utc).isoformat()
+        os.environ[OPTIONS_ENV] = json.dumps(dataclasses.asdict(options))
+        uvicorn.run("surfad.serve.app:app_from_environment", factory=True, workers=workers, host=host, port=port,
+                    log_level="info")

@@ -14,9 +14,12 @@ gives the same in the Prometheus text format, for monitoring systems.
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import hashlib
-import json
+import os
 import re
+import sqlite3
 import threading
 import uuid
 from collections import deque
@@ -27,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from surfad.data.io import IMAGE_SUFFIXES
-from surfad.utils import atomic_write_bytes
+from surfad.utils import FILE_MODE, atomic_write_bytes, to_json
 from surfad.verdict import OK, VERDICTS
 
 LOG = "inspections.jsonl"
@@ -42,6 +45,21 @@ def safe_name(name: str) -> str:
     stem, suffix = Path(name).stem, Path(name).suffix.lower()
     stem = re.sub(r"[^A-Za-z0-9._-]+", "_", stem).strip("._")[:80] or "upload"
     return stem + (suffix if suffix in IMAGE_SUFFIXES else ".img")
+
+
+def append_line(path: Path, line: str, lock: threading.Lock) -> None:
+    """Append one line to `path` as a single write under an exclusive file lock, so lines from several
+    threads or worker processes never interleave; a crash loses at most the line being written."""
+    data = (line + "\n").encode("utf-8")
+    with lock:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, FILE_MODE)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            written = os.write(fd, data)
+            if written != len(data):  # a full disk: say so rather than leave half a line unnoticed
+                raise OSError(errno.ENOSPC, f"only {written} of {len(data)} bytes of the log line were written")
+        finally:
+            os.close(fd)  # closing releases the lock
 
 
 class InspectionLog:
@@ -79,13 +97,12 @@ class InspectionLog:
             "model": model,
             "image": image,
         }
-        with self._lock, (self.folder / LOG).open("a", encoding="utf-8") as f:
-            f.write(json.dumps(line) + "\n")  # one write per line: a crash loses at most the line being written
+        append_line(self.folder / LOG, to_json(line), self._lock)
         return inspection_id
 
 
 class LiveStats:
-    """Verdict counts since the service started and the last RECENT scores (thread-safe)."""
+    """Verdict counts since the service started and the last RECENT scores, in this process (thread-safe)."""
 
     def __init__(self, threshold: float, validation_good: dict[str, float]) -> None:
         self.threshold = threshold
@@ -103,30 +120,80 @@ class LiveStats:
             self.seconds += seconds
 
     def summary(self) -> dict[str, Any]:
-        """Counts, NG rate, quantiles of the recent scores and, for comparison, of the good validation images."""
         with self._lock:
-            counts, scores, seconds = dict(self.counts), np.array(self.scores, dtype=np.float64), self.seconds
-        total = sum(counts.values())
-        recent: dict[str, Any] = {"n": int(scores.size)}
-        if scores.size:
-            p50, p95, p99 = np.percentile(scores, [50, 95, 99])
-            recent.update(p50=float(p50), p95=float(p95), p99=float(p99),
-                          above_validation_p95=float(np.mean(scores > self.validation_good["p95"]))
-                          if "p95" in self.validation_good else None)
-        return {
-            "since": self.started.isoformat(timespec="seconds"),
-            "inspected": total,
-            "ng": counts["NG"],
-            "ng_rate": counts["NG"] / total if total else None,
-            "review": counts["REVIEW"],
-            "review_rate": counts["REVIEW"] / total if total else None,
-            "counts": counts,
-            "mean_ms": 1000 * seconds / total if total else None,
-            "seconds": seconds,
-            "threshold": self.threshold,
-            "recent_scores": recent,
-            "validation_good_scores": self.validation_good,
-        }
+            counts, scores, seconds = dict(self.counts), list(self.scores), self.seconds
+        return summarise(counts, scores, seconds, self.threshold, self.validation_good, self.started)
+
+
+class SharedStats:
+    """The same figures for a service of several worker processes: kept in one SQLite file that every
+    worker adds to (one short transaction per inspection), so /stats and /metrics report the whole
+    service whichever worker answers."""
+
+    def __init__(self, path: str | Path, threshold: float, validation_good: dict[str, float],
+                 started: datetime | None = None) -> None:
+        self.threshold = threshold
+        self.validation_good = validation_good
+        self.started = started or datetime.now(timezone.utc)
+        self._db = sqlite3.connect(str(path), timeout=30, check_same_thread=False, isolation_level=None)
+        self._lock = threading.Lock()
+        with self._lock:
+            self._db.executescript("""
+                CREATE TABLE IF NOT EXISTS counts (verdict TEXT PRIMARY KEY, n INTEGER NOT NULL);
+                CREATE TABLE IF NOT EXISTS recent (id INTEGER PRIMARY KEY AUTOINCREMENT, score REAL NOT NULL);
+                CREATE TABLE IF NOT EXISTS totals (name TEXT PRIMARY KEY, value REAL NOT NULL);
+            """)
+
+    def add(self, verdict: str, score: float, seconds: float) -> None:
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._db.execute("INSERT INTO counts VALUES (?, 1) ON CONFLICT(verdict) DO UPDATE SET n = n + 1",
+                                 (verdict,))
+                last = self._db.execute("INSERT INTO recent (score) VALUES (?)", (score,)).lastrowid
+                self._db.execute("DELETE FROM recent WHERE id <= ?", (last - RECENT,))
+                self._db.execute("INSERT INTO totals VALUES ('seconds', ?) "
+                                 "ON CONFLICT(name) DO UPDATE SET value = value + excluded.value", (seconds,))
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+
+    def summary(self) -> dict[str, Any]:
+        with self._lock:
+            counts = {verdict: 0 for verdict in VERDICTS}
+            counts.update(dict(self._db.execute("SELECT verdict, n FROM counts")))
+            scores = [row[0] for row in self._db.execute("SELECT score FROM recent ORDER BY id")]
+            seconds = (self._db.execute("SELECT value FROM totals WHERE name = 'seconds'").fetchone() or (0.0,))[0]
+        return summarise(counts, scores, seconds, self.threshold, self.validation_good, self.started)
+
+
+def summarise(counts: dict[str, int], scores: list[float], seconds: float, threshold: float,
+              validation_good: dict[str, float], started: datetime) -> dict[str, Any]:
+    """Counts, NG and REVIEW rates, quantiles of the recent scores and, for comparison, of the good
+    validation images: what GET /stats answers."""
+    recent_scores = np.array(scores, dtype=np.float64)
+    total = sum(counts.values())
+    recent: dict[str, Any] = {"n": int(recent_scores.size)}
+    if recent_scores.size:
+        p50, p95, p99 = np.percentile(recent_scores, [50, 95, 99])
+        recent.update(p50=float(p50), p95=float(p95), p99=float(p99),
+                      above_validation_p95=float(np.mean(recent_scores > validation_good["p95"]))
+                      if "p95" in validation_good else None)
+    return {
+        "since": started.isoformat(timespec="seconds"),
+        "inspected": total,
+        "ng": counts["NG"],
+        "ng_rate": counts["NG"] / total if total else None,
+        "review": counts["REVIEW"],
+        "review_rate": counts["REVIEW"] / total if total else None,
+        "counts": counts,
+        "mean_ms": 1000 * seconds / total if total else None,
+        "seconds": seconds,
+        "threshold": threshold,
+        "recent_scores": recent,
+        "validation_good_scores": validation_good,
+    }
 
 
 def prometheus_text(summary: dict[str, Any]) -> str:
