@@ -5,10 +5,10 @@ from __future__ import annotations
 import asyncio
 import base64
 import copy
-import os
 import dataclasses
 import hashlib
 import json
+import os
 import struct
 import zlib
 from pathlib import Path

@@ -232,6 +232,7 @@ def add_train(sub: argparse._SubParsersAction) -> None:
 def cmd_train(args: argparse.Namespace) -> None:
     from surfad.categories import train_categories
     from surfad.training import train
+    from surfad.training.distributed import launched_rank
 
     if args.dry_run:
         from surfad.plan import plan_runs, plans_report
@@ -251,7 +252,9 @@ def cmd_train(args: argparse.Namespace) -> None:
         table = train_categories(config, comma_list(args.category), out, resume=resume, progress=not args.quiet)
         print(f"summary: {table}")
         return
-    print(f"run folder: {train(config, out, resume=resume, progress=not args.quiet)}")
+    run = train(config, out, resume=resume, progress=not args.quiet)
+    if launched_rank() == 0:  # under torchrun every process returns here; one reports
+        print(f"run folder: {run}")
 
 
 def add_calibrate(sub: argparse._SubParsersAction) -> None:

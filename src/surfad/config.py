@@ -133,6 +133,8 @@ class TrainConfig(Checked):
                                              "reward fitting one defect style)")
     ema_decay: float = setting(0.0, "> 0 (e.g. 0.998): validate, select and ship a moving average of the weights "
                                     "and BatchNorm statistics (0 = off)", low=0, high=0.999999)
+    sync_bn: bool = setting(False, "with several training processes on CUDA: synchronised batch norm (statistics of "
+                                   "the global batch instead of each process's)")
 
 
 @dataclass

@@ -164,7 +164,7 @@ def time_training(t: Training, config: RunConfig) -> tuple[float, float, float]:
     steps = min(TIMED_STEPS, t.steps_per_epoch)
 
     def train_steps() -> None:
-        train_epoch(t.model, t.loss, t.train_set, t.optimizer, 0, config.train, t.batch_size, t.device,
+        train_epoch(t.model, t.step_loss, t.train_set, t.optimizer, 0, config.train, t.batch_size, t.device,
                     tqdm(disable=True), t.average, max_steps=steps)
 
     def write_epoch() -> None:  # as train() does after each epoch: history.png, the last and the best checkpoints

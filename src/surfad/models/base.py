@@ -25,6 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 from torch.utils.data import Dataset
+from tqdm import tqdm
 
 from surfad.config import TrainConfig
 
@@ -74,15 +75,29 @@ class FitPlan:
 
 
 class FittedModel(AnomalyModel):
-    """A model fitted in one pass over the good training images."""
+    """A model fitted in one pass over the good training images: what it keeps of each image
+    (extract), then what it makes of them all (fit_features). The split lets several training
+    processes extract their share of the images and one fit on the gathered features."""
 
     def plan(self, n_images: int) -> FitPlan:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def extract(self, batch: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
+        """(B, C, S, S) good images -> what fitting needs of each, (B, ...)."""
+        raise NotImplementedError
+
+    def fit_features(self, features: torch.Tensor, progress: bool = True) -> dict[str, Any]:  # pragma: no cover
+        """Fill the model's buffers from every training image's extract (N, ...); returns figures
+        about the fit (sizes, seconds) for the run's records."""
+        raise NotImplementedError
+
     def fit(self, batches: Iterable[torch.Tensor], n_images: int, progress: bool = True) -> dict[str, Any]:
-        """Fill the model from batches of (B, C, S, S) good images (n_images in all); returns figures
-        about the fit (sizes, seconds per phase) for the run's records."""
-        raise NotImplementedError  # pragma: no cover - abstract
+        """plan (which refuses a fit that would not fit in memory), extract every batch, fit_features."""
+        self.plan(n_images)
+        started = time.perf_counter()
+        features = extract_all(self, batches, n_images, progress)
+        extracted = time.perf_counter()
+        return {**self.fit_features(features, progress), "feature_seconds": round(extracted - started, 2)}
 
     def estimate_seconds(self, batch: torch.Tensor, n_images: int) -> float:  # pragma: no cover - abstract
         """Seconds fitting on n_images would take here, from timing parts of the work on `batch`."""
@@ -91,6 +106,28 @@ class FittedModel(AnomalyModel):
     def fill_placeholder(self, n_images: int) -> None:
         """Give the fitted buffers the shapes a fit on n_images would, with placeholder values, so the
         dry run can time inference without fitting (default: the buffers' shapes do not depend on it)."""
+
+
+def extract_all(model: FittedModel, batches: Iterable[torch.Tensor], n_images: int, progress: bool) -> torch.Tensor:
+    """model.extract of every batch, stacked on the CPU as (n_images, ...); a bar in images."""
+    out: torch.Tensor | None = None
+    filled = 0
+    device = next(model.buffers()).device
+    bar = tqdm(total=n_images, desc="features", unit="img", disable=not progress, dynamic_ncols=True)
+    with torch.inference_mode():
+        for batch in batches:
+            part = model.extract(batch.to(device)).float().cpu()
+            if out is None:
+                out = torch.empty((n_images, *part.shape[1:]))
+            if filled + len(part) > n_images:
+                raise ValueError(f"fit: got more than the {n_images} images announced")
+            out[filled : filled + len(part)] = part
+            filled += len(part)
+            bar.update(len(part))
+    bar.close()
+    if out is None or filled != n_images:
+        raise ValueError(f"fit: expected {n_images} images, got {filled}")
+    return out
 
 
 def seconds_per_image(work: Callable[[torch.Tensor], Any], batch: torch.Tensor) -> float:

@@ -25,7 +25,9 @@ from surfad.data.splits import Splits, make_splits
 from surfad.data.tiles import default_stride
 from surfad.errors import SurfadError
 from surfad.models import model_spec
+from surfad.scoring import ScoredSet
 from surfad.training.checkpoint import TrainState
+from surfad.training.distributed import World, from_main, join, leave
 from surfad.training.fitting import fit_and_validate
 from surfad.training.gradient import resume_state, run_epochs
 from surfad.training.run_folder import (
@@ -41,7 +43,7 @@ from surfad.training.setup import (
     resolve_config,
 )
 from surfad.training.validation import validate
-from surfad.utils import remove_stale_temp_files
+from surfad.utils import remove_stale_temp_files, resolve_device
 
 __all__ = ["Training", "build_training", "check_settings", "resolve_config", "train"]
 
@@ -60,6 +62,8 @@ def prepare(config: RunConfig, out: Path, resume: bool) -> tuple[RunConfig, Spli
         config, splits = RunConfig.load(out / bundle.CONFIG), Splits.load(out / bundle.SPLITS)
         if not has_trained(out):
             print(f"{out} stopped before its first checkpoint: training it from the start with its saved config and splits")
+            for name in (bundle.WEIGHTS, bundle.CALIBRATION):
+                (out / name).unlink(missing_ok=True)
             return config, splits, False
         return config, splits, True
     if saved and has_trained(out):
@@ -79,29 +83,51 @@ def training_roi(out: Path, config: RunConfig) -> np.ndarray | None:
 
 
 def train(config: RunConfig, out: str | Path, resume: bool = False, progress: bool = True) -> Path:
-    """Train (or fit) a model as `config` says into the run folder `out`; returns the run folder."""
+    """Train (or fit) a model as `config` says into the run folder `out`; returns the run folder.
+    Under torchrun (WORLD_SIZE > 1) every process calls it: see surfad.training.distributed."""
     out = Path(out)
-    config, splits, continuing = prepare(config, out, resume)
+    world = join(resolve_device(config.train.device))
+    try:
+        return train_in(world, config, out, resume, progress)
+    finally:
+        leave(world)
+
+
+def train_in(world: World, config: RunConfig, out: Path, resume: bool, progress: bool) -> Path:
+    """train() as one of the world's processes (process 0 alone writes and reports)."""
+    config, splits, continuing = from_main(world, lambda: prepare(config, out, resume))
     check_settings(config, splits)
-    remove_stale_temp_files(out)
     dc = config.data
-    print(splits.summary())
     roi = training_roi(out, config)
-    t = build_training(config, splits, roi)
+    t = build_training(config, splits, roi, world)
     n_params = sum(p.numel() for p in t.model.parameters())
-    if not (out / bundle.META).is_file():
-        start_run_folder(out, config, splits, n_params, roi)
-    print(f"model {config.model}: {n_params / 1e6:.2f} M parameters, {dc.image_size}x{dc.image_size}x{dc.input_channels}, "
-          f"device {t.device}")
-    if dc.tile_scale > 0:
-        print(f"tiling: images scaled by {dc.tile_scale}, inference tiles {default_stride(dc.image_size, dc.tile_stride)} px apart")
+    if world.main:
+        remove_stale_temp_files(out)
+        print(splits.summary())
+        if not (out / bundle.META).is_file():
+            start_run_folder(out, config, splits, n_params, roi)
+        processes = f", {world.size} processes" if world.distributed else ""
+        print(f"model {config.model}: {n_params / 1e6:.2f} M parameters, {dc.image_size}x{dc.image_size}x"
+              f"{dc.input_channels}, device {t.device}{processes}")
+        if dc.tile_scale > 0:
+            print(f"tiling: images scaled by {dc.tile_scale}, inference tiles "
+                  f"{default_stride(dc.image_size, dc.tile_stride)} px apart")
     if model_spec(config.model).fitted:
         scored = fit_and_validate(config, t, out, progress)
     else:
+        from_main(world, lambda: None)  # the run folder exists before any process trains
         state = resume_state(out, t, config) if continuing else TrainState()
         run_epochs(config, t, out, state, progress)
-        bundle.load_weights(t.model, out / bundle.WEIGHTS)  # the shipped weights, to calibrate
-        _, scored = validate(t.graph, config, t.val_set, t.device, t.batch_size, progress, t.roi)
-    calibration = calibrate_shipped(scored, splits, out)
-    print(f"trained {out}: shipped and calibrated on val ({calibration.strategy}): threshold {calibration.threshold:.5g}")
+        scored = from_main(world, lambda: shipped_scores(config, t, out, progress))
+    if world.main:
+        calibration = calibrate_shipped(scored, splits, out)
+        print(f"trained {out}: shipped and calibrated on val ({calibration.strategy}): threshold "
+              f"{calibration.threshold:.5g}")
     return out
+
+
+def shipped_scores(config: RunConfig, t: Training, out: Path, progress: bool) -> ScoredSet:
+    """The validation scores of the shipped weights (loaded into the model), to calibrate them."""
+    bundle.load_weights(t.model, out / bundle.WEIGHTS)
+    _, scored = validate(t.graph, config, t.val_set, t.device, t.batch_size, progress, t.roi)
+    return scored

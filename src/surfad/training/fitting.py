@@ -8,12 +8,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Subset
 
 from surfad import bundle
 from surfad.config import RunConfig
 from surfad.models import IMAGE_LAYOUT, FittedModel
+from surfad.models.base import extract_all
 from surfad.scoring import ScoredSet
+from surfad.training.distributed import gather_in_order
 from surfad.training.run_folder import write_history
 from surfad.training.setup import Training
 from surfad.training.validation import validate
@@ -27,19 +29,32 @@ def image_batches(images: Dataset, batch_size: int) -> Iterator[torch.Tensor]:
         yield batch.contiguous(memory_format=IMAGE_LAYOUT)
 
 
-def fit_and_validate(config: RunConfig, t: Training, out: Path, progress: bool) -> ScoredSet:
+def fit_and_validate(config: RunConfig, t: Training, out: Path, progress: bool) -> ScoredSet | None:
     """Fit (unless the folder already holds the fitted weights), ship, validate once and record it as
-    the run's only history row; returns the validation scores for calibration."""
-    model = t.model
+    the run's only history row; returns the validation scores for calibration. With several
+    processes each extracts its share of the images and process 0 fits on all of them (the others
+    return None)."""
+    model, world = t.model, t.world
     assert isinstance(model, FittedModel)
     if (out / bundle.WEIGHTS).is_file():  # a fit that finished before an interruption
+        if not world.main:
+            return None
         bundle.load_weights(model, out / bundle.WEIGHTS)
         fit: dict[str, Any] = bundle.read_meta(out).get("fit", {})
         print(f"{out}: already fitted; validating and calibrating")
     else:
         started = time.monotonic()
-        fit = model.fit(image_batches(t.train_images, t.batch_size), len(t.train_images), progress)
-        fit["fit_seconds"] = round(time.monotonic() - started, 2)
+        n = len(t.train_images)
+        model.plan(n)  # a fit that cannot work is refused before any image is read
+        mine = torch.arange(n)[world.rank :: world.size].tolist()
+        part = extract_all(model, image_batches(Subset(t.train_images, mine), t.batch_size), len(mine),
+                           progress and world.main)
+        features = gather_in_order(part, world, n)
+        if not world.main:
+            return None
+        extracted = time.monotonic()
+        fit = {**model.fit_features(features, progress), "feature_seconds": round(extracted - started, 2),
+               "fit_seconds": round(time.monotonic() - started, 2), "processes": world.size}
         bundle.save_weights(model, out / bundle.WEIGHTS)
         atomic_write_json(out / bundle.META, {**bundle.read_meta(out), "fit": fit})
     started = time.monotonic()

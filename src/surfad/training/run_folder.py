@@ -13,6 +13,8 @@ from surfad import __version__, bundle
 from surfad.calibrate import Calibration, calibrate, default_strategy
 from surfad.config import RunConfig
 from surfad.data.splits import Splits
+from surfad.errors import SurfadError
+from surfad.models import model_spec
 from surfad.report import history_plot
 from surfad.scoring import ScoredSet
 from surfad.utils import (
@@ -27,15 +29,22 @@ UNTRAINED_FILES = (bundle.CONFIG, bundle.META, bundle.SPLITS, bundle.HISTORY, bu
 
 
 def has_trained(out: Path) -> bool:
-    """Whether the folder holds a checkpoint or shipped weights, i.e. some training was done."""
-    return (out / bundle.LAST_STATE).is_file() or (out / bundle.WEIGHTS).is_file()
+    """Whether the folder holds what resuming continues from: the `last` checkpoint of a gradient-
+    trained run (shipped weights alone can be there when it stopped before its first checkpoint),
+    the fitted weights of a fitted one."""
+    try:
+        fitted = model_spec(RunConfig.load(out / bundle.CONFIG).model).fitted
+    except SurfadError:  # an unreadable config: any trained file counts
+        return (out / bundle.LAST_STATE).is_file() or (out / bundle.WEIGHTS).is_file()
+    return (out / (bundle.WEIGHTS if fitted else bundle.LAST_STATE)).is_file()
 
 
 def clear_untrained(out: Path) -> None:
-    """Remove what a run that never trained wrote, so a fresh start can use its folder."""
-    for name in UNTRAINED_FILES:
+    """Remove what a run that never reached its first checkpoint wrote, so it can start again."""
+    for name in (*UNTRAINED_FILES, bundle.WEIGHTS):
         (out / name).unlink(missing_ok=True)
-    shutil.rmtree(out / "grids", ignore_errors=True)
+    for folder in ("grids", "checkpoints"):
+        shutil.rmtree(out / folder, ignore_errors=True)
     remove_stale_temp_files(out)
 
 

@@ -7,6 +7,8 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel
 from torch.utils.data import Dataset
 
@@ -17,9 +19,9 @@ from surfad.data.io import infer_channels
 from surfad.data.splits import Splits
 from surfad.errors import SurfadError
 from surfad.models import AnomalyModel, default_score, model_spec, resolve_params
-from surfad.models.base import Loss
 from surfad.scoring import InferenceGraph
-from surfad.training.loop import weight_average
+from surfad.training.distributed import ALONE, World
+from surfad.training.loop import LossModule, steps_per_epoch, weight_average
 from surfad.training.validation import validation_dataset
 from surfad.utils import resolve_device, seed_everything, set_threads
 
@@ -54,8 +56,9 @@ class Training:
     device: torch.device
     train_images: Dataset  # the good training images (random tiles of them for gradient training, every tile for fitting)
     roi: np.ndarray | None  # the region of interest (data.roi), applied to validation
+    world: World  # this process among the training processes
     # gradient-trained models only:
-    loss: Loss | None = None
+    step_loss: nn.Module | None = None  # (batch, progress) -> loss terms: a LossModule, DDP-wrapped when distributed
     average: AveragedModel | None = None  # the weight average (ema_decay > 0)
     shipped_graph: InferenceGraph | None = None  # what is validated, selected and shipped (the average's if any)
     train_set: Dataset | None = None  # the model's training samples built on train_images
@@ -68,15 +71,22 @@ class Training:
         return (self.shipped_graph or self.graph).model
 
 
-def build_training(config: RunConfig, splits: Splits, roi: np.ndarray | None = None) -> Training:
+def build_training(config: RunConfig, splits: Splits, roi: np.ndarray | None = None,
+                   world: World = ALONE) -> Training:
     """Seed, set threads, and build the model, its datasets and (gradient training) its optimiser;
-    nothing is written. roi: the region of interest (validation scores and checks within it)."""
+    nothing is written. roi: the region of interest (validation scores and checks within it);
+    world: the training processes (gradient training wraps the loss in DDP when there are several)."""
     tc, dc = config.train, config.data
     spec = model_spec(config.model)
     set_threads(tc.threads)
     seed_everything(tc.seed)
     device = resolve_device(tc.device)
     model, graph = bundle.build_from_config(config)
+    if tc.sync_bn:
+        if device.type != "cuda":
+            raise SurfadError("train.sync_bn: synchronised batch norm needs CUDA devices (torch's SyncBatchNorm)")
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        graph.model = model
     model.to(device)
     graph.to(device)
     images = ImageDataset(splits.train, dc.image_size, dc.input_channels, tile_scale=dc.tile_scale, roi=roi)
@@ -84,13 +94,18 @@ def build_training(config: RunConfig, splits: Splits, roi: np.ndarray | None = N
     val_set = validation_dataset(val_images, tc.val_synthetic, tc.val_defect_source, tc.seed + 1)
     if spec.fitted:
         fit_images = GridTileDataset(images, dc.tile_stride) if dc.tile_scale > 0 else images
-        return Training(model, graph, val_set, tc.batch_size, device, fit_images, roi)
+        return Training(model, graph, val_set, tc.batch_size, device, fit_images, roi, world)
     train_images: Dataset = TileDataset(images, dc.tiles_per_image, tc.seed) if dc.tile_scale > 0 else images
     recipe = spec.recipe
     train_set = recipe.samples(model, train_images, tc.seed)
     average = weight_average(model, tc.ema_decay) if tc.ema_decay > 0 else None
     shipped_graph = graph if average is None else InferenceGraph(average.module, graph.scorer)
-    batch_size = min(tc.batch_size, len(train_set))
+    batch_size = min(tc.batch_size, len(train_set) // world.size)
+    if batch_size < 1:
+        raise SurfadError(f"{len(train_set)} training samples cannot be shared by {world.size} processes")
     optimizer, scheduler = recipe.optimizer(model, tc)
-    return Training(model, graph, val_set, batch_size, device, train_images, roi, recipe.loss, average, shipped_graph,
-                    train_set, len(train_set) // batch_size, optimizer, scheduler)
+    step_loss: nn.Module = LossModule(model, recipe.loss)
+    if world.distributed:
+        step_loss = DistributedDataParallel(step_loss, device_ids=[device.index] if device.type == "cuda" else None)
+    return Training(model, graph, val_set, batch_size, device, train_images, roi, world, step_loss, average,
+                    shipped_graph, train_set, steps_per_epoch(len(train_set), batch_size, world), optimizer, scheduler)

@@ -9,18 +9,18 @@ Mahalanobis distance to its position's Gaussian; the map is that grid upsampled 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
 from surfad.config import setting
 from surfad.errors import SurfadError
 from surfad.models.backbones import FeatureSettings, PatchFeatures
 from surfad.models.base import FitPlan, FittedModel, memory_limit, seconds_per_image
+
+POSITION_CHUNK = 64  # positions whose covariances are computed at once (bounds the float64 copies)
 
 
 @dataclass
@@ -62,9 +62,9 @@ class PaDiM(FittedModel):
         return F.interpolate(self.grid_distances(x), size=x.shape[-2:], mode="bilinear", align_corners=False)
 
     def plan(self, n_images: int) -> FitPlan:
-        """Peak memory of the fit: float64 sums per position, then the inverses."""
+        """Peak memory of the fit: every image's features, then the float64 covariances and the inverses."""
         positions, dim = self.mean.shape
-        memory = 8 * positions * dim * (dim + 1) * 2 + 4 * positions * dim * dim
+        memory = 4 * n_images * positions * dim + (8 * 3 + 4) * positions * dim * dim
         limit = memory_limit(self.config.memory_limit_gb)
         if memory > limit:
             raise SurfadError(f"padim: {positions} positions x {dim}^2 covariances need about {memory / 2**30:.1f} GiB, "
@@ -80,30 +80,23 @@ class PaDiM(FittedModel):
         for the default sizes)."""
         return seconds_per_image(self.selected, batch) * n_images
 
-    def fit(self, batches: Iterable[torch.Tensor], n_images: int, progress: bool = True) -> dict[str, Any]:
-        """Mean and regularised inverse covariance per position from the good training images."""
-        self.plan(n_images)
-        positions, dim = self.mean.shape
-        device = self.mean.device
+    def extract(self, batch: torch.Tensor) -> torch.Tensor:
+        """(B, C, S, S) -> the kept features at every position, (B, P, D)."""
+        return self.selected(batch).transpose(0, 1)
+
+    def fit_features(self, features: torch.Tensor, progress: bool = True) -> dict[str, Any]:
+        """Mean and regularised inverse covariance per position from every training image's features
+        (N, P, D), in float64, POSITION_CHUNK positions at a time."""
         started = time.perf_counter()
-        total = torch.zeros(positions, dim, dtype=torch.float64, device=device)
-        outer = torch.zeros(positions, dim, dim, dtype=torch.float64, device=device)
-        seen = 0
-        bar = tqdm(total=n_images, desc="features", unit="img", disable=not progress, dynamic_ncols=True)
-        with torch.inference_mode():
-            for batch in batches:
-                f = self.selected(batch.to(device)).double()  # (P, B, D)
-                total += f.sum(1)
-                outer += torch.bmm(f.transpose(1, 2), f)
-                seen += batch.shape[0]
-                bar.update(batch.shape[0])
-        bar.close()
-        if seen != n_images:
-            raise ValueError(f"fit: expected {n_images} images, got {seen}")
-        mean = total / seen
-        covariance = (outer - seen * mean[:, :, None] * mean[:, None, :]) / (seen - 1)
-        covariance += self.config.regularisation * torch.eye(dim, dtype=torch.float64, device=device)
-        self.mean = mean.float()
-        self.precision = torch.linalg.inv(covariance).float().contiguous()  # inv returns column-major
-        return {"positions": positions, "dim": dim, "images": seen,
-                "seconds": round(time.perf_counter() - started, 2)}
+        n, positions, dim = features.shape
+        device = self.mean.device
+        mean = features.double().mean(0)
+        precision = torch.empty(positions, dim, dim)
+        eye = self.config.regularisation * torch.eye(dim, dtype=torch.float64)
+        for start in range(0, positions, POSITION_CHUNK):
+            centred = features[:, start : start + POSITION_CHUNK].double() - mean[start : start + POSITION_CHUNK]
+            covariance = torch.einsum("npd,npe->pde", centred, centred) / (n - 1) + eye
+            precision[start : start + POSITION_CHUNK] = torch.linalg.inv(covariance).float()
+        self.mean = mean.float().to(device)
+        self.precision = precision.contiguous().to(device)
+        return {"positions": positions, "dim": dim, "images": n, "seconds": round(time.perf_counter() - started, 2)}

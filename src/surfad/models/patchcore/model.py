@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -130,30 +129,19 @@ class PatchCore(FittedModel):
                                 f"per image) x {dim} features = {bank * dim * 4 / 2**20:.1f} MiB; fitting needs about "
                                 f"{memory / 2**30:.2f} GiB",))
 
-    def fit(self, batches: Iterable[torch.Tensor], n_images: int, progress: bool = True) -> dict[str, Any]:
-        """Fill the bank from the good training images: features (a bar in images), then the coreset
-        (a bar in bank patches); returns sizes, the covering radius and seconds per phase."""
-        self.plan(n_images)
-        c, dim = self.config, self.features.dim
-        patches = n_images * self.grid * self.grid
+    def extract(self, batch: torch.Tensor) -> torch.Tensor:
+        """(B, C, S, S) -> every patch feature of each image, (B, h * w, D)."""
+        f = self.features(batch)
+        return f.permute(0, 2, 3, 1).reshape(f.shape[0], -1, f.shape[1])
+
+    def fit_features(self, features: torch.Tensor, progress: bool = True) -> dict[str, Any]:
+        """The bank: a greedy coreset (a bar in bank patches) of every training patch, (N, h * w, D)."""
+        c = self.config
+        started = time.perf_counter()
+        feats = features.reshape(-1, features.shape[-1])
+        patches, dim = feats.shape
         bank_size = self.bank_size(patches)
         device = self.bank.device
-        started = time.perf_counter()
-        feats = torch.empty(patches, dim)
-        filled = 0
-        bar = tqdm(total=n_images, desc="features", unit="img", disable=not progress, dynamic_ncols=True)
-        with torch.inference_mode():
-            for batch in batches:
-                f = self.features(batch.to(device)).permute(0, 2, 3, 1).reshape(-1, dim)
-                if filled + f.shape[0] > patches:
-                    raise ValueError(f"fit: got more than the {n_images} images announced")
-                feats[filled : filled + f.shape[0]] = f.float().cpu()
-                filled += f.shape[0]
-                bar.update(batch.shape[0])
-        bar.close()
-        if filled != patches:
-            raise ValueError(f"fit: expected {n_images} images ({patches} patches), got {filled} patches")
-        extracted = time.perf_counter()
         projected = feats
         if 0 < c.projection_dim < dim:  # computed dimension-major, as greedy_coreset reads it
             projected = (random_projection(dim, c.projection_dim, c.seed).T @ feats.T).T
@@ -162,11 +150,9 @@ class PatchCore(FittedModel):
         bar.close()
         del projected
         self.bank = feats[chosen].to(device)
-        del feats
         self.bank_neighbours = self.bank_neighbourhoods()
         return {"patches": patches, "bank": bank_size, "dim": dim, "coreset_radius": round(radius, 6),
-                "feature_seconds": round(extracted - started, 2),
-                "coreset_seconds": round(time.perf_counter() - extracted, 2)}
+                "coreset_seconds": round(time.perf_counter() - started, 2)}
 
     def estimate_seconds(self, batch: torch.Tensor, n_images: int) -> float:
         """Feature extraction timed on `batch`, plus the coreset timed on random points of the fit's size."""
