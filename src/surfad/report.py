@@ -109,29 +109,7 @@ def write_report(
     if labels.size == 0:
         parts.append('<p class="note">No images were evaluated: nothing to plot.</p>')
     else:
-        parts.append("<h2>ROC and precision-recall curves</h2>")
-        if n_good and n_defect:
-            parts.append(
-                '<div class="plots">'
-                + _img(_roc_plot(scores, labels, threshold), "ROC curve")
-                + _img(_pr_plot(scores, labels, threshold), "Precision-recall curve")
-                + "</div>"
-            )
-        else:
-            only = "good" if n_defect == 0 else "defective"
-            parts.append(
-                f'<p class="note">ROC and PR curves need both good and defective images; this set has only '
-                f"{only} images.</p>"
-            )
-        if metrics.get("trade_offs"):
-            parts += _trade_off_section(metrics)
-        band = metrics.get("review_band")
-        parts += [
-            "<h2>Score distributions</h2>",
-            '<div class="plots">' + _img(_histogram(scores, labels, threshold, band and [band["low"], band["high"]]),
-                                         "Score histograms") + "</div>",
-            *(_review_section(band) if band else []),
-        ]
+        parts += _score_sections(scores, labels, threshold, metrics)
     parts += _worst_section(records, threshold, overlays or {})
     parts += ["<h2>Per defect type</h2>", _per_type_table(records, threshold, metrics.get("per_type_image_auroc", {}))]
     if history:
@@ -306,6 +284,25 @@ def _histogram(scores: np.ndarray, labels: np.ndarray, threshold: float, band: l
     ax.grid(alpha=0.3, axis="y")
     ax.legend()
     return _png(fig)
+
+
+def _score_sections(scores: np.ndarray, labels: np.ndarray, threshold: float, metrics: dict[str, Any]) -> list[str]:
+    """The curves, the threshold trade-offs, the score histograms and the review band's outcome."""
+    parts = ["<h2>ROC and precision-recall curves</h2>"]
+    if labels.any() and not labels.all():
+        parts.append('<div class="plots">' + _img(_roc_plot(scores, labels, threshold), "ROC curve")
+                     + _img(_pr_plot(scores, labels, threshold), "Precision-recall curve") + "</div>")
+    else:
+        only = "good" if not labels.any() else "defective"
+        parts.append(f'<p class="note">ROC and PR curves need both good and defective images; this set has only '
+                     f"{only} images.</p>")
+    if metrics.get("trade_offs"):
+        parts += _trade_off_section(metrics)
+    band = metrics.get("review_band")
+    parts += ["<h2>Score distributions</h2>",
+              '<div class="plots">' + _img(_histogram(scores, labels, threshold, band and [band["low"], band["high"]]),
+                                           "Score histograms") + "</div>"]
+    return parts + (_review_section(band) if band else [])
 
 
 def _review_section(band: dict[str, float]) -> list[str]:

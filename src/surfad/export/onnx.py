@@ -68,7 +68,6 @@ N_VAL = 8  # at most this many validation images in the parity check
 def export_onnx(run: str | Path, opset: int = 17) -> Path:
     """Export RUN's InferenceGraph to RUN/model.onnx (atomically) after a torch/onnxruntime parity check."""
     import onnx
-    import onnxruntime
 
     run = bundle.require_run(run)
     config, graph = bundle.load_graph(run)
@@ -103,7 +102,19 @@ def export_onnx(run: str | Path, opset: int = 17) -> Path:
             )
 
     atomic_write(run / bundle.ONNX, write)
-    atomic_write_json(run / EXPORT_JSON, {
+    atomic_write_json(run / EXPORT_JSON, export_record(run, config, opset, {
+        "random_inputs": N_RANDOM, "val_images": len(val_batches), **parity, "tolerance": PARITY_TOLERANCE}))
+    return run / bundle.ONNX
+
+
+def export_record(run: Path, config: RunConfig, opset: int, parity: dict[str, Any]) -> dict[str, Any]:
+    """export.json: what model.onnx computes, how images become its input, what it was made for
+    (checked at load), its parity with torch and the versions that made it."""
+    import onnx
+    import onnxruntime
+
+    channels, size = config.data.input_channels, config.data.image_size
+    return {
         "format": "onnx",
         "file": bundle.ONNX,
         "opset": opset,
@@ -114,18 +125,18 @@ def export_onnx(run: str | Path, opset: int = 17) -> Path:
         "preprocessing": "surfad.data.transforms.preprocess: convert to channels, " + (
             "then see tiling" if config.data.tile_scale > 0 else
             "resize to image_size (INTER_AREA when smaller than both sides, else INTER_LINEAR), /255, CHW float32"),
-        "decision": "NG iff score > threshold (calibration.json)",
+        "decision": "NG iff score > threshold, or the review band [low, high] (calibration.json)",
         "tiling": _tiling(config),
+        "region_of_interest": "applied around the graph when the run has one (surfad.scoring.roi_score_fn)",
         "inference": bundle.inference_settings(config),
-        "parity": {"random_inputs": N_RANDOM, "val_images": len(val_batches), **parity, "tolerance": PARITY_TOLERANCE},
+        "parity": parity,
         "weights_sha256": _sha256(run / bundle.WEIGHTS),
         "surfad_version": __version__,
         "torch_version": torch.__version__,
         "onnx_version": onnx.__version__,
         "onnxruntime_version": onnxruntime.__version__,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-    })
-    return run / bundle.ONNX
+    }
 
 
 def onnx_score_fn(path: str | Path, threads: int = 0, check_weights: bool = True) -> ScoreFn:

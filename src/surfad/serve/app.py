@@ -143,28 +143,8 @@ def create_app(detector: Detector, api_key: str | None = None, max_upload_bytes:
     limiter = anyio.CapacityLimiter(concurrency)
     limits = {"max_upload_bytes": max_upload_bytes, "max_pixels": max_pixels}
     stats = stats or LiveStats(detector.threshold, detector.calibration.normal_stats)
-
-    @app.exception_handler(RequestError)
-    async def _request_error(request: Request, err: RequestError) -> JSONResponse:
-        return JSONResponse({"detail": err.message}, status_code=err.status)
-
-    @app.exception_handler(StarletteHTTPException)
-    async def _http_error(request: Request, err: StarletteHTTPException) -> JSONResponse:
-        return JSONResponse({"detail": str(err.detail)}, status_code=err.status_code, headers=err.headers)
-
-    @app.exception_handler(Exception)
-    async def _internal_error(request: Request, err: Exception) -> JSONResponse:
-        # Logged with its traceback by the server; the client gets JSON without internals.
-        return JSONResponse({"detail": f"internal error ({type(err).__name__}); see the service log"}, status_code=500)
-
-    async def check_key(request: Request) -> None:
-        if api_key is None:
-            return
-        given = request.headers.get("x-api-key")
-        if given is None:
-            raise RequestError(401, "missing API key: send it in the X-API-Key header")
-        if not secrets.compare_digest(given.encode(), api_key.encode()):
-            raise RequestError(401, "wrong API key (X-API-Key header)")
+    answer_errors_as_json(app)
+    check_key = key_check(api_key)
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def index() -> HTMLResponse:
@@ -195,17 +175,54 @@ def create_app(detector: Detector, api_key: str | None = None, max_upload_bytes:
             _inspect, detector, data, name, max_pixels, want_images, limiter=limiter
         )
         stats.add(result["verdict"], result["score"], time.perf_counter() - started)
-        if record is not None:  # a full or failing disk must not cost the line its verdict: say so instead
-            try:
-                result["inspection_id"] = await anyio.to_thread.run_sync(record.record, data, result, detector.name)
-            except OSError as err:  # the client learns what failed, not where the log lives
-                result["inspection_id"] = None
-                result["recording_error"] = f"not recorded: {err.strerror or type(err).__name__}"
-                print(f"recording failed: {err}", file=sys.stderr)
+        if record is not None:
+            await record_inspection(record, data, result, detector.name)
         result["timing_ms"]["total"] = round(1000 * (time.perf_counter() - started), 2)
         return result
 
     return app
+
+
+def answer_errors_as_json(app: FastAPI) -> None:
+    """Every error as JSON {"detail": message}; an internal one without internals (the server logs them)."""
+
+    @app.exception_handler(RequestError)
+    async def _request_error(request: Request, err: RequestError) -> JSONResponse:
+        return JSONResponse({"detail": err.message}, status_code=err.status)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, err: StarletteHTTPException) -> JSONResponse:
+        return JSONResponse({"detail": str(err.detail)}, status_code=err.status_code, headers=err.headers)
+
+    @app.exception_handler(Exception)
+    async def _internal_error(request: Request, err: Exception) -> JSONResponse:
+        return JSONResponse({"detail": f"internal error ({type(err).__name__}); see the service log"}, status_code=500)
+
+
+def key_check(api_key: str | None) -> Any:
+    """The dependency that requires the X-API-Key header (nothing without a key)."""
+
+    async def check_key(request: Request) -> None:
+        if api_key is None:
+            return
+        given = request.headers.get("x-api-key")
+        if given is None:
+            raise RequestError(401, "missing API key: send it in the X-API-Key header")
+        if not secrets.compare_digest(given.encode(), api_key.encode()):
+            raise RequestError(401, "wrong API key (X-API-Key header)")
+
+    return check_key
+
+
+async def record_inspection(record: InspectionLog, data: bytes, result: dict[str, Any], model: str) -> None:
+    """Log the inspection into `result["inspection_id"]`; a full or failing disk must not cost the line
+    its verdict, so a failure is said in the answer ("recording_error", without paths) instead."""
+    try:
+        result["inspection_id"] = await anyio.to_thread.run_sync(record.record, data, result, model)
+    except OSError as err:
+        result["inspection_id"] = None
+        result["recording_error"] = f"not recorded: {err.strerror or type(err).__name__}"
+        print(f"recording failed: {err}", file=sys.stderr)
 
 
 async def _read_upload(request: Request, max_upload_bytes: int) -> tuple[bytes, str, str | None]:
