@@ -17,7 +17,7 @@ from safetensors.numpy import load_file
 import surfad.training.gradient
 from surfad.cli import main
 
-TINY_MODEL = ["--param", "base_width=4", "--param", "depth=2", "--param", "skip_levels=[1]", "--param", "latent_channels=4"]
+TINY_MODEL = ["--model", "unet_vae", "--param", "base_width=4", "--param", "depth=2", "--param", "skip_levels=[1]", "--param", "latent_channels=4"]
 
 
 def train_args(data: Path, out: Path, epochs: int = 2, extra: tuple[str, ...] = ()) -> list[str]:

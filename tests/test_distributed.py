@@ -17,7 +17,7 @@ from safetensors.numpy import load_file
 from surfad.data.synthetic_wood import write_synthetic_dataset
 
 pytestmark = pytest.mark.slow
-ARGS = ["--preset", "tiny", "--image-size", "32", "--threads", "1", "--quiet", "--grid-every", "0", "--select-after", "0"]
+ARGS = ["--model", "unet_vae", "--preset", "tiny", "--image-size", "32", "--threads", "1", "--quiet", "--grid-every", "0", "--select-after", "0"]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 

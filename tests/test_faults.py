@@ -35,7 +35,7 @@ from surfad.serve.app import create_app, served_hosts
 from surfad.training import checkpoint
 from surfad.utils import atomic_write_text, exclusive
 
-TINY = ["--preset", "tiny", "--image-size", "32", "--batch-size", "4", "--threads", "1", "--quiet", "--grid-every", "0"]
+TINY = ["--model", "unet_vae", "--preset", "tiny", "--image-size", "32", "--batch-size", "4", "--threads", "1", "--quiet", "--grid-every", "0"]
 
 
 def train_args(data: Path, out: Path, epochs: int = 2, *extra: str) -> list[str]:
@@ -254,7 +254,7 @@ def test_an_edited_config_is_refused_at_load(tiny_run, tmp_path: Path, edit):
     (["--val-ratio", "1.5"], "data.val_ratio=1.5"),
 ])
 def test_numeric_flags_are_checked_naming_the_field(tiny_mvtec: Path, tmp_path: Path, capsys, flags, message):
-    args = ["train", "--data", str(tiny_mvtec), "--out", str(tmp_path / "r"), "--quiet", *flags]
+    args = ["train", "--data", str(tiny_mvtec), "--out", str(tmp_path / "r"), "--quiet", "--model", "unet_vae", *flags]
     assert main(args) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "r").exists()

@@ -16,7 +16,7 @@ from surfad.data.splits import Splits
 from surfad.data.survey import DataSurvey, input_scale, region_widths
 from surfad.plan import TrainingPlan
 
-TINY_MODEL = ["--param", "base_width=4", "--param", "depth=2", "--param", "skip_levels=[1]", "--param", "latent_channels=4"]
+TINY_MODEL = ["--model", "unet_vae", "--param", "base_width=4", "--param", "depth=2", "--param", "skip_levels=[1]", "--param", "latent_channels=4"]
 
 
 def test_region_widths_measure_each_region_where_it_is_thickest():

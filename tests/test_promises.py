@@ -39,7 +39,7 @@ from surfad.serve.app import create_app
 from surfad.serve.record import InspectionLog
 from surfad.training import gradient
 
-TINY = ["--preset", "tiny", "--image-size", "32", "--batch-size", "4", "--threads", "1", "--quiet", "--grid-every", "0"]
+TINY = ["--model", "unet_vae", "--preset", "tiny", "--image-size", "32", "--batch-size", "4", "--threads", "1", "--quiet", "--grid-every", "0"]
 
 
 def train_args(data: Path, out: Path, epochs: int = 2, *extra: str) -> list[str]:

@@ -20,7 +20,7 @@ pytestmark = [
 def test_wood_train_calibrate_on_one_half_evaluate_on_the_other(tmp_path: Path):
     run = tmp_path / "run"
     assert main(["train", "--data", str(WOOD), "--image-size", "32", "--epochs", "2", "--batch-size", "16",
-                 "--threads", "1", "--out", str(run), "--quiet", "--param", "base_width=4", "--param", "depth=2",
+                 "--threads", "1", "--out", str(run), "--quiet", "--model", "unet_vae", "--param", "base_width=4", "--param", "depth=2",
                  "--param", "skip_levels=[1]"]) == 0
     splits = json.loads((run / "splits.json").read_text())
     assert len(splits["train"]) + len(splits["val"]) == 70 and len(splits["test"]) == 141
