@@ -138,3 +138,20 @@ def test_settings_are_checked() -> None:
                             ({"neighbours": 0}, "neighbours=0")):
         with pytest.raises(SurfadError, match=message):
             build_model("patchcore", params, 3, 64)
+
+
+def test_position_weight_makes_a_normal_patch_in_the_wrong_place_anomalous() -> None:
+    """Aligned parts: a bright mark that is normal at the top left is a defect at the bottom right."""
+    def marked(n: int, y: int, x: int, seed: int) -> torch.Tensor:
+        images = blob_images(n, False, seed)
+        images[:, :, y : y + 12, x : x + 12] = 1.0
+        return images
+
+    at_mark = {}
+    for weight in (0.0, 200.0):
+        model = build_model("patchcore", {"preset": "tiny", "position_weight": weight}, in_channels=3, image_size=64)
+        model.eval().fit([marked(8, 4, 4, 0), marked(8, 4, 4, 1)], 16, progress=False)
+        with torch.inference_mode():
+            normal, moved = model(marked(4, 4, 4, 7))[0], model(marked(4, 40, 40, 7))[0]
+        at_mark[weight] = float(moved[:, 0, 44:48, 44:48].mean() / normal[:, 0, 8:12, 8:12].mean())
+    assert at_mark[0.0] < 2 < at_mark[200.0], at_mark  # where the mark is: ordinary without position, not with it

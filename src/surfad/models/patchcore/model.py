@@ -46,6 +46,9 @@ class PatchCoreConfig(FeatureSettings):
     neighbours: int = setting(1, "a patch's distance: the mean over its k nearest bank patches", low=1)
     reweight: bool = setting(False, "the paper's re-weighting of the image score (eq. 7)")
     reweight_neighbours: int = setting(9, "its b: the bank neighbourhood of the nearest bank patch", low=2)
+    position_weight: float = setting(0.0, "> 0: each patch also carries its (row, column) in [0, 1] times this, so it is "
+                                          "compared with normal patches from about the same place (aligned parts)",
+                                     low=0)
     seed: int = setting(0, "seed of the projection")
 
 
@@ -56,7 +59,11 @@ class PatchCore(FittedModel):
         super().__init__(config, in_channels, image_size)
         self.features = PatchFeatures(config.backbone, config.layers, config.neighbourhood, in_channels)
         self.grid = self.features.grid(image_size)
-        self.register_buffer("bank", torch.zeros(0, self.features.dim))
+        self.dim = self.features.dim + (2 if config.position_weight > 0 else 0)
+        axis = torch.linspace(0.0, 1.0, self.grid)
+        where = torch.stack(torch.meshgrid(axis, axis, indexing="ij"))[None] * config.position_weight  # (1, 2, h, w)
+        self.register_buffer("position", where, persistent=False)
+        self.register_buffer("bank", torch.zeros(0, self.dim))
         self.register_buffer("bank_neighbours", torch.zeros(0, config.reweight_neighbours, dtype=torch.long))
 
     def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
@@ -79,7 +86,7 @@ class PatchCore(FittedModel):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if self.bank.shape[0] == 0:
             raise RuntimeError("PatchCore has no memory bank: fit it first")
-        feats = self.features(x)  # (B, D, h, w)
+        feats = self.patch_features(x)  # (B, D, h, w)
         b, d, h, w = feats.shape
         flat = feats.permute(0, 2, 3, 1).reshape(b * h * w, d)
         distances, nearest_bank = self.patch_distances(flat)
@@ -113,7 +120,7 @@ class PatchCore(FittedModel):
         the memory limit (model_params.memory_limit_gb, default 80% of the RAM available)."""
         c = self.config
         patches = n_images * self.grid * self.grid
-        bank, dim = self.bank_size(patches), self.features.dim
+        bank, dim = self.bank_size(patches), self.dim
         if bank < c.neighbours:
             raise SurfadError(f"patchcore: {patches} training patches are fewer than model_params.neighbours="
                               f"{c.neighbours}")
@@ -129,9 +136,16 @@ class PatchCore(FittedModel):
                                 f"per image) x {dim} features = {bank * dim * 4 / 2**20:.1f} MiB; fitting needs about "
                                 f"{memory / 2**30:.2f} GiB",))
 
+    def patch_features(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C, S, S) -> (B, D, h, w): the backbone's patch features, and their place when position_weight > 0."""
+        f = self.features(x)
+        if self.config.position_weight > 0:
+            f = torch.cat([f, self.position.expand(f.shape[0], -1, -1, -1)], dim=1)
+        return f
+
     def extract(self, batch: torch.Tensor) -> torch.Tensor:
         """(B, C, S, S) -> every patch feature of each image, (B, h * w, D)."""
-        f = self.features(batch)
+        f = self.patch_features(batch)
         return f.permute(0, 2, 3, 1).reshape(f.shape[0], -1, f.shape[1])
 
     def fit_features(self, features: torch.Tensor, progress: bool = True) -> dict[str, Any]:
@@ -156,7 +170,7 @@ class PatchCore(FittedModel):
 
     def estimate_seconds(self, batch: torch.Tensor, n_images: int) -> float:
         """Feature extraction timed on `batch`, plus the coreset timed on random points of the fit's size."""
-        c, dim = self.config, self.features.dim
+        c, dim = self.config, self.dim
         patches = n_images * self.grid * self.grid
         projected = c.projection_dim if 0 < c.projection_dim < dim else dim
         return seconds_per_image(self.features, batch) * n_images + coreset_seconds(patches, projected,
@@ -165,7 +179,7 @@ class PatchCore(FittedModel):
     def fill_placeholder(self, n_images: int) -> None:
         """A bank of random features of the size a fit on n_images would keep."""
         size = self.bank_size(n_images * self.grid * self.grid)
-        self.bank = torch.randn(size, self.features.dim, device=self.bank.device)
+        self.bank = torch.randn(size, self.dim, device=self.bank.device)
         self.bank_neighbours = torch.zeros(size, self.config.reweight_neighbours, dtype=torch.long,
                                            device=self.bank.device)
 
