@@ -96,7 +96,10 @@ class PaDiM(FittedModel):
         for start in range(0, positions, POSITION_CHUNK):
             centred = features[:, start : start + POSITION_CHUNK].double() - mean[start : start + POSITION_CHUNK]
             covariance = torch.einsum("npd,npe->pde", centred, centred) / (n - 1) + eye
-            precision[start : start + POSITION_CHUNK] = torch.linalg.inv(covariance).float()
+            factor, info = torch.linalg.cholesky_ex(covariance)  # positive definite: regularised
+            if info.any():
+                raise SurfadError("padim: a covariance is not positive definite; raise model_params.regularisation")
+            precision[start : start + POSITION_CHUNK] = torch.cholesky_inverse(factor).float()
         self.mean = mean.float().to(device)
         self.precision = precision.contiguous().to(device)
         return {"positions": positions, "dim": dim, "images": n, "seconds": round(time.perf_counter() - started, 2)}
