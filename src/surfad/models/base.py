@@ -114,7 +114,7 @@ def extract_all(model: FittedModel, batches: Iterable[torch.Tensor], n_images: i
     filled = 0
     device = next(model.buffers()).device
     bar = tqdm(total=n_images, desc="features", unit="img", disable=not progress, dynamic_ncols=True)
-    with torch.inference_mode():
+    with torch.no_grad():  # not inference_mode: the features stay ordinary tensors that fitting may change
         for batch in batches:
             part = model.extract(batch.to(device)).float().cpu()
             if out is None:

@@ -46,6 +46,8 @@ class PatchCoreConfig(FeatureSettings):
     neighbours: int = setting(1, "a patch's distance: the mean over its k nearest bank patches", low=1)
     reweight: bool = setting(False, "the paper's re-weighting of the image score (eq. 7)")
     reweight_neighbours: int = setting(9, "its b: the bank neighbourhood of the nearest bank patch", low=2)
+    standardise: bool = setting(False, "divide each feature by its standard deviation over the training patches "
+                                       "(after removing its mean), so no channel dominates the distances")
     position_weight: float = setting(0.0, "> 0: each patch also carries its (row, column) in [0, 1] times this, so it is "
                                           "compared with normal patches from about the same place (aligned parts)",
                                      low=0)
@@ -63,6 +65,8 @@ class PatchCore(FittedModel):
         axis = torch.linspace(0.0, 1.0, self.grid)
         where = torch.stack(torch.meshgrid(axis, axis, indexing="ij"))[None] * config.position_weight  # (1, 2, h, w)
         self.register_buffer("position", where, persistent=False)
+        self.register_buffer("centre", torch.zeros(1, self.features.dim, 1, 1))  # standardise: feature means
+        self.register_buffer("spread", torch.ones(1, self.features.dim, 1, 1))  # and standard deviations
         self.register_buffer("bank", torch.zeros(0, self.dim))
         self.register_buffer("bank_neighbours", torch.zeros(0, config.reweight_neighbours, dtype=torch.long))
 
@@ -139,6 +143,8 @@ class PatchCore(FittedModel):
     def patch_features(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C, S, S) -> (B, D, h, w): the backbone's patch features, and their place when position_weight > 0."""
         f = self.features(x)
+        if self.config.standardise:
+            f = (f - self.centre) / self.spread
         if self.config.position_weight > 0:
             f = torch.cat([f, self.position.expand(f.shape[0], -1, -1, -1)], dim=1)
         return f
@@ -153,6 +159,11 @@ class PatchCore(FittedModel):
         c = self.config
         started = time.perf_counter()
         feats = features.reshape(-1, features.shape[-1])
+        if c.standardise:  # the extract of an unfitted model: raw features, whose statistics are taken here
+            raw = feats[:, : self.features.dim]
+            mean, std = raw.mean(0), raw.std(0).clamp_min(1e-6)
+            raw.sub_(mean).div_(std)
+            self.centre, self.spread = mean.view(1, -1, 1, 1).to(self.bank.device), std.view(1, -1, 1, 1).to(self.bank.device)
         patches, dim = feats.shape
         bank_size = self.bank_size(patches)
         device = self.bank.device
