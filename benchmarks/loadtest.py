@@ -84,7 +84,8 @@ def start_service(args: argparse.Namespace) -> tuple[subprocess.Popen, str]:
     """`surfad serve RUN` on a free local port; waits until /health answers."""
     port = free_port()
     command = [sys.executable, "-m", "surfad", "serve", str(args.run), "--host", "127.0.0.1",
-               "--port", str(port), "--runtime", args.runtime, "--workers", str(args.workers)]
+               "--port", str(port), "--runtime", args.runtime, "--workers", str(args.workers),
+               "--concurrency", str(args.service_concurrency)]
     env = {**os.environ, "SURFAD_API_KEY": args.api_key or ""}  # not on the command line, where ps shows it
     log = tempfile.TemporaryFile("w+")  # a file, not a pipe: a full pipe would stall the service
     process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=log, text=True)
@@ -109,7 +110,9 @@ def main(argv: list[str] | None = None) -> int:
     target.add_argument("--run", type=Path, help="start `surfad serve RUN` locally for the test")
     target.add_argument("--url", help="a running service on 127.0.0.1, e.g. http://127.0.0.1:8000")
     parser.add_argument("--runtime", default="onnx", choices=["onnx", "torch"], help="with --run")
-    parser.add_argument("--workers", type=int, default=1, help="with --run: images inspected at once")
+    parser.add_argument("--workers", type=int, default=1, help="with --run: service processes (serve --workers)")
+    parser.add_argument("--service-concurrency", type=int, default=1,
+                        help="with --run: images each process inspects at once (serve --concurrency)")
     parser.add_argument("--image", type=Path, help="image to upload (default: seeded random 256x256 RGB PNG)")
     parser.add_argument("--requests", type=int, default=500)
     parser.add_argument("--concurrency", type=int, default=8)
@@ -144,7 +147,8 @@ def main(argv: list[str] | None = None) -> int:
           f"{result['requests_per_s']} req/s, p50 {result['p50_ms']} ms, p99 {result['p99_ms']} ms, "
           f"max {result['max_ms']} ms, errors {result['errors']} {result['statuses']}")
     if args.json:
-        args.json.write_text(json.dumps({"url": url, "concurrency": args.concurrency, **result}, indent=2) + "\n")
+        args.json.write_text(json.dumps({"url": url, "concurrency": args.concurrency, "workers": args.workers,
+                                         **result}, indent=2) + "\n")
     return 0 if result["errors"] == 0 else 1
 
 
