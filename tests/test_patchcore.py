@@ -94,7 +94,7 @@ def test_a_pasted_defect_scores_above_good_images(reweight: bool) -> None:
     assert inside > 2 * outside  # the map points at the defect
     if not reweight:  # the score is the largest patch distance
         with torch.inference_mode():
-            feats = model.features(blob_images(6, False, 7))
+            feats = model.patch_features(blob_images(6, False, 7))
             b, d = feats.shape[:2]
             distances, _ = model.patch_distances(feats.permute(0, 2, 3, 1).reshape(-1, d))
         assert torch.allclose(good, distances.view(b, -1).max(dim=1).values)

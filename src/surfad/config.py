@@ -153,7 +153,7 @@ class ScoreConfig(Checked):
 class RunConfig:
     """Everything that defines a training run."""
 
-    model: str = "patchcore"  # the recommended model (benchmarks/RESULTS.md)
+    model: str = "padim"  # the recommended model (benchmarks/RESULTS.md, "Pretrained features")
     model_params: dict[str, Any] = field(default_factory=dict)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)

@@ -17,7 +17,7 @@ from surfad.training import train
 # The recommended model (pretrained features, fitted in one pass), at a size that fits on 2 CPU
 # cores in seconds; see benchmarks/RESULTS.md for real-data settings and the other models.
 DEMO_CONFIG = RunConfig(
-    model="patchcore",
+    model="padim",
     data=DataConfig(image_size=128),
     train=TrainConfig(batch_size=16),
 )
@@ -29,7 +29,7 @@ def run_demo(out: Path, progress: bool = True) -> dict:
         shutil.rmtree(out)
     print("1/5 writing the synthetic wood dataset")
     data = write_synthetic_dataset(out / "data", seed=0)
-    print("2/5 fitting PatchCore (ImageNet features) on its good images")
+    print("2/5 fitting PaDiM (ImageNet features) on its good images")
     config = replace(DEMO_CONFIG, data=replace(DEMO_CONFIG.data, path=str(data)))
     run = train(config, out / "run", progress=progress)
     print("3/5 calibrating the threshold on the validation split")
