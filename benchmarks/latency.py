@@ -27,7 +27,7 @@ from surfad.calibrate import Calibration
 from surfad.config import RunConfig
 from surfad.data.io import read_image
 from surfad.export.onnx import onnx_score_fn
-from surfad.detector import Detector
+from surfad.detector import RunDetector
 from surfad.scoring import image_score_fn, torch_score_fn
 
 
@@ -44,17 +44,19 @@ def timed(fn: Callable[[], object], runs: int, warmup: int, max_seconds: float) 
     return np.array(times)
 
 
-def load_detector(run: Path, runtime: str, threads: int) -> Detector:
-    """A Detector with the given runtime and CPU thread count."""
+def load_detector(run: Path, runtime: str, threads: int) -> RunDetector:
+    """A RunDetector with the given runtime and CPU thread count (onnxruntime's own, torch's set globally)."""
     calibration = Calibration.load(run / bundle.CALIBRATION)
     if runtime == "torch":
         config, graph = bundle.load_graph(run)
-        return Detector(run, config, image_score_fn(torch_score_fn(graph, torch.device("cpu")), config), calibration, "torch")
-    config = RunConfig.load(run / bundle.CONFIG)
-    return Detector(run, config, image_score_fn(onnx_score_fn(run / bundle.ONNX, threads=threads), config), calibration, "onnx")
+        score = torch_score_fn(graph, torch.device("cpu"))
+    else:
+        config = RunConfig.load(run / bundle.CONFIG)
+        score = onnx_score_fn(run / bundle.ONNX, threads=threads)
+    return RunDetector(run, config, image_score_fn(score, config), calibration, runtime)
 
 
-def measure(detector: Detector, image: np.ndarray, args: argparse.Namespace) -> dict[str, float]:
+def measure(detector: RunDetector, image: np.ndarray, args: argparse.Namespace) -> dict[str, float]:
     one = detector.preprocess(image)[None]
     batch = np.repeat(one, args.batch, axis=0)
     single = timed(lambda: detector.predict(image), args.runs, args.warmup, args.max_seconds)
