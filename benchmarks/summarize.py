@@ -1,12 +1,15 @@
-"""Print markdown tables of benchmarks/results/*.json (the rows of RESULTS.md).
+"""Print markdown tables of benchmark records (the rows of RESULTS.md).
 
-    python benchmarks/summarize.py [NAME_PREFIX ...]
+    python benchmarks/summarize.py [--dir screening] [NAME_PREFIX ...]
+
+The first table has the test figures of each run; the second puts the validation figures (which
+chose the defaults) beside test, with the fit time of fitted models and the settings that differ.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
-import sys
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -27,15 +30,46 @@ def row(r: dict) -> str:
     )
 
 
+def settings(r: dict) -> str:
+    """The command's options after the dataset and model: what this run changed."""
+    words = r["command"].split()
+    kept, skip = [], False
+    for word in words[3:]:
+        if skip:
+            skip = False
+        elif word in ("--dataset", "--model", "--threads", "--batch-size"):
+            skip = True
+        else:
+            kept.append(word)
+    return " ".join(kept)
+
+
+def selection_row(r: dict) -> str:
+    val, free = r.get("validation_at_shipped_epoch") or {}, r["threshold_free"]
+    fit = (r.get("fit") or {}).get("fit_seconds")  # gradient-trained runs have no fit
+    return (f"| {r['name']} | {r['model']} | {pct(val.get('val_auroc'))} | {pct(val.get('val_aupro'))} | "
+            f"{pct(free.get('image_auroc'))} | {pct(free.get('aupro'))} | {'-' if fit is None else f'{fit:.0f}'} | "
+            f"{r['ms_per_image']:.1f} | {r.get('commit', '?')} | `{settings(r)}` |")
+
+
 def main() -> None:
-    prefixes = sys.argv[1:] or [""]
-    results = [json.loads(p.read_text()) for p in sorted(RESULTS.glob("*.json"))]
-    results = [r for r in results if any(r["name"].startswith(p) for p in prefixes)]
+    parser = argparse.ArgumentParser()
+    parser.add_argument("prefixes", nargs="*", default=[""])
+    parser.add_argument("--dir", default="", help="a folder under results/ (e.g. screening)")
+    args = parser.parse_args()
+    records = [json.loads(p.read_text()) for p in sorted((RESULTS / args.dir).glob("*.json"))]
+    # Latency and load-test records live beside the runs; only run records have threshold-free figures.
+    results = [r for r in records if "threshold_free" in r and any(r["name"].startswith(p) for p in args.prefixes)]
     print("| run | model | img AUROC | img AP | px AUROC | px AP | AUPRO | acc / prec / rec / FPR | M params | "
           "GFLOPs | epochs | train min | train img/s | infer img/s | ms/img |")
     print("|---" * 16 + "|")
     for r in results:
         print(row(r))
+    print()
+    print("| run | model | val AUROC | val AUPRO | test img AUROC | test AUPRO | fit s | ms/img | commit | settings |")
+    print("|---" * 10 + "|")
+    for r in results:
+        print(selection_row(r))
     print()
     typed = [r for r in results if r.get("per_type_image_auroc")]
     if typed:

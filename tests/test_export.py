@@ -168,3 +168,30 @@ def test_cli_export(tiny_run, tmp_path: Path, capsys: pytest.CaptureFixture[str]
     assert "max abs diff" in capsys.readouterr().out and (run / bundle.ONNX).is_file()
     assert main(["export", str(tmp_path / "missing")]) == 2
     assert "not a run folder" in capsys.readouterr().err
+
+
+def test_inference_threads_are_set_as_asked(tiny_run, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Detector.load(threads=N) gives onnxruntime N intra-op threads and torch N threads, with the same
+    predictions: what lets several service workers share the cores instead of contending for them."""
+    run = tiny_run("padim")
+    asked: list[int] = []
+    session = onnxruntime.InferenceSession
+
+    def recording_session(path, sess_options=None, **kwargs):
+        asked.append(sess_options.intra_op_num_threads)
+        return session(path, sess_options=sess_options, **kwargs)
+
+    monkeypatch.setattr(onnxruntime, "InferenceSession", recording_session)
+    images = synthetic_images(3)
+    expected = Detector.load(run, runtime="onnx").predict_batch(images)
+    got = Detector.load(run, runtime="onnx", threads=1).predict_batch(images)
+    assert asked == [0, 1]
+    assert [p.score for p in got] == pytest.approx([p.score for p in expected], rel=1e-5)
+    before = torch.get_num_threads()
+    try:
+        Detector.load(run, runtime="torch", threads=1)
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+    with pytest.raises(SurfadError, match="threads"):
+        Detector.load(run, threads=-1)

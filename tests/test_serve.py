@@ -214,11 +214,23 @@ def test_cli_serve_passes_the_options(monkeypatch: pytest.MonkeyPatch) -> None:
     assert main(["serve", "RUN", "--api-key", "given", "--host", "0.0.0.0"]) == 0
     assert calls[0] == ("RUN", {"host": "127.0.0.1", "port": 9001, "runtime": "torch", "api_key": "from-env",
                                 "max_upload_bytes": 2_500_000, "max_pixels": 5000, "concurrency": 1, "record": None,
-                                "keep_images": "ng", "allow_hosts": [], "roi": None, "workers": 1})
+                                "keep_images": "ng", "allow_hosts": [], "roi": None, "workers": 1,
+                                "threads": 0})
     assert calls[1][1]["api_key"] == "given" and calls[1][1]["host"] == "0.0.0.0" and calls[1][1]["runtime"] == "onnx"
     assert main(["serve", "RUN", "--record", "log", "--keep-images", "all"]) == 0
     assert calls[2][1]["record"] == "log" and calls[2][1]["keep_images"] == "all"
     assert main(["serve", "RUN", "--max-pixels", "0"]) == 2
+    assert main(["serve", "RUN", "--workers", "2", "--threads", "3"]) == 0
+    assert calls[3][1]["workers"] == 2 and calls[3][1]["threads"] == 3
+    assert main(["serve", "RUN", "--threads", "0"]) == 2
+
+
+def test_workers_share_the_cores_unless_told(monkeypatch: pytest.MonkeyPatch) -> None:
+    from surfad.serve.app import worker_threads
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 8)
+    assert worker_threads(1) == 0  # one process: the runtime's default, every core
+    assert worker_threads(2) == 4 and worker_threads(3) == 2 and worker_threads(16) == 1
 
 
 def test_recording_logs_every_inspection_and_keeps_ng_uploads(detector: Detector, tiny_mvtec: Path, tmp_path: Path):

@@ -87,8 +87,10 @@ class TrainingPlan:
         good_val = sum(s.label == 0 for s in self.splits.val)
         out: list[str] = []
         if not real_defects:
-            out.append(f"validation has no real defects: synthetic ones ({tc.val_defect_source}) will choose the shipped "
-                       f"epoch, and the threshold will be set on the {good_val} good validation images "
+            # A fitted model has no epochs: its validation figures only describe the one fit.
+            role = "will measure the fitted model" if self.fit is not None else "will choose the shipped epoch"
+            out.append(f"validation has no real defects: synthetic ones ({tc.val_defect_source}) {role}, "
+                       f"and the threshold will be set on the {good_val} good validation images "
                        f"({GOOD_ONLY_STRATEGY}). Even a handful of real defects in a validation folder would "
                        "choose both.")
             _, rate = parse_strategy(GOOD_ONLY_STRATEGY)
@@ -107,7 +109,7 @@ class TrainingPlan:
         if dc.tile_scale == 0 and (len(self.survey.sizes) > 1 and high / low > 1.1):
             out.append(f"image shapes vary (width/height {low:.2f} to {high:.2f}): squashing each to "
                        f"{dc.image_size}x{dc.image_size} stretches them differently; --tile-scale keeps one scale "
-                       "(on magnetic tile it localised better: AUPRO 63.3 against 57.8).")
+                       "(on magnetic tile it localised recondiff better: AUPRO 63.3 against 57.8).")
         if self.survey.thin_share >= 0.25:
             scale = "--tile-scale" if dc.tile_scale > 0 else "--image-size"
             out.append(f"{self.survey.thin_share:.0%} of defect regions are under {THIN_DEFECT_PX:g} px wide at the "

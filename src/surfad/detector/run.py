@@ -49,13 +49,15 @@ class RunDetector(Detector):
 
     @classmethod
     def open(cls, folder: Path, runtime: str = "torch", device: str = "cpu", min_area: int = 16,
-             checkpoint: str = "best_detect", roi: str | Path | None = None) -> RunDetector:
+             checkpoint: str = "best_detect", roi: str | Path | None = None, threads: int = 0) -> RunDetector:
         run = bundle.require_run(folder)
         calibration = cls.read_calibration(run)
         inside = bundle.choose_roi(run, roi)
         if runtime == "torch":
             import torch
 
+            if threads > 0:
+                torch.set_num_threads(threads)
             config, graph = bundle.load_graph(run, checkpoint)
             graph.to(device)
             score_fn = torch_score_fn(graph, torch.device(device))
@@ -66,7 +68,7 @@ class RunDetector(Detector):
                 raise SurfadError(f"checkpoint {checkpoint!r}: model.onnx holds the shipped weights (best_detect) only; "
                                   "use the torch runtime for other checkpoints")
             config = bundle.load_config(run)
-            score_fn = onnx_score_fn(run / bundle.ONNX)
+            score_fn = onnx_score_fn(run / bundle.ONNX, threads=threads)
         return cls(run, config, image_score_fn(score_fn, config, inside), calibration, runtime, min_area, inside)
 
     @classmethod

@@ -40,9 +40,10 @@ Concurrency: decoding and inference run in worker threads, never on the event lo
 requests share one Detector. Concurrent calls are safe for both runtimes (onnxruntime sessions
 allow concurrent `run`; the torch graph is in eval mode under inference_mode, which changes no
 state). At most `concurrency` images are inspected at once by a process: each inference already
-uses every core, so more only adds contention and memory. `surfad serve --workers N` runs N such
-processes on one port (uvicorn's workers); they share /stats and /metrics through a SQLite file
-(SharedStats) and append to one inspections.jsonl under a file lock, a line per inspection.
+uses the process's cores, so more only adds contention and memory. `surfad serve --workers N` runs
+N such processes on one port (uvicorn's workers), each with its share of the cores (--threads);
+they share /stats and /metrics through a SQLite file (SharedStats) and append to one
+inspections.jsonl under a file lock, a line per inspection.
 """
 
 from __future__ import annotations
@@ -319,13 +320,14 @@ class ServiceOptions:
     keep_images: str = "ng"
     allowed_hosts: list[str] | None = None  # None: any (an API key protects the service)
     roi: str | None = None
+    threads: int = 0  # CPU threads for each process's inference (0: every core)
     stats_db: str | None = None  # several workers: the SQLite file their SharedStats share
     started: str | None = None  # ISO time the service started (for /stats)
 
 
 def build_app(options: ServiceOptions) -> FastAPI:
     """Load the detector and build the service as `options` say (in each worker process)."""
-    detector = Detector.load(options.run, runtime=options.runtime, roi=options.roi)
+    detector = Detector.load(options.run, runtime=options.runtime, roi=options.roi, threads=options.threads)
     stats = None
     if options.stats_db is not None:
         stats = SharedStats(options.stats_db, detector.threshold, detector.calibration.normal_stats,
@@ -360,25 +362,36 @@ def served_hosts(host: str, api_key: str | None, allow_hosts: list[str]) -> froz
     return frozenset(names)
 
 
+def worker_threads(workers: int) -> int:
+    """Inference threads per worker when not given: one worker uses every core (0, the runtime's
+    default); several share them, since more threads than cores in all only adds contention."""
+    return 0 if workers == 1 else max(1, (os.cpu_count() or 1) // workers)
+
+
 def serve(run: str | Path, host: str = "127.0.0.1", port: int = 8000, runtime: str = "onnx",
           api_key: str | None = None, max_upload_bytes: int = 10_000_000, max_pixels: int = 40_000_000,
           concurrency: int = 1, record: str | Path | None = None, keep_images: str = "ng",
-          allow_hosts: list[str] | None = None, roi: str | Path | None = None, workers: int = 1) -> None:
+          allow_hosts: list[str] | None = None, roi: str | Path | None = None, workers: int = 1,
+          threads: int = 0) -> None:
     """Serve the run with uvicorn until interrupted: one process, or `workers` processes behind the
-    same port (their /stats and /metrics shared, their recording one line per inspection)."""
+    same port (their /stats and /metrics shared, their recording one line per inspection).
+    threads: inference threads per process; 0 shares the cores among the workers (every core for one)."""
     import uvicorn
 
+    threads = threads or worker_threads(workers)
     hosts = served_hosts(host, api_key, allow_hosts or [])
     options = ServiceOptions(str(run), runtime, api_key, max_upload_bytes, max_pixels, concurrency,
                              None if record is None else str(record), keep_images,
-                             None if hosts is None else sorted(hosts), None if roi is None else str(roi))
+                             None if hosts is None else sorted(hosts), None if roi is None else str(roi), threads)
     if record is not None:
         InspectionLog(record, keep_images)  # a folder that cannot be created fails here, before serving
-    detector = Detector.load(run, runtime=runtime, roi=roi)  # errors now, not in a worker
+    detector = Detector.load(run, runtime=runtime, roi=roi, threads=threads)  # errors now, not in a worker
     if host not in LOCAL_NAMES and not api_key:
         print(f"warning: serving on {host} without --api-key: anyone who can reach it can use the model; "
               f"requests must name one of these hosts: {', '.join(sorted(hosts or ()))} (add others with --allow-host)")
-    print(f"serving {run} ({detector.config.model}, runtime {runtime}, {workers} worker(s)) on http://{host}:{port}/")
+    per_worker = f"{threads} thread(s) each" if threads else "every core"
+    print(f"serving {run} ({detector.config.model}, runtime {runtime}, {workers} worker(s), {per_worker}) "
+          f"on http://{host}:{port}/")
     if workers == 1:
         uvicorn.run(create_app(detector, api_key=api_key, max_upload_bytes=max_upload_bytes, max_pixels=max_pixels,
                                concurrency=concurrency, allowed_hosts=hosts,
