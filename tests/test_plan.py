@@ -34,9 +34,10 @@ def test_input_scale_follows_preprocessing():
 
 
 def plan_with(val: list[Sample], test: list[Sample], survey: DataSurvey, minutes: float = 10.0,
-              **train: float) -> TrainingPlan:
+              model: str = "unet_vae", image_size: int = 128, **train: float) -> TrainingPlan:
     """A plan with the given splits and survey, whose run takes `minutes` (one step per epoch, no validation cost)."""
-    config = RunConfig.from_dict({"data": {"channels": 1}, "train": {"epochs": 10, **train}})
+    config = RunConfig.from_dict({"model": model, "data": {"channels": 1, "image_size": image_size},
+                                  "train": {"epochs": 10, **train}})
     splits = Splits("folder", "data", [Sample(Path("t.png"), 0)], val, test)
     return TrainingPlan(config, splits, survey, parameters=1000, steps_per_epoch=1, batch_size=8,
                         step_seconds=minutes * 6, validation_seconds=0.0, writing_seconds=0.0)
@@ -66,6 +67,11 @@ def test_advice_names_what_the_run_will_rely_on():
 
     long = plan_with(GOOD + DEFECT, GOOD + DEFECT, SQUARE, minutes=90)
     assert any("--time-budget" in line for line in long.advice())
+
+    for model in ("padim", "patchcore"):  # pretrained features were best at 224 px or more on real data
+        small = plan_with(GOOD + DEFECT, GOOD + DEFECT, SQUARE, model=model, image_size=128).advice()
+        assert any("--image-size 224" in line and "3.1x" in line for line in small)
+        assert plan_with(GOOD + DEFECT, GOOD + DEFECT, SQUARE, model=model, image_size=224).advice() == []
 
 
 def test_estimate_and_time_budget():
