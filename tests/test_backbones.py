@@ -32,12 +32,7 @@ CATS = set(range(281, 286))  # ImageNet: tabby, tiger cat, Persian, Siamese, Egy
 ESPRESSO = 967
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def as_input(image: np.ndarray, size: int) -> torch.Tensor:

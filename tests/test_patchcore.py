@@ -18,13 +18,7 @@ from surfad.models.patchcore.coreset import (
     nearest_neighbours,
 )
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_coreset_first_centres_on_a_hand_checked_line() -> None:
