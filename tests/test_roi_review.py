@@ -16,6 +16,7 @@ from surfad import bundle
 from surfad.batch_predict import JSONL, predict_files
 from surfad.calibrate import Calibration, review_band
 from surfad.cli import main
+from surfad.data.roi import load_roi, roi_fingerprint
 from surfad.detector import Detector
 from surfad.errors import SurfadError
 from surfad.metrics import band_rates, pixel_metrics
@@ -52,7 +53,8 @@ def test_a_defect_outside_the_roi_leaves_the_verdict_and_one_inside_changes_it(m
     """Broken: the ROI applied to masks only (scores would still see the outside), or not at all."""
     roi = left_half_roi(tmp_path / "roi.png")
     for runtime in ("torch", "onnx"):
-        detector = Detector.load(tiny_run(model), runtime=runtime, roi=roi)
+        # calibrated=False: the run was calibrated on the whole image, and this test sets thresholds itself
+        detector = Detector.load(tiny_run(model), runtime=runtime, roi=roi, calibrated=False)
         clean, outside, inside = (p.score for p in detector.predict_batch(
             [clean_image, with_square(clean_image, 44), with_square(clean_image, 4)], threshold=0.0))
         assert inside - clean > 3 * abs(outside - clean), (runtime, clean, outside, inside)
@@ -65,7 +67,7 @@ def test_a_defect_outside_the_roi_leaves_the_verdict_and_one_inside_changes_it(m
 
 
 def test_masks_regions_and_maps_stay_inside_the_roi(tiny_run, clean_image, tmp_path: Path) -> None:
-    detector = Detector.load(tiny_run(), roi=left_half_roi(tmp_path / "roi.png"))
+    detector = Detector.load(tiny_run(), roi=left_half_roi(tmp_path / "roi.png"), calibrated=False)
     prediction = detector.predict(with_square(with_square(clean_image, 44), 4), threshold=-1.0)
     assert prediction.verdict == "NG" and not prediction.anomaly_map[:, 33:].any()
     assert not prediction.mask[:, 32:].any()
@@ -82,7 +84,7 @@ def test_a_roi_given_at_training_is_kept_and_used_everywhere(tiny_mvtec: Path, t
     assert main(args) == 0
     roi.unlink()  # the run keeps its own copy
     assert (run / bundle.ROI).is_file()
-    assert Detector.load(run).roi is not None and Detector.load(run, roi="none").roi is None
+    assert Detector.load(run).roi is not None and Detector.load(run, roi="none", calibrated=False).roi is None
     assert main(["evaluate", str(run), "--out", str(tmp_path / "eval"), "--quiet"]) == 0
     out = tmp_path / "pred"
     assert main(["predict", str(run), str(tiny_mvtec / "test"), "--out", str(out), "--quiet", "--threshold", "-1"]) == 0
@@ -96,11 +98,37 @@ def test_roi_errors_name_the_file_and_the_problem(tiny_run, clean_image, tmp_pat
     with pytest.raises(SurfadError, match="empty.png: the region of interest is empty"):
         Detector.load(tiny_run(), roi=empty)
     wide = left_half_roi(tmp_path / "wide.png", 200, 50)
-    detector = Detector.load(tiny_run(), roi=wide)
+    detector = Detector.load(tiny_run(), roi=wide, calibrated=False)
     with pytest.raises(SurfadError, match="the image is 64x64 but the region of interest is 200x50"):
         detector.predict(clean_image)
     with pytest.raises(SurfadError, match="region of interest: .*missing.png: file not found"):
         Detector.load(tiny_run(), roi=tmp_path / "missing.png")
+
+
+def test_thresholds_are_used_only_with_the_region_they_were_calibrated_in(tiny_run, tiny_mvtec: Path,
+                                                                         tmp_path: Path, capsys) -> None:
+    """Broken: calibration.json not recording the region, so thresholds chosen on whole-image scores
+    judge the lower scores of a smaller region (and pass parts they should not)."""
+    run = tiny_run()
+    roi = left_half_roi(tmp_path / "roi.png")
+    with pytest.raises(SurfadError, match="calibrated on scores in another region of interest"):
+        Detector.load(run, roi=roi)
+    out = tmp_path / "pred"
+    assert main(["predict", str(run), str(tiny_mvtec / "test"), "--roi", str(roi), "--out", str(out), "--quiet"]) == 2
+    assert "calibrate with this region first" in capsys.readouterr().err.lower()
+    # Calibrated with the region (on a copy), the run judges with it, and no longer without it.
+    copy = Path(shutil.copytree(run, tmp_path / "copy"))
+    assert main(["calibrate", str(copy), "--roi", str(roi), "--quiet"]) == 0
+    assert Calibration.load(copy / bundle.CALIBRATION).roi == roi_fingerprint(load_roi(roi))
+    assert main(["predict", str(copy), str(tiny_mvtec / "test"), "--roi", str(roi), "--out", str(out), "--quiet"]) == 0
+    assert main(["evaluate", str(copy), "--roi", str(roi), "--out", str(tmp_path / "eval"), "--quiet"]) == 0
+    with pytest.raises(SurfadError, match="another region of interest"):
+        Detector.load(copy)
+    # A calibration.json written before regions were recorded is trusted with any region.
+    legacy = Calibration.load(copy / bundle.CALIBRATION)
+    legacy.roi = None
+    legacy.save(copy / bundle.CALIBRATION)
+    assert Detector.load(copy).roi is None and Detector.load(copy, roi=roi).roi is not None
 
 
 def test_pixel_metrics_count_only_pixels_inside_the_roi() -> None:

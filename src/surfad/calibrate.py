@@ -48,6 +48,7 @@ class Calibration:
     normal_stats: dict[str, float]  # mean, std, min, max, p50, p90, p95, p99 of good scores ({} if none)
     review: list[float] | None = None  # [low, high]: OK iff score <= low, NG iff score > high, else REVIEW
     review_strategy: str | None = None  # the two rules (or numbers) that chose the band, "LOW,HIGH"
+    roi: str | None = None  # data.roi.roi_fingerprint of the region scored ("none": whole image; None: not recorded)
 
     def __post_init__(self) -> None:
         """A non-finite threshold would pass (NaN) or fail (inf) every part without a word: refused."""
@@ -263,10 +264,11 @@ def _number(text: str) -> float | None:
 
 def calibrate(
     scores: object, labels: object, maps: object, masks: object | None, strategy: str, split: str,
-    valid: np.ndarray | None = None, review: str | None = None,
+    valid: np.ndarray | None = None, review: str | None = None, roi: str | None = None,
 ) -> Calibration:
     """Choose image and pixel thresholds on one split (see choose_threshold, pixel_threshold), and the
-    review band when `review` gives its rules (see review_band)."""
+    review band when `review` gives its rules (see review_band); roi: the fingerprint of the region
+    of interest the scores were computed in, kept so the thresholds are not used with another."""
     s = check_scores(scores)
     y = check_labels(labels, s.size)
     threshold = choose_threshold(s, y, strategy)
@@ -280,4 +282,5 @@ def calibrate(
         normal_stats=normal_stats(s[~y].astype(np.float64)),
         review=None if review is None else review_band(s, y, review),
         review_strategy=review,
+        roi=roi,
     )

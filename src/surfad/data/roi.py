@@ -8,6 +8,7 @@ regions. So it must have the images' aspect ratio (any size), and it must not be
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import cv2
@@ -28,6 +29,18 @@ def load_roi(path: str | Path) -> np.ndarray:
     if not roi.any():
         raise SurfadError(f"{path}: the region of interest is empty (no nonzero pixel): nothing would be inspected")
     return roi
+
+
+WHOLE_IMAGE = "none"  # the fingerprint of no region of interest
+
+
+def roi_fingerprint(roi: np.ndarray | None) -> str:
+    """A short name of exactly this region of interest ("none" for the whole image), which
+    calibration.json keeps: thresholds chosen on scores inside one ROI do not fit scores in another."""
+    if roi is None:
+        return WHOLE_IMAGE
+    digest = hashlib.sha256(f"{roi.shape[0]}x{roi.shape[1]}".encode() + np.packbits(roi.astype(bool)).tobytes())
+    return f"sha256:{digest.hexdigest()[:16]}"
 
 
 def check_aspect(roi: np.ndarray, height: int, width: int, name: str) -> None:

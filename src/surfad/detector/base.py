@@ -12,6 +12,7 @@ import numpy as np
 from surfad import bundle
 from surfad.calibrate import Calibration
 from surfad.config import RunConfig
+from surfad.data.roi import roi_fingerprint
 from surfad.data.samples import Sample
 from surfad.errors import SurfadError
 from surfad.scoring import ScoredSet
@@ -63,7 +64,9 @@ class Detector:
              threads: int = 0) -> Detector:
         """Load a run or a fused folder as the right detector; checkpoint (torch runtime, runs only):
         best_detect (shipped), best_seg, last or a .safetensors path. calibrated=False also loads a
-        folder without calibration.json (to calibrate it); it can score images but not judge them.
+        folder without calibration.json (to calibrate it), or one calibrated in another region of
+        interest (to judge with thresholds given per call). Without a calibration it can score
+        images but not judge them.
         roi: a region-of-interest mask file to inspect within instead of the run's own (roi.png, if
         it was trained with one), or "none" for the whole image. threads: CPU threads for inference
         (0: the runtime's default, every core); torch's setting is process-wide."""
@@ -74,6 +77,12 @@ class Detector:
         detector = Detector.kind_of(folder).open(Path(folder), runtime, device, min_area, checkpoint, roi, threads)
         if calibrated and detector.calibration is None:
             raise SurfadError(f"{folder}: no {bundle.CALIBRATION}; run `surfad calibrate {folder}`")
+        if calibrated and detector.calibration.roi not in (None, detector.roi_key):
+            raise SurfadError(
+                f"{folder}: its thresholds were calibrated on scores in another region of interest "
+                f"({detector.calibration.roi}) than the one asked for now ({detector.roi_key}): scores in a "
+                f"smaller region are lower, so verdicts would be wrong. Calibrate with this region first "
+                f"(surfad calibrate {folder} --roi ...), or inspect with the region it was calibrated with")
         return detector
 
     @staticmethod
@@ -95,6 +104,11 @@ class Detector:
         """The folder's calibration.json, or None when it has none yet."""
         path = folder / bundle.CALIBRATION
         return Calibration.load(path) if path.is_file() else None
+
+    @property
+    def roi_key(self) -> str:
+        """The fingerprint of the region of interest inspected (data.roi.roi_fingerprint)."""
+        return roi_fingerprint(self.roi)
 
     @property
     def threshold(self) -> float:

@@ -93,6 +93,10 @@ class FusedDetector(Detector):
         return cls.open(folder).info()
 
     @property
+    def roi_key(self) -> str:
+        return fused_roi_key(self.members)
+
+    @property
     def channels(self) -> int:
         return max(m.channels for m in self.members)  # report overlays in colour if any member sees colour
 
@@ -130,6 +134,13 @@ class FusedDetector(Detector):
             results.append(judge(image, amap.astype(np.float32), score, t, self.calibration.pixel_threshold,
                                  self.min_area, self.roi, review))
         return results
+
+
+def fused_roi_key(members: Sequence[Detector]) -> str:
+    """The regions of interest of a fused detector's members: one fingerprint when they all inspect
+    the same region, else each member's in order."""
+    keys = [m.roi_key for m in members]
+    return keys[0] if len(set(keys)) == 1 else ",".join(keys)
 
 
 def read_stats(run: Path) -> list[MemberStats]:
@@ -182,7 +193,7 @@ def fuse_runs(runs: Sequence[str | Path], out: str | Path, strategy: str | None 
     fused = fuse_scored(outputs, stats)
     strategy = strategy or default_strategy(bool((fused.labels == 1).any()))
     calibration = calibrate(fused.scores, fused.labels, fused.maps, fused.masks, strategy, split="val",
-                            valid=fused.valid)
+                            valid=fused.valid, roi=fused_roi_key(members))
     out.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(Path(runs[0]) / bundle.SPLITS, out / bundle.SPLITS)
     atomic_write_json(out / bundle.ENSEMBLE, {"members": [asdict(s) for s in stats]})

@@ -120,7 +120,7 @@ def train_in(world: World, config: RunConfig, out: Path, resume: bool, progress:
         run_epochs(config, t, out, state, progress)
         scored = from_main(world, lambda: shipped_scores(config, t, out, progress))
     if world.main:
-        calibration = calibrate_shipped(scored, splits, out)
+        calibration = calibrate_shipped(scored, splits, out, roi)
         print(f"trained {out}: shipped and calibrated on val ({calibration.strategy}): threshold "
               f"{calibration.threshold:.5g}")
     return out

@@ -12,6 +12,7 @@ import numpy as np
 from surfad import __version__, bundle
 from surfad.calibrate import Calibration, calibrate, default_strategy
 from surfad.config import RunConfig
+from surfad.data.roi import roi_fingerprint
 from surfad.data.splits import Splits
 from surfad.errors import SurfadError
 from surfad.models import model_spec
@@ -73,13 +74,13 @@ def write_history(out: Path, history: list[dict[str, Any]]) -> None:
     atomic_write_bytes(out / bundle.HISTORY_PLOT, history_plot(history))
 
 
-def calibrate_shipped(scored: ScoredSet, splits: Splits, out: Path) -> Calibration:
+def calibrate_shipped(scored: ScoredSet, splits: Splits, out: Path, roi: np.ndarray | None) -> Calibration:
     """Calibrate the shipped weights' validation scores on the real validation images only (the
     synthetic defects, which come after them, choose epochs but never thresholds): f1 with real
     defects, else fpr:0.01 on the good images. Saved as calibration.json."""
     real = np.arange(len(scored.labels)) < len(splits.val)
     strategy = default_strategy(any(s.label == 1 for s in splits.val))
     calibration = calibrate(scored.scores[real], scored.labels[real], scored.maps[real], scored.masks[real], strategy,
-                            split="val", valid=scored.valid)
+                            split="val", valid=scored.valid, roi=roi_fingerprint(roi))
     calibration.save(out / bundle.CALIBRATION)
     return calibration
