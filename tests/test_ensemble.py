@@ -13,6 +13,7 @@ from surfad.cli import main
 from surfad.data.splits import Splits
 from surfad.detector import Detector
 from surfad.detector.fused import FusedDetector, read_stats
+from surfad.errors import SurfadError
 
 
 @pytest.fixture(scope="module")
@@ -90,3 +91,16 @@ def test_runs_with_other_splits_are_refused(members: list[Path], tmp_path: Path,
     err = capsys.readouterr().err
     assert "other" in err and "test split" in err and "Traceback" not in err
     assert not (tmp_path / "fused").exists()
+
+
+@pytest.mark.parametrize("field,value", [("score_std", float("nan")), ("map_mean", float("inf")), ("score_std", 0.0)])
+def test_unusable_member_statistics_are_refused_when_read(fused: Path, tmp_path: Path, capsys, field: str, value: float):
+    """Before: a NaN spread in ensemble.json loaded, the service started, and every image then failed."""
+    tampered = Path(shutil.copytree(fused, tmp_path / "fused"))
+    record = json.loads((tampered / "ensemble.json").read_text())
+    record["members"][1][field] = value
+    (tampered / "ensemble.json").write_text(json.dumps(record))
+    with pytest.raises(SurfadError, match=f"{field}="):
+        Detector.load(tampered)
+    assert main(["info", str(tampered)]) == 2
+    assert field in capsys.readouterr().err

@@ -201,6 +201,21 @@ def test_training_skips_an_oversized_image_with_skip_bad(tiny_mvtec: Path, tmp_p
     assert "huge.png" in capsys.readouterr().out  # listed as skipped
 
 
+@pytest.mark.parametrize("verb", ["calibrate", "evaluate"])
+@pytest.mark.parametrize("bad", ["truncated", "oversized"])
+def test_calibrate_and_evaluate_name_a_bad_image(tiny_run, tiny_mvtec: Path, tmp_path: Path, capsys, verb, bad):
+    """Before: only train, predict and serve were checked; a bad file among the images to score
+    must stop with its name, not a traceback (nor be scored as a black image)."""
+    data = Path(shutil.copytree(tiny_mvtec, tmp_path / "data"))
+    good = sorted((data / "test" / "good").glob("*.png"))[0]
+    target = data / "test" / "good" / "bad.png"
+    target.write_bytes(good.read_bytes()[:60] if bad == "truncated" else png_claiming(100_000, 100_000))
+    run = copy_run(tiny_run(), tmp_path)
+    assert main([verb, str(run), "--data", str(data), "--split", "test", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "bad.png" in err and "Traceback" not in err
+
+
 def test_batch_prediction_records_an_oversized_image_and_goes_on(tiny_run, tiny_mvtec: Path, tmp_path: Path):
     images = Path(shutil.copytree(tiny_mvtec / "test" / "good", tmp_path / "images"))
     (images / "huge.png").write_bytes(png_claiming(100_000, 100_000))
@@ -252,6 +267,7 @@ def test_an_edited_config_is_refused_at_load(tiny_run, tmp_path: Path, edit):
     (["--epochs", "-1"], "train.epochs=-1"),
     (["--param", "depth=0"], "model_params.depth=0: must be >= 1"),
     (["--val-ratio", "1.5"], "data.val_ratio=1.5"),
+    (["--sync-bn", "--device", "cpu"], "train.sync_bn: synchronised batch norm needs CUDA"),
 ])
 def test_numeric_flags_are_checked_naming_the_field(tiny_mvtec: Path, tmp_path: Path, capsys, flags, message):
     args = ["train", "--data", str(tiny_mvtec), "--out", str(tmp_path / "r"), "--quiet", "--model", "unet_vae", *flags]

@@ -95,6 +95,22 @@ def test_predict(client: TestClient, detector: Detector, image: np.ndarray) -> N
     assert "overlay_png" not in body
 
 
+@pytest.mark.parametrize("model", ["padim", "patchcore"])
+@pytest.mark.parametrize("runtime", ["onnx", "torch"])
+def test_fitted_models_are_served_like_the_others(tiny_run, image: np.ndarray, model: str, runtime: str) -> None:
+    """The memory bank (patchcore) or the Gaussians (padim) inside the served graph answer as the
+    Python API does, and /model shows the model without paths."""
+    fitted = Detector.load(tiny_run(model), runtime=runtime)
+    service = TestClient(create_app(fitted))
+    status, body = post(service, png(image), params={"images": "true"})
+    assert status == 200 and body["overlay_png"]
+    expected = fitted.predict(image)
+    assert body["score"] == pytest.approx(expected.score, rel=1e-6) and body["verdict"] == expected.verdict
+    info = service.get("/model").json()
+    assert info["model"] == model and info["runtime"] == runtime
+    assert str(tiny_run(model)) not in json.dumps(info)
+
+
 @pytest.mark.parametrize("how", ["query", "form"])
 def test_predict_with_images(client: TestClient, image: np.ndarray, how: str) -> None:
     kwargs = {"params": {"images": "true"}} if how == "query" else {"data": {"images": "true"}}

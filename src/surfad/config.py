@@ -113,7 +113,8 @@ class TrainConfig(Checked):
 
     section: ClassVar[str] = "train"
     epochs: int = setting(30, "training epochs", low=1)
-    batch_size: int = setting(16, "images per optimiser step (and per scoring batch)", low=1)
+    batch_size: int = setting(16, "images per optimiser step in each process (under torchrun the global batch is "
+                                  "this x processes), and per scoring batch", low=1)
     lr: float = setting(1e-3, "learning rate", low=0)
     weight_decay: float = setting(1e-5, "Adam weight decay", low=0)
     seed: int = setting(0, "seed of the weights, the sample order and the synthetic defects")

@@ -14,6 +14,7 @@ own calibration.json; the members stay where they are and are loaded from there.
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 from collections.abc import Sequence
@@ -46,6 +47,17 @@ class MemberStats:
     score_std: float
     map_mean: float
     map_std: float
+
+    def __post_init__(self) -> None:
+        """Non-finite statistics, or a spread that is not positive, would make every fused score NaN
+        or infinite: refused when the record is read, not at the first image."""
+        for name in ("score_mean", "score_std", "map_mean", "map_std"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and math.isfinite(value)):
+                raise SurfadError(f"member {self.run}: {name}={value} must be a finite number")
+        for name in ("score_std", "map_std"):
+            if getattr(self, name) <= 0:
+                raise SurfadError(f"member {self.run}: {name}={getattr(self, name)} must be positive")
 
     def scores(self, scores: np.ndarray) -> np.ndarray:
         return (scores - self.score_mean) / self.score_std
