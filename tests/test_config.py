@@ -1,7 +1,12 @@
+from dataclasses import fields
+
 import pytest
 
-from surfad.config import RunConfig
+from surfad.config import DataConfig, RunConfig
+from surfad.data.splits import Splits
 from surfad.errors import SurfadError
+from surfad.models import available_models, model_spec
+from surfad.training import resolve_config
 
 
 def test_yaml_round_trip(tmp_path):
@@ -48,3 +53,20 @@ def test_input_channels_needs_a_resolved_config():
     assert config.data.input_channels == 1
     with pytest.raises(SurfadError, match="data.channels is not set"):
         _ = RunConfig().data.input_channels
+
+
+def test_the_input_size_defaults_to_the_models_own() -> None:
+    """Unset, data.image_size becomes the size the model's validation chose (224 for the pretrained
+    models, 128 for the from-scratch ones), and the flag's help says so; a size given is kept."""
+    no_images = Splits("folder", "data", [], [], [])
+    for name in available_models():
+        expected = 224 if model_spec(name).pretrained else 128
+        assert model_spec(name).image_size == expected, name
+        unset = RunConfig(model=name, data=DataConfig(path="data", channels=3))
+        assert resolve_config(unset, no_images).data.image_size == expected
+        given = RunConfig(model=name, data=DataConfig(path="data", channels=3, image_size=96))
+        assert resolve_config(given, no_images).data.image_size == 96
+    help_text = next(f for f in fields(DataConfig) if f.name == "image_size").metadata["help"]
+    assert "224 for padim and patchcore, 128 for the others" in help_text
+    with pytest.raises(SurfadError, match="data.image_size is not set"):
+        _ = DataConfig().input_size

@@ -96,7 +96,7 @@ def load_weights(model: torch.nn.Module, path: str | Path) -> None:
 def build_from_config(config: RunConfig) -> tuple[AnomalyModel, InferenceGraph]:
     """The model and its inference graph (model + scorer) as the resolved config describes them."""
     assert config.score is not None, "config must be resolved"
-    model = build_model(config.model, config.model_params, config.data.input_channels, config.data.image_size)
+    model = build_model(config.model, config.model_params, config.data.input_channels, config.data.input_size)
     return model, InferenceGraph(model, ImageScorer(config.score))
 
 

@@ -84,7 +84,8 @@ def add_config_flags(p: argparse.ArgumentParser) -> None:
             flags = [f"--{meta.get('flag') or f.name.replace('_', '-')}", *(f"--{a}" for a in meta.get("aliases", ()))]
             kind = next((t for t in typing.get_args(hints[f.name]) if t is not type(None)), hints[f.name])
             dest = f"{cls.section}.{f.name}"
-            help_text = f"{meta['help']} (default: {f.default})"
+            # A None default is described by the help itself (e.g. "default: the model's own").
+            help_text = meta["help"] if f.default is None else f"{meta['help']} (default: {f.default})"
             if kind is bool:
                 p.add_argument(*flags, dest=dest, action="store_true", default=None, help=meta["help"])
             else:

@@ -71,7 +71,8 @@ class DataConfig(Checked):
     section: ClassVar[str] = "data"
     path: str = setting("", "dataset folder", flag="data")
     layout: str = setting("auto", "dataset layout (auto detects mvtec, mt, dagm and ksdd2)", choices=("auto", *LAYOUTS))
-    image_size: int = setting(128, "the model's input side in pixels (the tile side when tiling)", low=8)
+    image_size: int | None = setting(None, "the model's input side in pixels, the tile side when tiling (default: "
+                                           "the model's own, 224 for padim and patchcore, 128 for the others)", low=8)
     tile_scale: float = setting(0.0, "> 0: scale every image by this factor (keeping its aspect ratio and texture "
                                      "scale) and work on image-size tiles of it, instead of squashing (0 = off)", low=0)
     tile_stride: int = setting(0, "tiling: step between inference tiles in pixels (0 = 3/4 of a tile)", low=0)
@@ -101,9 +102,16 @@ class DataConfig(Checked):
             raise SurfadError("data.channels is not set: it is resolved from the training images when training starts")
         return self.channels
 
+    @property
+    def input_size(self) -> int:
+        """The model's input side. Training resolves `image_size`, so every run's config.yaml has it."""
+        if self.image_size is None:
+            raise SurfadError("data.image_size is not set: it is resolved from the model when training starts")
+        return self.image_size
+
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.tile_stride > self.image_size:
+        if self.image_size is not None and self.tile_stride > self.image_size:
             raise SurfadError(f"data.tile_stride={self.tile_stride}: must be at most data.image_size={self.image_size}")
 
 

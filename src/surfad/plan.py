@@ -36,10 +36,6 @@ from surfad.training.validation import validate
 TIMED_STEPS = 2  # training steps timed (after the same steps run once untimed)
 
 
-# The smallest input at which the pretrained models' validation was best on the real datasets.
-PRETRAINED_SIZE = 224
-
-
 @dataclass
 class TrainingPlan:
     """What `train` would do with a config, and what it would cost here."""
@@ -114,10 +110,11 @@ class TrainingPlan:
             out.append(f"image shapes vary (width/height {low:.2f} to {high:.2f}): squashing each to "
                        f"{dc.image_size}x{dc.image_size} stretches them differently; --tile-scale keeps one scale "
                        "(on magnetic tile it localised recondiff better: AUPRO 63.3 against 57.8).")
-        if model_spec(self.config.model).pretrained and dc.tile_scale == 0 and dc.image_size < PRETRAINED_SIZE:
-            out.append(f"{self.config.model} at {dc.image_size} px: on real data its validation chose "
-                       f"{PRETRAINED_SIZE} px or more (magnetic tile 224, wood 320; benchmarks/RESULTS.md); "
-                       f"--image-size {PRETRAINED_SIZE} costs about {(PRETRAINED_SIZE / dc.image_size) ** 2:.1f}x as much.")
+        chosen = model_spec(self.config.model).image_size
+        if dc.tile_scale == 0 and dc.image_size < chosen:
+            out.append(f"{self.config.model} at {dc.image_size} px: on real data its validation chose {chosen} px "
+                       f"or more (benchmarks/RESULTS.md), its default; --image-size {chosen} costs about "
+                       f"{(chosen / dc.image_size) ** 2:.1f}x as much.")
         if self.survey.thin_share >= 0.25:
             scale = "--tile-scale" if dc.tile_scale > 0 else "--image-size"
             out.append(f"{self.survey.thin_share:.0%} of defect regions are under {THIN_DEFECT_PX:g} px wide at the "

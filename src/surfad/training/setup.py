@@ -27,8 +27,10 @@ from surfad.utils import resolve_device, seed_everything, set_threads
 
 
 def resolve_config(config: RunConfig, splits: Splits) -> RunConfig:
-    """Fill in what the user left to defaults: channels, score, full model parameters."""
+    """Fill in what the user left to defaults: input size, channels, score, full model parameters."""
     data = config.data
+    if data.image_size is None:
+        data = replace(data, image_size=model_spec(config.model).image_size)
     if data.channels is None:
         data = replace(data, channels=infer_channels(s.path for s in splits.train))
     score = config.score or default_score(config.model)

@@ -17,6 +17,7 @@ SPEC = register(ModelSpec(
     presets={"tiny": {"layers": ["stage2", "stage3"], "coreset_ratio": 0.1, "projection_dim": 16}},
     own_score=True,
     pretrained=True,
+    image_size=224,  # magnetic-tile validation: 224 as good as 256 and 320 at less cost (benchmarks/RESULTS.md)
 ))
 
 __all__ = ["SPEC", "PatchCore", "PatchCoreConfig"]
