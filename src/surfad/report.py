@@ -14,6 +14,7 @@ import html
 import io
 import math
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -227,39 +228,46 @@ def _operating_point(scores: np.ndarray, labels: np.ndarray, threshold: float) -
     return rates["fpr"], rates["recall"], rates["precision"]
 
 
+def _unit_square_plot(draw: Callable[[Any], None], title: str, xlabel: str, ylabel: str, legend: str) -> bytes:
+    """A curve on [0, 1] x [0, 1] (ROC, PR) as PNG bytes: `draw(ax)` adds the lines."""
+    fig = Figure(figsize=(5, 4.4), layout="constrained")
+    ax = fig.add_subplot()
+    draw(ax)
+    ax.set(xlim=(-0.02, 1.02), ylim=(-0.02, 1.02), xlabel=xlabel, ylabel=ylabel, title=title)
+    ax.grid(alpha=0.3)
+    ax.legend(loc=legend)
+    return _png(fig)
+
+
 def _roc_plot(scores: np.ndarray, labels: np.ndarray, threshold: float) -> bytes:
     fpr, tpr, _ = roc_curve(labels, scores)
     op_fpr, op_tpr, _ = _operating_point(scores, labels, threshold)
-    fig = Figure(figsize=(5, 4.4), layout="constrained")
-    ax = fig.add_subplot()
-    ax.plot([0, 1], [0, 1], ls=":", color="#999999", label="chance")
-    ax.plot(fpr, tpr, color=DEFECT_COLOR, lw=2, label="ROC")
-    ax.plot(op_fpr, op_tpr, "o", ms=9, color=POINT_COLOR,
-            label=f"threshold {threshold:.4g}\n(FPR {op_fpr:.3f}, recall {op_tpr:.3f})")
-    ax.set(xlim=(-0.02, 1.02), ylim=(-0.02, 1.02), xlabel="false-positive rate (good called NG)",
-           ylabel="recall (defects called NG)", title="ROC curve")
-    ax.grid(alpha=0.3)
-    ax.legend(loc="lower right")
-    return _png(fig)
+
+    def draw(ax: Any) -> None:
+        ax.plot([0, 1], [0, 1], ls=":", color="#999999", label="chance")
+        ax.plot(fpr, tpr, color=DEFECT_COLOR, lw=2, label="ROC")
+        ax.plot(op_fpr, op_tpr, "o", ms=9, color=POINT_COLOR,
+                label=f"threshold {threshold:.4g}\n(FPR {op_fpr:.3f}, recall {op_tpr:.3f})")
+
+    return _unit_square_plot(draw, "ROC curve", "false-positive rate (good called NG)", "recall (defects called NG)",
+                             "lower right")
 
 
 def _pr_plot(scores: np.ndarray, labels: np.ndarray, threshold: float) -> bytes:
     precision, recall, _ = precision_recall_curve(labels, scores)
     _, op_recall, op_precision = _operating_point(scores, labels, threshold)
-    fig = Figure(figsize=(5, 4.4), layout="constrained")
-    ax = fig.add_subplot()
-    ax.axhline(labels.mean(), ls=":", color="#999999", label="chance (defect share)")
-    ax.step(recall, precision, where="post", color=DEFECT_COLOR, lw=2, label="PR")
-    if math.isnan(op_precision):
-        ax.plot([], [], " ", label=f"threshold {threshold:.4g}: nothing NG")
-    else:
-        ax.plot(op_recall, op_precision, "o", ms=9, color=POINT_COLOR,
-                label=f"threshold {threshold:.4g}\n(recall {op_recall:.3f}, precision {op_precision:.3f})")
-    ax.set(xlim=(-0.02, 1.02), ylim=(-0.02, 1.02), xlabel="recall (defects called NG)",
-           ylabel="precision (NG that are defects)", title="Precision-recall curve")
-    ax.grid(alpha=0.3)
-    ax.legend(loc="lower left")
-    return _png(fig)
+
+    def draw(ax: Any) -> None:
+        ax.axhline(labels.mean(), ls=":", color="#999999", label="chance (defect share)")
+        ax.step(recall, precision, where="post", color=DEFECT_COLOR, lw=2, label="PR")
+        if math.isnan(op_precision):
+            ax.plot([], [], " ", label=f"threshold {threshold:.4g}: nothing NG")
+        else:
+            ax.plot(op_recall, op_precision, "o", ms=9, color=POINT_COLOR,
+                    label=f"threshold {threshold:.4g}\n(recall {op_recall:.3f}, precision {op_precision:.3f})")
+
+    return _unit_square_plot(draw, "Precision-recall curve", "recall (defects called NG)",
+                             "precision (NG that are defects)", "lower left")
 
 
 def _histogram(scores: np.ndarray, labels: np.ndarray, threshold: float, band: list[float] | None = None) -> bytes:
