@@ -16,12 +16,15 @@ from surfad import bundle
 from surfad.batch_predict import JSONL, predict_files
 from surfad.calibrate import Calibration, review_band
 from surfad.cli import main
+from surfad.config import RunConfig
 from surfad.data.roi import load_roi, roi_fingerprint
+from surfad.data.splits import Splits
 from surfad.detector import Detector
 from surfad.errors import SurfadError
 from surfad.metrics import band_rates, pixel_metrics
 from surfad.models import available_models
 from surfad.serve.app import create_app
+from surfad.training import train
 from surfad.verdict import verdict
 from surfad.visualize import ROI_COLOUR, overlay
 
@@ -90,6 +93,33 @@ def test_a_roi_given_at_training_is_kept_and_used_everywhere(tiny_mvtec: Path, t
     assert main(["predict", str(run), str(tiny_mvtec / "test"), "--out", str(out), "--quiet", "--threshold", "-1"]) == 0
     for record in map(json.loads, (out / JSONL).read_text().splitlines()):
         assert all(r["bbox"][2] < 32 for r in record["regions"])
+
+
+def test_a_tiled_run_validates_calibrates_and_inspects_inside_its_roi(tiny_mvtec: Path, tmp_path: Path,
+                                                                     clean_image) -> None:
+    """Broken: the ROI dropped by the tiled scoring path, or validation (and so the calibration's
+    good-score statistics) computed on the whole image while inspection uses the ROI."""
+    roi = left_half_roi(tmp_path / "roi.png", 64, 64)
+    config = RunConfig.from_dict({
+        "model": "padim", "model_params": {"preset": "tiny"},
+        "data": {"path": str(tiny_mvtec), "image_size": 16, "tile_scale": 0.5, "roi": str(roi)},
+        "train": {"threads": 1, "device": "cpu"},
+        # The mean of the map, not its maximum: it changes with the region whatever the images hold.
+        "score": {"reduce": "mean"},
+    })
+    run = train(config, tmp_path / "run", progress=False)
+    detector = Detector.load(run)
+    clean, outside, inside = (p.score for p in detector.predict_batch(
+        [clean_image, with_square(clean_image, 44), with_square(clean_image, 4)], threshold=0.0))
+    assert inside - clean > 3 * abs(outside - clean), (clean, outside, inside)
+    assert not detector.predict(with_square(clean_image, 44), threshold=0.0).anomaly_map[:, 33:].any()
+    # The shipped calibration's good-score statistics are those of the ROI's scores, not the whole image's.
+    good = [s for s in Splits.load(run / bundle.SPLITS).val if s.label == 0]
+    calibration = Calibration.load(run / bundle.CALIBRATION)
+    within = detector.score_samples(good)[0].scores
+    whole = Detector.load(run, roi="none", calibrated=False).score_samples(good)[0].scores
+    assert calibration.normal_stats["mean"] == pytest.approx(float(within.mean()), rel=1e-4)
+    assert abs(float(whole.mean()) - float(within.mean())) > 1e-3 * abs(float(within.mean()))
 
 
 def test_roi_errors_name_the_file_and_the_problem(tiny_run, clean_image, tmp_path: Path) -> None:
