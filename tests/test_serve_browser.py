@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import json
+import shutil
 import socket
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 import uvicorn
 
+from surfad import bundle
+from surfad.calibrate import Calibration
 from surfad.detector import Detector
 from surfad.serve.app import create_app
 from surfad.serve.record import LOG, InspectionLog
@@ -36,12 +40,11 @@ def record_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("record")
 
 
-@pytest.fixture(scope="module")
-def url(detector: Detector, record_dir: Path) -> Iterator[str]:
-    """The service with an API key and recording, on a free port of 127.0.0.1, in a background thread."""
+@contextmanager
+def serving(app) -> Iterator[str]:
+    """The app on a free port of 127.0.0.1, in a background thread, for the block; yields its URL."""
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
-    app = create_app(detector, api_key=KEY, record=InspectionLog(record_dir, keep_images="none"))
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
@@ -49,10 +52,19 @@ def url(detector: Detector, record_dir: Path) -> Iterator[str]:
     while not server.started:
         assert time.monotonic() < deadline and thread.is_alive(), "the service did not start"
         time.sleep(0.02)
-    yield f"http://127.0.0.1:{sock.getsockname()[1]}/"
-    server.should_exit = True
-    thread.join(10)
-    sock.close()
+    try:
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}/"
+    finally:
+        server.should_exit = True
+        thread.join(10)
+        sock.close()
+
+
+@pytest.fixture(scope="module")
+def url(detector: Detector, record_dir: Path) -> Iterator[str]:
+    """The service with an API key and recording."""
+    with serving(create_app(detector, api_key=KEY, record=InspectionLog(record_dir, keep_images="none"))) as address:
+        yield address
 
 
 @pytest.fixture(scope="module")
@@ -118,3 +130,22 @@ def test_bad_upload_shows_the_error(browser, url: str, tmp_path: Path) -> None:
     browser.find_element(By.ID, "file-input").send_keys(str(fake))
     error = wait_for(browser, lambda b: b.find_element(By.ID, "error").is_displayed() and b.find_element(By.ID, "error").text)
     assert "fake.png" in error and "not a readable image" in error
+
+
+def test_a_score_in_the_review_band_shows_review(browser, tiny_run, tiny_mvtec: Path, tmp_path: Path) -> None:
+    """Broken: the page knowing only OK and NG (a REVIEW answer shown as OK, or as nothing)."""
+    from selenium.webdriver.common.by import By
+
+    run = Path(shutil.copytree(tiny_run(), tmp_path / "run"))
+    image = sorted((tiny_mvtec / "test").glob("[!g]*/*.png"))[0]
+    score = Detector.load(run).predict(image).score
+    calibration = Calibration.load(run / bundle.CALIBRATION)
+    calibration.review = [score - 1.0, score + 1.0]
+    calibration.save(run / bundle.CALIBRATION)
+    with serving(create_app(Detector.load(run, runtime="onnx"))) as address:
+        browser.get(address)
+        browser.find_element(By.ID, "file-input").send_keys(str(image.resolve()))
+        verdict = wait_for(browser, lambda b: b.find_element(By.ID, "verdict").text in ("OK", "REVIEW", "NG")
+                           and b.find_element(By.ID, "verdict"))
+        assert verdict.text == "REVIEW" and "review" in verdict.get_attribute("class")
+        assert "for a person to decide" in browser.find_element(By.ID, "verdict-note").text
