@@ -15,6 +15,7 @@ import shutil
 import stat
 import struct
 import zlib
+from io import BytesIO
 from pathlib import Path
 
 import numpy as np
@@ -192,6 +193,23 @@ def test_an_oversized_header_is_a_bad_file_not_a_crash(tmp_path: Path):
         decode_image(png_claiming(2000, 1500), name="x.png", max_pixels=1_000_000)
 
 
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG", "BMP", "TIFF", "WEBP"])
+def test_every_accepted_format_is_size_checked_before_decoding(fmt: str, monkeypatch) -> None:
+    """Broken: the pixel limit checked only for PNG, or only after decoding (where a small file of
+    another format could still expand into gigabytes)."""
+    from PIL import Image
+
+    from surfad.data import io as image_io
+
+    buffer = BytesIO()
+    Image.new("L", (1100, 1000), 128).save(buffer, format=fmt)
+    decoded: list[str] = []
+    monkeypatch.setattr(image_io.cv2, "imdecode", lambda *args: decoded.append(fmt))
+    with pytest.raises(ImageTooLarge, match=r"part.x: image too large \(1100x1000 pixels; the limit is 1000000\)"):
+        decode_image(buffer.getvalue(), name="part.x", max_pixels=1_000_000)
+    assert decoded == []
+
+
 def test_training_skips_an_oversized_image_with_skip_bad(tiny_mvtec: Path, tmp_path: Path, capsys):
     data = Path(shutil.copytree(tiny_mvtec, tmp_path / "data"))
     (data / "train" / "good" / "huge.png").write_bytes(png_claiming(100_000, 100_000))
@@ -207,7 +225,7 @@ def test_calibrate_and_evaluate_name_a_bad_image(tiny_run, tiny_mvtec: Path, tmp
     """Before: only train, predict and serve were checked; a bad file among the images to score
     must stop with its name, not a traceback (nor be scored as a black image)."""
     data = Path(shutil.copytree(tiny_mvtec, tmp_path / "data"))
-    good = sorted((data / "test" / "good").glob("*.png"))[0]
+    good = min((data / "test" / "good").glob("*.png"))
     target = data / "test" / "good" / "bad.png"
     target.write_bytes(good.read_bytes()[:60] if bad == "truncated" else png_claiming(100_000, 100_000))
     run = copy_run(tiny_run(), tmp_path)
