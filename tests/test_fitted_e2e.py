@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -108,3 +109,26 @@ def test_python_dash_m_runs_the_cli(fitted_run: Path) -> None:
     done = subprocess.run([sys.executable, "-m", "surfad", "info", str(fitted_run)], capture_output=True, text=True,
                           check=False)
     assert done.returncode == 0 and json.loads(done.stdout)["model"] == "patchcore"
+
+
+@pytest.mark.parametrize("model", ["padim", "patchcore"])
+def test_categories_and_the_folder_layout_fit_like_any_run(tiny_mvtec: Path, tmp_path: Path, model: str) -> None:
+    """Broken: a fitted model assuming the mvtec layout or one run per call (`--category` loops and
+    writes summary.md; plain good/defect folders need no YAML)."""
+    root = tmp_path / "classes"
+    for category in ("wood_a", "wood_b"):
+        shutil.copytree(tiny_mvtec, root / category)
+    assert main(fit_args(root, tmp_path / "runs", model, "--category", "wood_a,wood_b")) == 0
+    summary = (tmp_path / "runs" / "summary.md").read_text()
+    assert "wood_a" in summary and "wood_b" in summary
+    assert all((tmp_path / "runs" / c / bundle.CALIBRATION).is_file() for c in ("wood_a", "wood_b"))
+
+    folders = tmp_path / "folders"
+    shutil.copytree(tiny_mvtec / "train" / "good", folders / "ok")
+    shutil.copytree(tiny_mvtec / "test" / "crack", folders / "ng")
+    run = tmp_path / "folder_run"
+    assert main(fit_args(folders, run, model, "--layout", "folder", "--good-dir", "ok", "--defect-dir", "ng")) == 0
+    assert Detector.load(run).config.data.layout == "folder"
+    assert main(["evaluate", str(run), "--quiet", "--out", str(tmp_path / "eval")]) == 0
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert metrics["n_images"] > 0 and 0.0 <= metrics["image_auroc"] <= 1.0
