@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file
 
+from surfad import bundle
 from surfad.data.synthetic_wood import write_synthetic_dataset
 
 pytestmark = pytest.mark.slow
@@ -90,6 +91,17 @@ def test_a_distributed_run_resumes_exactly(data: Path, tmp_path: Path) -> None:
     assert "resuming" in finished(resumed)
     for name in ("model.safetensors", "checkpoints/last.safetensors"):
         assert relative_difference(tmp_path / "straight" / name, run / name) < 1e-6, name
+
+
+def test_a_stop_decided_by_process_0_stops_every_process(data: Path, tmp_path: Path) -> None:
+    """Broken: each process deciding alone (the other would wait for steps that never come, until
+    the timeout), or the budget ignored under torchrun. A budget of about a second stops both
+    processes at the end of the first epoch."""
+    run = tmp_path / "budget"
+    output = finished(torchrun(data, run, 2, 20, "--time-budget", "0.02"), timeout=180)
+    assert output.count("run folder:") == 1
+    assert len((run / "history.csv").read_text().splitlines()) - 1 < 20
+    assert (run / bundle.CALIBRATION).is_file()
 
 
 def free_port() -> int:
