@@ -201,11 +201,13 @@ def test_without_real_defects_synthetic_ones_choose_the_epoch_but_never_the_thre
                                                                                     tmp_path: Path):
     """Broken: calibrating on the synthetic defects (their f1 threshold), or validating on good images only."""
     run = tmp_path / "run"
-    assert main(train_args(no_real_defects, run, 2)) == 0
+    assert main(train_args(no_real_defects, run, 3, "--select-after", "0")) == 0
     splits = Splits.load(run / bundle.SPLITS)
     assert splits.val and all(s.label == 0 for s in splits.val)
     rows = list(csv.DictReader((run / "history.csv").open()))
     assert all(r["val_auroc"] for r in rows)  # validation had defects to rank: the synthetic ones
+    shipped = bundle.shipped_row(rows)  # every epoch eligible: the one the synthetic defects ranked best
+    assert float(shipped["val_auroc"]) == max(float(r["val_auroc"]) for r in rows)
     calibration = json.loads((run / bundle.CALIBRATION).read_text())
     assert calibration["strategy"] == "fpr:0.01" and calibration["n_defect"] == 0
     assert calibration["n_good"] == len(splits.val)
