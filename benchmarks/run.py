@@ -72,7 +72,7 @@ def main() -> None:
     parser.add_argument("--model", default="unet_vae")
     parser.add_argument("--preset")
     parser.add_argument("--param", action="append", default=[])
-    parser.add_argument("--image-size", type=int, default=128)
+    parser.add_argument("--image-size", type=int, help="default: the model's own (data.image_size)")
     parser.add_argument("--tile-scale", type=float, default=0.0, help="> 0: tiles of images scaled by this (data.tile_scale)")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--lr", type=float, default=1e-3)
