@@ -31,7 +31,7 @@ class ModelSpec:
     flags: Mapping[str, str] = field(default_factory=dict)  # extra `surfad train --flag` -> config field
     own_score: bool = False  # forward returns (map, score)
     pretrained: bool = False  # stands on ImageNet features (benchmark rows must say so)
-    image_size: int = 128  # the input side when data.image_size is not set: the one its validation chose
+    image_size: int = 128  # the input side when data.image_size is not set (the pretrained models': 224, chosen on validation)
 
     def __post_init__(self) -> None:
         if "tiny" not in self.presets:
