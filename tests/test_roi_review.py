@@ -151,6 +151,9 @@ def test_thresholds_are_used_only_with_the_region_they_were_calibrated_in(tiny_r
     assert main(["calibrate", str(copy), "--roi", str(roi), "--quiet"]) == 0
     assert Calibration.load(copy / bundle.CALIBRATION).roi == roi_fingerprint(load_roi(roi))
     assert main(["predict", str(copy), str(tiny_mvtec / "test"), "--roi", str(roi), "--out", str(out), "--quiet"]) == 0
+    first = json.loads((out / JSONL).read_text().splitlines()[0])
+    drawn = cv2.cvtColor(cv2.imread(first["overlay"]), cv2.COLOR_BGR2RGB)
+    assert (drawn == ROI_COLOUR).all(axis=2).any()  # the gallery's overlays outline the region
     assert main(["evaluate", str(copy), "--roi", str(roi), "--out", str(tmp_path / "eval"), "--quiet"]) == 0
     with pytest.raises(SurfadError, match="another region of interest"):
         Detector.load(copy)

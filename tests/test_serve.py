@@ -239,6 +239,8 @@ def test_cli_serve_passes_the_options(monkeypatch: pytest.MonkeyPatch) -> None:
     assert main(["serve", "RUN", "--workers", "2", "--threads", "3"]) == 0
     assert calls[3][1]["workers"] == 2 and calls[3][1]["threads"] == 3
     assert main(["serve", "RUN", "--threads", "0"]) == 2
+    assert main(["serve", "RUN", "--roi", "line.png"]) == 0
+    assert calls[4][1]["roi"] == "line.png"
 
 
 def test_workers_share_the_cores_unless_told(monkeypatch: pytest.MonkeyPatch) -> None:
