@@ -60,8 +60,9 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory, tiny_mvtec: Path) -> Call
 
 @pytest.fixture
 def one_torch_thread() -> Iterator[None]:
-    """torch on one thread for the test, the thread count restored after."""
+    """torch on one thread and seeded with 0 for the test, the thread count restored after."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
+    torch.manual_seed(0)
     yield
     torch.set_num_threads(threads)

@@ -30,13 +30,7 @@ SIZE = 32
 MODELS = available_models()
 
 
-@pytest.fixture(autouse=True)
-def _seeded_one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    torch.manual_seed(0)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def images(n: int, channels: int, seed: int = 0) -> torch.Tensor:

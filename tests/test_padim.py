@@ -18,8 +18,8 @@ def images(n: int, seed: int, defect: bool = False) -> torch.Tensor:
     return x
 
 
+@pytest.mark.usefixtures("one_torch_thread")
 def test_mahalanobis_map_matches_numpy_and_finds_the_defect() -> None:
-    torch.set_num_threads(1)
     model = build_model("padim", {"preset": "tiny"}, in_channels=3, image_size=64).eval()
     train = images(40, 0)
     model.fit([train[:20], train[20:]], 40, progress=False)

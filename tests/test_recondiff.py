@@ -34,13 +34,7 @@ from surfad.models.recondiff.schedule import lr_factor, recondiff_optimizer
 TINY = dict(base_width=4, rec_depth=3, mblock_sizes=[4, 8], n_prototypes=4, seg_base_width=4, seg_depth=3)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    torch.manual_seed(0)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def tiny(in_channels: int = 3, size: int = 32, **overrides) -> RecondiffModel:
