@@ -273,6 +273,30 @@ def test_an_edited_config_is_refused_at_load(tiny_run, tmp_path: Path, edit):
             Detector.load(run, runtime=runtime)
 
 
+def test_resuming_with_an_edited_config_is_refused(tiny_run, capsys, tmp_path: Path):
+    """Before: --resume loaded the edited config.yaml, trained and calibrated on, and the finished
+    run was then refused at load."""
+    run = copy_run(tiny_run(), tmp_path)
+    config = yaml.safe_load((run / bundle.CONFIG).read_text())
+    config["score"]["pool"] = 5
+    (run / bundle.CONFIG).write_text(yaml.safe_dump(config))
+    assert main(["train", "--out", str(run), "--resume", "--quiet"]) == 2
+    assert "no longer matches what" in capsys.readouterr().err
+
+
+def test_a_stray_weights_file_in_a_fresh_folder_is_not_taken_for_a_fit(tiny_run, tiny_mvtec: Path, tmp_path: Path,
+                                                                       capsys):
+    """Before: a fresh --out holding some model.safetensors (and no run) was 'already fitted' from it."""
+    out = tmp_path / "fresh"
+    out.mkdir()
+    (out / bundle.WEIGHTS).write_bytes((tiny_run("padim") / bundle.WEIGHTS).read_bytes())
+    assert main(["train", "--data", str(tiny_mvtec), "--out", str(out), "--model", "padim", "--preset", "tiny",
+                 "--image-size", "32", "--threads", "1"]) == 0
+    printed = capsys.readouterr().out
+    assert "already fitted" not in printed and "fitted: positions" in printed
+    assert bundle.read_meta(out)["fit"]["images"] > 0
+
+
 # --- 7. numbers in flags and configs --------------------------------------------------------------
 
 

@@ -59,7 +59,8 @@ def prepare(config: RunConfig, out: Path, resume: bool) -> tuple[RunConfig, Spli
     if resume:
         if not saved:
             raise SurfadError(f"{out}: nothing to resume (no {bundle.CONFIG}); drop --resume to start a new run")
-        config, splits = RunConfig.load(out / bundle.CONFIG), Splits.load(out / bundle.SPLITS)
+        # load_config: a config.yaml edited since the run started (model, scoring, tiling) is refused
+        config, splits = bundle.load_config(out), Splits.load(out / bundle.SPLITS)
         if not has_trained(out):
             print(f"{out} stopped before its first checkpoint: training it from the start with its saved config and splits")
             for name in (bundle.WEIGHTS, bundle.CALIBRATION):
@@ -113,7 +114,7 @@ def train_in(world: World, config: RunConfig, out: Path, resume: bool, progress:
             print(f"tiling: images scaled by {dc.tile_scale}, inference tiles "
                   f"{default_stride(dc.image_size, dc.tile_stride)} px apart")
     if model_spec(config.model).fitted:
-        scored = fit_and_validate(config, t, out, progress)
+        scored = fit_and_validate(config, t, out, continuing, progress)
     else:
         from_main(world, lambda: None)  # the run folder exists before any process trains
         state = resume_state(out, t, config) if continuing else TrainState()

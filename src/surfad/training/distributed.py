@@ -88,15 +88,6 @@ def from_main(world: World, work: Callable[[], T]) -> T:
     return value
 
 
-def agree(world: World, flag: bool) -> bool:
-    """Process 0's flag, on every process (e.g. whether to stop after this epoch)."""
-    if not world.distributed:
-        return flag
-    value = torch.tensor([1 if flag else 0])
-    exchange(lambda: dist.broadcast(value, src=0))
-    return bool(value.item())
-
-
 def exchange(operation: Callable[[], Any]) -> Any:
     """A collective operation; a peer that died or stopped answering becomes a clear error."""
     try:

@@ -15,7 +15,7 @@ from surfad.config import RunConfig
 from surfad.models import IMAGE_LAYOUT, FittedModel
 from surfad.models.base import extract_all
 from surfad.scoring import ScoredSet
-from surfad.training.distributed import gather_in_order
+from surfad.training.distributed import gather_in_order, shard
 from surfad.training.run_folder import write_history
 from surfad.training.setup import Training
 from surfad.training.validation import validate
@@ -29,14 +29,14 @@ def image_batches(images: Dataset, batch_size: int) -> Iterator[torch.Tensor]:
         yield batch.contiguous(memory_format=IMAGE_LAYOUT)
 
 
-def fit_and_validate(config: RunConfig, t: Training, out: Path, progress: bool) -> ScoredSet | None:
-    """Fit (unless the folder already holds the fitted weights), ship, validate once and record it as
-    the run's only history row; returns the validation scores for calibration. With several
-    processes each extracts its share of the images and process 0 fits on all of them (the others
-    return None)."""
+def fit_and_validate(config: RunConfig, t: Training, out: Path, continuing: bool, progress: bool) -> ScoredSet | None:
+    """Fit (unless `continuing` a run whose fit finished before an interruption), ship, validate once
+    and record it as the run's only history row; returns the validation scores for calibration. With
+    several processes each extracts its share of the images and process 0 fits on all of them (the
+    others return None)."""
     model, world = t.model, t.world
     assert isinstance(model, FittedModel)
-    if (out / bundle.WEIGHTS).is_file():  # a fit that finished before an interruption
+    if continuing:  # prepare() found the fitted weights
         if not world.main:
             return None
         bundle.load_weights(model, out / bundle.WEIGHTS)
@@ -46,7 +46,7 @@ def fit_and_validate(config: RunConfig, t: Training, out: Path, progress: bool) 
         started = time.monotonic()
         n = len(t.train_images)
         model.plan(n)  # a fit that cannot work is refused before any image is read
-        mine = torch.arange(n)[world.rank :: world.size].tolist()
+        mine = shard(torch.arange(n), world).tolist()
         part = extract_all(model, image_batches(Subset(t.train_images, mine), t.batch_size), len(mine),
                            progress and world.main)
         features = gather_in_order(part, world, n)
