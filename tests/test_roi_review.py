@@ -135,6 +135,26 @@ def test_roi_errors_name_the_file_and_the_problem(tiny_run, clean_image, tmp_pat
         Detector.load(tiny_run(), roi=tmp_path / "missing.png")
 
 
+def test_an_image_of_another_shape_than_the_roi_is_a_bad_input(tiny_run, tiny_mvtec: Path, clean_image,
+                                                              tmp_path: Path) -> None:
+    """Before: the service answered 500 (internal error) and a batch stopped at the image for good."""
+    run = Path(shutil.copytree(tiny_run(), tmp_path / "run"))
+    roi = left_half_roi(tmp_path / "roi.png")
+    assert main(["calibrate", str(run), "--roi", str(roi), "--quiet"]) == 0
+    detector = Detector.load(run, roi=roi)
+    wide = np.ascontiguousarray(np.concatenate([clean_image, clean_image], axis=1))  # 128 x 64: twice as wide
+    client = TestClient(create_app(detector))
+    answer = client.post("/predict", files={"file": ("wide.png", cv2.imencode(".png", wide)[1].tobytes(), "image/png")})
+    assert answer.status_code == 422 and "wide.png: the image is 128x64" in answer.json()["detail"]
+    images = tmp_path / "images"
+    images.mkdir()
+    cv2.imwrite(str(images / "a_wide.png"), wide)
+    cv2.imwrite(str(images / "b_good.png"), clean_image)
+    counts = predict_files(detector, [str(images)], tmp_path / "pred", progress=False)
+    assert counts["failed"] == 1 and counts["done"] == 1
+    assert "a_wide.png" in (tmp_path / "pred" / "errors.jsonl").read_text()
+
+
 def test_thresholds_are_used_only_with_the_region_they_were_calibrated_in(tiny_run, tiny_mvtec: Path,
                                                                          tmp_path: Path, capsys) -> None:
     """Broken: calibration.json not recording the region, so thresholds chosen on whole-image scores

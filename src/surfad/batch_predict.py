@@ -78,7 +78,9 @@ def _predict_into(detector: Detector, inputs: Iterable[str], out: Path, threshol
             chunk, images = [], []
             for path in todo[start:start + batch_size]:
                 try:
-                    images.append(read_image(path))
+                    image = read_image(path)
+                    detector.check_image(image, str(path))  # e.g. another camera's shape than the ROI's
+                    images.append(image)
                     chunk.append(path)
                 except BadInputError as err:
                     counts["failed"] += 1

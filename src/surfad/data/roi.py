@@ -44,10 +44,11 @@ def roi_fingerprint(roi: np.ndarray | None) -> str:
 
 
 def check_aspect(roi: np.ndarray, height: int, width: int, name: str) -> None:
-    """SurfadError when an image of height x width does not have the ROI's aspect ratio."""
+    """BadInputError (the image does not suit this camera's ROI) when an image of height x width does
+    not have the ROI's aspect ratio."""
     ratio, image_ratio = roi.shape[1] / roi.shape[0], width / height
     if abs(ratio / image_ratio - 1) > ASPECT_TOLERANCE:
-        raise SurfadError(f"{name}: the image is {width}x{height} but the region of interest is "
+        raise BadInputError(f"{name}: the image is {width}x{height} but the region of interest is "
                           f"{roi.shape[1]}x{roi.shape[0]}, another aspect ratio; give a ROI drawn on this camera's images")
 
 

@@ -12,7 +12,7 @@ import numpy as np
 from surfad import bundle
 from surfad.calibrate import Calibration
 from surfad.config import RunConfig
-from surfad.data.roi import roi_fingerprint
+from surfad.data.roi import check_aspect, roi_fingerprint
 from surfad.data.samples import Sample
 from surfad.errors import SurfadError
 from surfad.scoring import ScoredSet
@@ -131,6 +131,12 @@ class Detector:
     @property
     def channels(self) -> int:
         return self.config.data.input_channels
+
+    def check_image(self, image: np.ndarray, name: str) -> None:
+        """BadInputError naming `name` when the image cannot be inspected within the region of
+        interest (it has another aspect ratio than the ROI)."""
+        if self.roi is not None:
+            check_aspect(self.roi, *image.shape[:2], name)
 
     def predict(self, image: np.ndarray | str | Path, threshold: float | None = None) -> Prediction:
         """Inspect one image (a path or a uint8 array HxW, HxWx1 or HxWx3 RGB)."""

@@ -18,7 +18,7 @@ from surfad import bundle
 from surfad.calibrate import Calibration
 from surfad.config import RunConfig
 from surfad.data.io import as_image
-from surfad.data.roi import check_aspect, resize_roi
+from surfad.data.roi import resize_roi
 from surfad.data.samples import Sample
 from surfad.data.transforms import preprocess, resize_map
 from surfad.detector.base import Detector
@@ -101,9 +101,8 @@ class RunDetector(Detector):
     def outputs(self, images: Sequence[np.ndarray]) -> list[tuple[np.ndarray, float]]:
         """(anomaly map at the image's size, zero outside the region of interest; image score) of uint8
         HxWxC images, in one forward pass."""
-        if self.roi is not None:
-            for i, a in enumerate(images):
-                check_aspect(self.roi, *a.shape[:2], f"image {i}")
+        for i, a in enumerate(images):
+            self.check_image(a, f"image {i}")
         maps, scores = score_images(self.score_batch, [self.preprocess(a) for a in images], batch_size=len(images))
         full = [resize_map(m, *a.shape[:2]) for a, m in zip(images, maps)]
         if self.roi is not None:

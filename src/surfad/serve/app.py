@@ -287,6 +287,10 @@ def _inspect(detector: Detector, data: bytes, name: str, max_pixels: int, want_i
         raise RequestError(413, str(err)) from None
     except BadInputError as err:
         raise RequestError(415, f"{err}; send a PNG, JPEG, BMP, TIFF or WebP image") from None
+    try:
+        detector.check_image(image, name)
+    except BadInputError as err:
+        raise RequestError(422, str(err)) from None
     height, width = image.shape[:2]
     decoded = time.perf_counter()
     pred = detector.predict(image)
