@@ -13,7 +13,7 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 from surfad.errors import SurfadError
-from surfad.metrics import image_metrics, per_type_auroc
+from surfad.metrics import band_rates, image_metrics, per_type_auroc
 from surfad.report import history_plot, worst_cases, write_report
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -137,3 +137,20 @@ def test_history_plot_draws_losses_validation_and_the_shipped_epoch() -> None:
     assert png.startswith(b"\x89PNG")
     image = cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_COLOR)
     assert image.shape[1] > image.shape[0] > 200  # two panels side by side
+
+
+def test_with_a_review_band_the_report_judges_by_the_records_verdicts(tmp_path: Path) -> None:
+    """Before: worst cases and the NG share used the single threshold, so a good part sent to
+    review read "false positive" and the header stated a rule the verdicts did not follow."""
+    records = _records(30, 12, threshold=1.8)
+    low, high = 1.2, 2.4
+    for r in records:
+        r["verdict"] = "NG" if r["score"] > high else "OK" if r["score"] <= low else "REVIEW"
+    band = band_rates([r["score"] for r in records], [r["label"] for r in records], low, high)
+    text = write_report(tmp_path / "eval", records, {**_metrics(records, 1.8), "review_band": band}, "band").read_text()
+    assert "verdict OK iff score &le; 1.2, NG iff score &gt; 2.4, REVIEW between" in text
+    fps, _ = worst_cases(records)
+    reviewed = [r for r in fps if r["verdict"] == "REVIEW"]
+    assert reviewed and text.count("sent to review") >= len(reviewed)
+    good_ng = np.mean([r["verdict"] == "NG" for r in records if r["label"] == 0])
+    assert re.search(rf"<td>good</td><td>good</td><td>30</td>(<td>[^<]*</td>){{3}}<td>{good_ng:.4g}</td>", text)
