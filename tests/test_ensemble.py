@@ -6,6 +6,7 @@ import json
 import shutil
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 
@@ -104,3 +105,15 @@ def test_unusable_member_statistics_are_refused_when_read(fused: Path, tmp_path:
         Detector.load(tampered)
     assert main(["info", str(tampered)]) == 2
     assert field in capsys.readouterr().err
+
+
+def test_members_inspecting_different_regions_are_refused(members: list[Path], tmp_path: Path, capsys):
+    """Before: the fused regions and outline followed the first member's ROI while the others' maps
+    still counted outside it."""
+    other = Path(shutil.copytree(members[1], tmp_path / "other"))
+    roi = np.zeros((64, 64), np.uint8)
+    roi[:, :32] = 255
+    cv2.imwrite(str(other / "roi.png"), roi)
+    assert main(["fuse", str(members[0]), str(other), "--out", str(tmp_path / "fused")]) == 2
+    assert "different regions of interest" in capsys.readouterr().err
+    assert not (tmp_path / "fused").exists()

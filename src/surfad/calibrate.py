@@ -264,10 +264,10 @@ def _number(text: str) -> float | None:
 
 def calibrate(
     scores: object, labels: object, maps: object, masks: object | None, strategy: str, split: str,
-    valid: np.ndarray | None = None, review: str | None = None, roi: str | None = None,
+    valid: np.ndarray | None = None, review: str | None = None, roi_key: str | None = None,
 ) -> Calibration:
     """Choose image and pixel thresholds on one split (see choose_threshold, pixel_threshold), and the
-    review band when `review` gives its rules (see review_band); roi: the fingerprint of the region
+    review band when `review` gives its rules (see review_band); roi_key: the fingerprint of the region
     of interest the scores were computed in, kept so the thresholds are not used with another."""
     s = check_scores(scores)
     y = check_labels(labels, s.size)
@@ -282,5 +282,5 @@ def calibrate(
         normal_stats=normal_stats(s[~y].astype(np.float64)),
         review=None if review is None else review_band(s, y, review),
         review_strategy=review,
-        roi=roi,
+        roi=roi_key,
     )

@@ -86,6 +86,7 @@ class FusedDetector(Detector):
 
     def __init__(self, run: Path, members: list[RunDetector], stats: list[MemberStats],
                  calibration: Calibration | None, runtime: str, min_area: int = 16) -> None:
+        check_one_region(members)
         super().__init__(run, members[0].config, calibration, runtime, min_area, members[0].roi)
         self.members = members
         self.stats = stats
@@ -103,10 +104,6 @@ class FusedDetector(Detector):
     @classmethod
     def describe_folder(cls, folder: Path) -> dict[str, Any]:
         return cls.open(folder).info()
-
-    @property
-    def roi_key(self) -> str:
-        return fused_roi_key(self.members)
 
     @property
     def channels(self) -> int:
@@ -148,11 +145,13 @@ class FusedDetector(Detector):
         return results
 
 
-def fused_roi_key(members: Sequence[Detector]) -> str:
-    """The regions of interest of a fused detector's members: one fingerprint when they all inspect
-    the same region, else each member's in order."""
+def check_one_region(members: Sequence[Detector]) -> None:
+    """SurfadError unless every member inspects the same region of interest: the fused map, its
+    regions and thresholds are those of one region."""
     keys = [m.roi_key for m in members]
-    return keys[0] if len(set(keys)) == 1 else ",".join(keys)
+    if len(set(keys)) > 1:
+        raise SurfadError(f"fused members inspect different regions of interest ({', '.join(keys)}); give them one "
+                          "with --roi, or fuse runs trained with the same ROI")
 
 
 def read_stats(run: Path) -> list[MemberStats]:
@@ -185,6 +184,7 @@ def fuse_runs(runs: Sequence[str | Path], out: str | Path, strategy: str | None 
     if out.exists() and any(out.iterdir()):
         raise SurfadError(f"{out}: exists and is not empty; choose another --out")
     members = [RunDetector.open(bundle.require_run(r)) for r in runs]
+    check_one_region(members)
     splits = [Splits.load(Path(r) / bundle.SPLITS) for r in runs]
     for run, s in zip(runs[1:], splits[1:]):
         for name in ("val", "test"):
@@ -205,7 +205,7 @@ def fuse_runs(runs: Sequence[str | Path], out: str | Path, strategy: str | None 
     fused = fuse_scored(outputs, stats)
     strategy = strategy or default_strategy(bool((fused.labels == 1).any()))
     calibration = calibrate(fused.scores, fused.labels, fused.maps, fused.masks, strategy, split="val",
-                            valid=fused.valid, roi=fused_roi_key(members))
+                            valid=fused.valid, roi_key=members[0].roi_key)
     out.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(Path(runs[0]) / bundle.SPLITS, out / bundle.SPLITS)
     atomic_write_json(out / bundle.ENSEMBLE, {"members": [asdict(s) for s in stats]})

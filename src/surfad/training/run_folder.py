@@ -81,6 +81,6 @@ def calibrate_shipped(scored: ScoredSet, splits: Splits, out: Path, roi: np.ndar
     real = np.arange(len(scored.labels)) < len(splits.val)
     strategy = default_strategy(any(s.label == 1 for s in splits.val))
     calibration = calibrate(scored.scores[real], scored.labels[real], scored.maps[real], scored.masks[real], strategy,
-                            split="val", valid=scored.valid, roi=roi_fingerprint(roi))
+                            split="val", valid=scored.valid, roi_key=roi_fingerprint(roi))
     calibration.save(out / bundle.CALIBRATION)
     return calibration
