@@ -23,12 +23,9 @@ import numpy as np
 import torch
 
 from surfad import bundle
-from surfad.calibrate import Calibration
 from surfad.config import RunConfig
 from surfad.data.io import read_image
-from surfad.export.onnx import onnx_score_fn
 from surfad.detector import RunDetector
-from surfad.scoring import image_score_fn, torch_score_fn
 
 
 def timed(fn: Callable[[], object], runs: int, warmup: int, max_seconds: float) -> np.ndarray:
@@ -42,18 +39,6 @@ def timed(fn: Callable[[], object], runs: int, warmup: int, max_seconds: float) 
         fn()
         times.append(time.perf_counter() - start)
     return np.array(times)
-
-
-def load_detector(run: Path, runtime: str, threads: int) -> RunDetector:
-    """A RunDetector with the given runtime and CPU thread count (onnxruntime's own, torch's set globally)."""
-    calibration = Calibration.load(run / bundle.CALIBRATION)
-    if runtime == "torch":
-        config, graph = bundle.load_graph(run)
-        score = torch_score_fn(graph, torch.device("cpu"))
-    else:
-        config = RunConfig.load(run / bundle.CONFIG)
-        score = onnx_score_fn(run / bundle.ONNX, threads=threads)
-    return RunDetector(run, config, image_score_fn(score, config), calibration, runtime)
 
 
 def measure(detector: RunDetector, image: np.ndarray, args: argparse.Namespace) -> dict[str, float]:
@@ -99,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'runtime':<8} {'single p50':>11} {'single p99':>11} {'model p50':>10} {'model p99':>10} {'batch img/s':>12}")
     results = {}
     for runtime in runtimes:
-        r = measure(load_detector(args.run, runtime, args.threads), image, args)
+        r = measure(RunDetector.open(args.run, runtime, threads=args.threads), image, args)
         results[runtime] = r
         print(f"{runtime:<8} {r['single_p50_ms']:>9.2f}ms {r['single_p99_ms']:>9.2f}ms {r['model_p50_ms']:>8.2f}ms "
               f"{r['model_p99_ms']:>8.2f}ms {r['batch_images_per_s']:>12.1f}")

@@ -1,5 +1,5 @@
 """Batch prediction to files: heatmap, overlay and mask PNGs, predictions.jsonl/.csv and index.html
-(the NG and OK images as overlay thumbnails, see surfad.report.write_gallery).
+(the REVIEW, NG and OK images as overlay thumbnails, see surfad.report.write_gallery).
 
 Inputs are files, folders (searched recursively for images) or glob patterns. Re-running into the
 same output folder skips images already in predictions.jsonl, so an interrupted batch resumes.
@@ -31,7 +31,7 @@ from surfad.utils import (
     to_json,
 )
 from surfad.verdict import NG, REVIEW, VERDICTS
-from surfad.visualize import heatmap, heatmap_scale, overlay, write_png
+from surfad.visualize import render, write_png
 
 JSONL = "predictions.jsonl"
 CSV = "predictions.csv"
@@ -50,8 +50,8 @@ def predict_files(detector: Detector, inputs: Iterable[str], out: str | Path, th
     (unchanged, named as its outputs) into sort_into/OK, /REVIEW or /NG by its verdict, ready for a
     person to correct and for `surfad calibrate --good .../OK --defect .../NG`.
 
-    Returns counts: images (found), already_done (skipped on resume), done, failed (unreadable,
-    retried on the next run), ng (of those done now).
+    Returns counts: images (found), already_done (skipped on resume), done, failed (unreadable or
+    unsuited to the region of interest, retried on the next run), ng and review (of those done now).
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -92,9 +92,10 @@ def _predict_into(detector: Detector, inputs: Iterable[str], out: Path, threshol
             for path, image, pred in zip(chunk, images, detector.predict_batch(images, threshold)):
                 stem = output_stem(path)
                 files = {k: str(out / k / f"{stem}.png") for k in ("heatmaps", "overlays", "masks")}
-                amap_scale = heatmap_scale(detector.calibration.pixel_threshold, pred.anomaly_map)
-                write_png(files["heatmaps"], heatmap(pred.anomaly_map, amap_scale))
-                write_png(files["overlays"], overlay(image, pred.anomaly_map, amap_scale, pred.regions, roi=detector.roi))
+                heat, picture = render(image, pred.anomaly_map, detector.calibration.pixel_threshold, pred.regions,
+                                       detector.roi)
+                write_png(files["heatmaps"], heat)
+                write_png(files["overlays"], picture)
                 write_png(files["masks"], (pred.mask * 255).astype(np.uint8))
                 if sort_into is not None:
                     shutil.copy2(path, Path(sort_into) / pred.verdict / f"{stem}{path.suffix}")

@@ -406,7 +406,7 @@ def add_serve(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--record", help="folder: log every inspection to inspections.jsonl and keep the uploads "
                    "chosen by --keep-images (for traceability, and to collect real defects for validation)")
     p.add_argument("--keep-images", default="ng", choices=["ng", "all", "none"],
-                   help="with --record: which uploads to keep, unchanged (default: ng)")
+                   help="with --record: which uploads to keep, unchanged (default: ng, the NG and REVIEW ones)")
     add_roi_flag(p)
     p.add_argument("--allow-host", action="append", default=[], metavar="NAME",
                    help="without --api-key, also answer requests naming this host (repeatable); by default only "

@@ -31,7 +31,7 @@ from surfad.report import worst_cases, write_report
 from surfad.scoring import ScoredSet
 from surfad.utils import atomic_write_bytes, atomic_write_csv, atomic_write_json
 from surfad.verdict import verdict
-from surfad.visualize import encode_png, heatmap_scale, overlay
+from surfad.visualize import encode_png, render
 
 HALVES = {"test_a": 0, "test_b": 1}
 
@@ -107,12 +107,11 @@ def evaluate_run(run: str | Path, data: str | None = None, split: str = "test", 
     out = Path(out) if out is not None else Path(run) / f"eval_{split}"
     samples = images_to_score(detector.config, detector.run, data, layout, split, samples)
     scored, rate = detector.score_samples(samples, progress=progress)
-    t = detector.threshold if threshold is None else threshold
+    t, review = detector.decision(threshold)
     metrics: dict[str, Any] = image_metrics(scored.scores, scored.labels, t)
     if scored.masks.any():
         metrics.update(pixel_metrics(scored.maps, scored.masks, valid=scored.valid))
     metrics["trade_offs"] = trade_offs(scored.scores, scored.labels)
-    review = None if threshold is not None else detector.calibration.review
     if review is not None:
         metrics["review_band"] = band_rates(scored.scores, scored.labels, *review)
     metrics["per_type_image_auroc"] = per_type_auroc(scored.scores, scored.labels, [s.defect_type for s in samples])
@@ -149,6 +148,5 @@ def _worst_overlays(detector: Detector, records: list[dict], scored: ScoredSet, 
         i = index[record["path"]]
         image = read_image(samples[i].path, detector.channels)
         amap = resize_map(scored.maps[i], image.shape[0], image.shape[1])
-        scale = heatmap_scale(detector.calibration.pixel_threshold, amap)
-        result[record["path"]] = encode_png(overlay(image, amap, scale, roi=detector.roi))
+        result[record["path"]] = encode_png(render(image, amap, detector.calibration.pixel_threshold, roi=detector.roi)[1])
     return result

@@ -44,8 +44,20 @@ def overlay(image: np.ndarray, amap: np.ndarray, scale: float, regions: Sequence
             roi: np.ndarray | None = None) -> np.ndarray:
     """The image with its heatmap blended in, each region's box drawn in white with its index, and the
     outline of the region of interest (if any) in green."""
-    base = to_rgb(image)
-    out = cv2.addWeighted(base, 1 - alpha, heatmap(amap, scale), alpha, 0)
+    return _blend(image, heatmap(amap, scale), regions, alpha, roi)
+
+
+def render(image: np.ndarray, amap: np.ndarray, pixel_threshold: float, regions: Sequence[Region] = (),
+           roi: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(heatmap, overlay) of one inspection at the image's size, coloured on the pixel threshold's
+    scale (heatmap_scale): what predictions, the service and reports show."""
+    heat = heatmap(amap, heatmap_scale(pixel_threshold, amap))
+    return heat, _blend(image, heat, regions, 0.45, roi)
+
+
+def _blend(image: np.ndarray, heat: np.ndarray, regions: Sequence[Region], alpha: float,
+           roi: np.ndarray | None) -> np.ndarray:
+    out = cv2.addWeighted(to_rgb(image), 1 - alpha, heat, alpha, 0)
     thickness = max(1, round(min(out.shape[:2]) / 200))
     if roi is not None:
         inside = resize_roi(roi, *out.shape[:2]).astype(np.uint8)

@@ -14,7 +14,7 @@ Routes:
                     field) adds base64 PNGs of the heatmap and the overlay with the regions drawn
 
 Recording (`record`, an InspectionLog): every inspection is appended to inspections.jsonl and NG
-uploads (or all, or none) are kept as they were sent; the answer then carries its "inspection_id".
+and REVIEW uploads (or all, or none) are kept as they were sent; the answer then carries its "inspection_id".
 When writing fails (a full disk), the answer still carries the verdict, with "inspection_id" null
 and a "recording_error".
 
@@ -72,7 +72,7 @@ from surfad.data.io import decode_image
 from surfad.detector import Detector
 from surfad.errors import BadInputError, ImageTooLarge
 from surfad.serve.record import InspectionLog, LiveStats, SharedStats, prometheus_text
-from surfad.visualize import encode_png, heatmap, heatmap_scale, overlay
+from surfad.visualize import encode_png, render
 
 STATIC = Path(__file__).parent / "static"
 FORM_OVERHEAD = 64 * 1024  # multipart boundaries, part headers and small fields beside the file
@@ -297,9 +297,8 @@ def _inspect(detector: Detector, data: bytes, name: str, max_pixels: int, want_i
     inferred = time.perf_counter()
     result: dict[str, Any] = {**pred.to_dict(), "width": width, "height": height, "filename": name}
     if want_images:
-        scale = heatmap_scale(detector.calibration.pixel_threshold, pred.anomaly_map)
-        result["heatmap_png"] = base64.b64encode(encode_png(heatmap(pred.anomaly_map, scale))).decode()
-        picture = overlay(image, pred.anomaly_map, scale, pred.regions, roi=detector.roi)
+        heat, picture = render(image, pred.anomaly_map, detector.calibration.pixel_threshold, pred.regions, detector.roi)
+        result["heatmap_png"] = base64.b64encode(encode_png(heat)).decode()
         result["overlay_png"] = base64.b64encode(encode_png(picture)).decode()
     result["timing_ms"] = {
         "decode": round(1000 * (decoded - started), 2),
@@ -329,9 +328,11 @@ class ServiceOptions:
     started: str | None = None  # ISO time the service started (for /stats)
 
 
-def build_app(options: ServiceOptions) -> FastAPI:
-    """Load the detector and build the service as `options` say (in each worker process)."""
-    detector = Detector.load(options.run, runtime=options.runtime, roi=options.roi, threads=options.threads)
+def build_app(options: ServiceOptions, detector: Detector | None = None) -> FastAPI:
+    """The service as `options` say, with `detector` or the one they name loaded here (in each worker
+    process)."""
+    if detector is None:
+        detector = Detector.load(options.run, runtime=options.runtime, roi=options.roi, threads=options.threads)
     stats = None
     if options.stats_db is not None:
         stats = SharedStats(options.stats_db, detector.threshold, detector.calibration.normal_stats,
@@ -384,24 +385,23 @@ def serve(run: str | Path, host: str = "127.0.0.1", port: int = 8000, runtime: s
 
     threads = threads or worker_threads(workers)
     hosts = served_hosts(host, api_key, allow_hosts or [])
-    options = ServiceOptions(str(run), runtime, api_key, max_upload_bytes, max_pixels, concurrency,
-                             None if record is None else str(record), keep_images,
-                             None if hosts is None else sorted(hosts), None if roi is None else str(roi), threads)
-    if record is not None:
-        InspectionLog(record, keep_images)  # a folder that cannot be created fails here, before serving
-    detector = Detector.load(run, runtime=runtime, roi=roi, threads=threads)  # errors now, not in a worker
+    options = ServiceOptions(run=str(run), runtime=runtime, api_key=api_key, max_upload_bytes=max_upload_bytes,
+                             max_pixels=max_pixels, concurrency=concurrency,
+                             record=None if record is None else str(record), keep_images=keep_images,
+                             allowed_hosts=None if hosts is None else sorted(hosts),
+                             roi=None if roi is None else str(roi), threads=threads)
+    detector = Detector.load(run, runtime=runtime, roi=roi, threads=threads)
+    app = build_app(options, detector)  # a bad run, ROI or recording folder fails now, not in a worker
     if host not in LOCAL_NAMES and not api_key:
         print(f"warning: serving on {host} without --api-key: anyone who can reach it can use the model; "
               f"requests must name one of these hosts: {', '.join(sorted(hosts or ()))} (add others with --allow-host)")
     per_worker = f"{threads} thread(s) each" if threads else "every core"
-    print(f"serving {run} ({detector.config.model}, runtime {runtime}, {workers} worker(s), {per_worker}) "
+    print(f"serving {run} ({detector.name}, runtime {runtime}, {workers} worker(s), {per_worker}) "
           f"on http://{host}:{port}/")
     if workers == 1:
-        uvicorn.run(create_app(detector, api_key=api_key, max_upload_bytes=max_upload_bytes, max_pixels=max_pixels,
-                               concurrency=concurrency, allowed_hosts=hosts,
-                               record=None if record is None else InspectionLog(record, keep_images)),
-                    host=host, port=port, log_level="info")
+        uvicorn.run(app, host=host, port=port, log_level="info")
         return
+    del app, detector  # each worker process loads its own
     with tempfile.TemporaryDirectory(prefix="surfad-serve-") as shared:
         options.stats_db = str(Path(shared) / "stats.sqlite")
         options.started = datetime.now(timezone.utc).isoformat()

@@ -2,7 +2,7 @@
 
 InspectionLog appends one JSON line per inspection to ``<folder>/inspections.jsonl`` (time, file
 name, SHA-256 of the upload, size, verdict, score, threshold, regions) and keeps the uploaded
-bytes, unchanged, under ``<folder>/images/<date>/`` for NG images (or all, or none). The kept
+bytes, unchanged, under ``<folder>/images/<date>/`` for NG and REVIEW images (or all, or none). The kept
 images are what a quality engineer reviews and labels; labelled defects can then go to a
 validation folder, where they choose the shipped epoch and the threshold of the next model.
 
