@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -62,18 +62,23 @@ class ImageScorer(nn.Module):
             if own is None:
                 raise ValueError("score.reduce=model needs a model that scores images itself")
             return amap, own
-        pooled = amap
-        k = self.config.pool
-        if k > 1:
-            pooled = F.avg_pool2d(amap, k, stride=1, padding=k // 2, count_include_pad=False)
-        flat = pooled.flatten(1)
-        if self.config.reduce == "mean":
-            score = flat.mean(dim=1)
-        elif self.config.reduce == "max":
-            score = flat.amax(dim=1)
-        else:
-            score = flat.topk(min(self.config.topk, flat.shape[1]), dim=1).values.mean(dim=1)
-        return amap, score
+        return amap, pool_and_reduce(amap, self.config)
+
+
+def pool_and_reduce(amap: torch.Tensor, score: ScoreConfig, inside: torch.Tensor | None = None) -> torch.Tensor:
+    """The score rule on maps (B, 1, H, W): average pooling over pool x pool windows (stride 1), then
+    the mean, the maximum or the mean of the top k values, over the pixels `inside` (bool (H, W))
+    only when given. reduce "model" (a model's own score, not available here) takes the unpooled
+    maximum. Exported as part of the graph, so plain tensor operations only."""
+    k = score.pool
+    if k > 1 and score.reduce != "model":
+        amap = F.avg_pool2d(amap, k, stride=1, padding=k // 2, count_include_pad=False)
+    values = amap.flatten(1) if inside is None else amap[:, 0][:, inside]
+    if score.reduce == "mean":
+        return values.mean(dim=1)
+    if score.reduce == "topk":
+        return values.topk(min(score.topk, values.shape[1]), dim=1).values.mean(dim=1)
+    return values.amax(dim=1)
 
 
 class InferenceGraph(nn.Module):
@@ -126,7 +131,6 @@ def tiled_score_fn(tile_score: ScoreFn, score: ScoreConfig, tile: int, stride: i
     reduce "model" (the model scores tiles itself, e.g. its largest patch distance) the image score
     is the largest tile score. Maps come back at the input's resolution.
     """
-    reducer = ImageScorer(replace(score, smoothing_sigma=0.0))
     stride = default_stride(tile, stride)
 
     def score_images(batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -145,8 +149,7 @@ def tiled_score_fn(tile_score: ScoreFn, score: ScoreConfig, tile: int, stride: i
         if score.reduce == "model":
             return amaps, np.array(own, dtype=np.float32)
         with torch.inference_mode():
-            _, scores = reducer(torch.from_numpy(amaps)[:, None])
-        return amaps, scores.numpy()
+            return amaps, pool_and_reduce(torch.from_numpy(amaps)[:, None], score).numpy()
 
     return score_images
 
@@ -155,15 +158,8 @@ def masked_scores(maps: np.ndarray, inside: np.ndarray, score: ScoreConfig) -> n
     """The score rule's pooling and reduction (no smoothing) on maps (B, H, W), over the pixels `inside`
     (H, W) only; a model's own score (reduce "model") becomes the largest map value inside."""
     with torch.inference_mode():
-        pooled = torch.from_numpy(np.ascontiguousarray(maps, dtype=np.float32))[:, None]
-        if score.pool > 1 and score.reduce != "model":
-            pooled = F.avg_pool2d(pooled, score.pool, stride=1, padding=score.pool // 2, count_include_pad=False)
-        values = pooled[:, 0][:, torch.from_numpy(inside)]  # (B, pixels inside)
-        if score.reduce == "mean":
-            return values.mean(1).numpy()
-        if score.reduce == "topk":
-            return values.topk(min(score.topk, values.shape[1]), dim=1).values.mean(1).numpy()
-        return values.amax(1).numpy()
+        maps_t = torch.from_numpy(np.ascontiguousarray(maps, dtype=np.float32))[:, None]
+        return pool_and_reduce(maps_t, score, torch.from_numpy(inside)).numpy()
 
 
 def roi_score_fn(inner: ScoreFn, score: ScoreConfig, roi: np.ndarray) -> ScoreFn:
