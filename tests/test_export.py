@@ -18,16 +18,13 @@ from surfad.config import RunConfig
 from surfad.detector import Detector
 from surfad.errors import SurfadError
 from surfad.export import onnx as onnx_export
-from surfad.export.onnx import EXPORT_JSON, export_onnx, onnx_score_fn
+from surfad.export.onnx import EXPORT_JSON, export_onnx, onnx_score_fn, parity_bound
 from surfad.models import available_models
 
 REAL_DATA = Path(__file__).parents[1] / ".." / "shared" / "data"
-TOLERANCE = 1e-4  # relative to max(1, the output's magnitude), as the export's own check
-
-
 def allowed(*reference: np.ndarray | float) -> float:
-    """The parity tolerance for outputs of this magnitude (distances of fitted models exceed 1)."""
-    return TOLERANCE * max(1.0, *(float(np.abs(r).max()) for r in reference))
+    """The export's parity bound for outputs of this magnitude (distances of fitted models exceed 1)."""
+    return parity_bound(max(float(np.abs(r).max()) for r in reference))
 
 
 def copy_run(run: Path, dest: Path) -> Path:
@@ -59,7 +56,7 @@ def run(tiny_run, request: pytest.FixtureRequest) -> Path:
 
 
 def assert_same_predictions(run: Path, images: list) -> None:
-    """Detector with torch and with onnx: maps and scores within TOLERANCE, identical verdicts."""
+    """Detector with torch and with onnx: maps and scores within the parity bound, identical verdicts."""
     torch_det, onnx_det = Detector.load(run, runtime="torch"), Detector.load(run, runtime="onnx")
     expected, got = torch_det.predict_batch(images), onnx_det.predict_batch(images)
     for a, b in zip(expected, got):

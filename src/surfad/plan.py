@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import io
 import math
-import time
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -32,6 +30,7 @@ from surfad.training import Training, build_training, check_settings, resolve_co
 from surfad.training.fitting import image_batches
 from surfad.training.loop import train_epoch
 from surfad.training.validation import validate
+from surfad.utils import second_run_seconds
 
 TIMED_STEPS = 2  # training steps timed (after the same steps run once untimed)
 
@@ -180,14 +179,6 @@ def time_training(t: Training, config: RunConfig) -> tuple[float, float, float]:
         save_weights({k: v.contiguous() for k, v in t.shipped.state_dict().items()})
 
     return second_run_seconds(train_steps) / steps, time_validation(t, config), second_run_seconds(write_epoch)
-
-
-def second_run_seconds(work: Callable[[], None]) -> float:
-    """Run `work` twice; the seconds the second run took."""
-    work()
-    started = time.perf_counter()
-    work()
-    return time.perf_counter() - started
 
 
 def plan_training(config: RunConfig, progress: bool = True) -> TrainingPlan:

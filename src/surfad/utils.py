@@ -9,6 +9,7 @@ import math
 import os
 import random
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -18,6 +19,13 @@ import numpy as np
 
 from surfad.errors import SurfadError
 
+
+def second_run_seconds(work: Callable[[], object]) -> float:
+    """Run `work` twice; the seconds the second run took (the first allocates and warms caches)."""
+    work()
+    started = time.perf_counter()
+    work()
+    return time.perf_counter() - started
 
 def _current_umask() -> int:
     mask = os.umask(0)

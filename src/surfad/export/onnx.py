@@ -61,8 +61,14 @@ INPUT_NAME = "image"
 OUTPUT_NAMES = ("anomaly_map", "score")
 PARITY_TOLERANCE = 1e-4  # max difference allowed between torch and onnxruntime, maps and scores, relative to
 # max(1, the largest output magnitude): absolute for maps in [0, 1], relative for distances (patchcore, padim)
+
 N_RANDOM = 3  # random inputs in the parity check (batch size differs from the traced batch of 2)
 N_VAL = 8  # at most this many validation images in the parity check
+
+
+def parity_bound(scale: float) -> float:
+    """The largest torch/onnxruntime difference allowed for outputs whose magnitude reaches `scale`."""
+    return PARITY_TOLERANCE * max(1.0, scale)
 
 
 def export_onnx(run: str | Path, opset: int = 17) -> Path:
@@ -93,7 +99,7 @@ def export_onnx(run: str | Path, opset: int = 17) -> Path:
                 raise SurfadError(f"{run}: ONNX export of model {config.model!r} at opset {opset} failed: {err}") from err
         onnx.checker.check_model(str(tmp))
         parity.update(check_parity(graph, onnx_score_fn(tmp, check_weights=False), [random_batch, *val_batches]))
-        allowed = PARITY_TOLERANCE * max(1.0, parity["output_scale"])
+        allowed = parity_bound(parity["output_scale"])
         if not max(parity["max_abs_diff_map"], parity["max_abs_diff_score"]) <= allowed:  # NaN fails too
             raise SurfadError(
                 f"{run}: exported model disagrees with torch (max abs diff map {parity['max_abs_diff_map']:.3g}, "

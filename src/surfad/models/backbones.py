@@ -297,17 +297,13 @@ class PatchFeatures(nn.Module):
     `neighbourhood` x `neighbourhood` window (stride 1, so the map keeps its size), brought to the
     finest tap's grid (bilinear) and concatenated: (B, C, S, S) images -> (B, D, h, w)."""
 
-    def __init__(self, variant: str, taps: list[str], neighbourhood: int, in_channels: int,
-                 pretrained: bool = True) -> None:
+    def __init__(self, variant: str, taps: list[str], neighbourhood: int, in_channels: int) -> None:
         super().__init__()
         if neighbourhood < 1 or neighbourhood % 2 == 0:
             raise SurfadError(f"neighbourhood={neighbourhood}: must be an odd number >= 1")
         if len(set(taps)) != len(taps):
             raise SurfadError(f"layers {taps}: a tap is listed twice")
-        net = EfficientNetLite(variant, taps, in_channels)
-        self.backbone = load_imagenet_weights(net) if pretrained else net.eval()
-        for p in self.backbone.parameters():
-            p.requires_grad_(False)
+        self.backbone = pretrained_backbone(variant, taps, in_channels)
         self.taps = list(taps)
         self.neighbourhood = neighbourhood
         self.dim = sum(tap_channels(variant, t) for t in taps)

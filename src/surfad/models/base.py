@@ -28,6 +28,7 @@ from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from surfad.config import TrainConfig
+from surfad.utils import second_run_seconds
 
 # Memory layout of model weights and of the image batches fed to them. Channels-last lets oneDNN's
 # convolutions run about 1.4x faster in training and 1.5x in inference on this CPU, with the same
@@ -133,10 +134,7 @@ def extract_all(model: FittedModel, batches: Iterable[torch.Tensor], n_images: i
 def seconds_per_image(work: Callable[[torch.Tensor], Any], batch: torch.Tensor) -> float:
     """Seconds `work` takes per image of `batch`, timed on its second run (the first allocates)."""
     with torch.inference_mode():
-        work(batch)
-        started = time.perf_counter()
-        work(batch)
-    return (time.perf_counter() - started) / len(batch)
+        return second_run_seconds(lambda: work(batch)) / len(batch)
 
 
 Loss = Callable[[Any, dict[str, torch.Tensor], float], dict[str, torch.Tensor]]

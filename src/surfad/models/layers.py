@@ -1,9 +1,7 @@
-"""Layers shared by the models trained from scratch."""
+"""The layer both models trained from scratch (unet_vae, recondiff) build their U-Net paths from."""
 
 from __future__ import annotations
 
-import torch
-import torch.nn.functional as F
 from torch import nn
 
 
@@ -19,12 +17,3 @@ def conv_block(cin: int, cout: int, bias: bool = False) -> nn.Sequential:
         nn.ReLU(inplace=True),
     )
 
-
-def conv_bn_relu(cin: int, cout: int, kernel: int) -> nn.Sequential:
-    """One conv (bias, same size) + BatchNorm + ReLU."""
-    return nn.Sequential(nn.Conv2d(cin, cout, kernel, padding=kernel // 2), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
-
-
-def up2(x: torch.Tensor) -> torch.Tensor:
-    """Bilinear x2 upsampling with align_corners=True (as recondiff's authors' decoders)."""
-    return F.interpolate(x, scale_factor=2.0, mode="bilinear", align_corners=True)

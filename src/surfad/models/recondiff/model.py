@@ -29,12 +29,22 @@ from torch import nn
 from surfad.config import Checked, setting
 from surfad.errors import SurfadError
 from surfad.models.base import AnomalyModel
-from surfad.models.layers import conv_block, conv_bn_relu, up2
+from surfad.models.layers import conv_block
 from surfad.models.recondiff.memory import MultiScaleMemory, map_block_sizes
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)  # RGB; grayscale uses the channel average
 IMAGENET_STD = (0.229, 0.224, 0.225)
 SEG_WIDTH_CAP = 8  # segmentation widths: base * 2^i, at most base * 8 (DRAEM's discriminative net)
+
+
+def conv_bn_relu(cin: int, cout: int, kernel: int) -> nn.Sequential:
+    """One conv (bias, same size) + BatchNorm + ReLU."""
+    return nn.Sequential(nn.Conv2d(cin, cout, kernel, padding=kernel // 2), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
+
+
+def up2(x: torch.Tensor) -> torch.Tensor:
+    """Bilinear x2 upsampling with align_corners=True (as the authors' decoders)."""
+    return F.interpolate(x, scale_factor=2.0, mode="bilinear", align_corners=True)
 
 
 @dataclass
