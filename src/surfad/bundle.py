@@ -22,8 +22,6 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
-import cv2
-import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
@@ -31,7 +29,7 @@ from surfad.config import RunConfig
 from surfad.errors import SurfadError
 from surfad.models import AnomalyModel, build_model
 from surfad.scoring import ImageScorer, InferenceGraph
-from surfad.utils import atomic_write, atomic_write_bytes, read_json
+from surfad.utils import atomic_write, read_json
 
 CONFIG = "config.yaml"
 META = "meta.json"
@@ -114,21 +112,6 @@ def checkpoint_path(run: Path, checkpoint: str) -> Path:
     if not path.is_file():
         raise SurfadError(f"{path}: no such checkpoint; use one of {', '.join(CHECKPOINTS)} or a .safetensors path")
     return path
-
-
-def save_roi(roi: np.ndarray, path: Path) -> None:
-    """A region of interest as a PNG (255 = inspected)."""
-    atomic_write_bytes(path, cv2.imencode(".png", roi.astype(np.uint8) * 255)[1].tobytes())
-
-
-def choose_roi(folder: Path, override: str | Path | None) -> np.ndarray | None:
-    """The region of interest to inspect with: `override` (a mask file, or "none" for the whole image),
-    else the run's own roi.png, else None (the whole image)."""
-    from surfad.data.roi import load_roi
-
-    if override is not None:
-        return None if str(override).lower() == "none" else load_roi(override)
-    return load_roi(folder / ROI) if (folder / ROI).is_file() else None
 
 
 def load_config(run: Path) -> RunConfig:

@@ -21,7 +21,7 @@ from tqdm import tqdm
 from surfad.calibrate import GOOD_ONLY_STRATEGY, parse_strategy
 from surfad.categories import category_config
 from surfad.config import RunConfig
-from surfad.data.roi import load_roi
+from surfad.data.roi import optional_roi
 from surfad.data.splits import Splits, make_splits
 from surfad.data.survey import THIN_DEFECT_PX, DataSurvey, survey_data
 from surfad.models import FitPlan, FittedModel, model_spec
@@ -109,8 +109,9 @@ class TrainingPlan:
             out.append(f"image shapes vary (width/height {low:.2f} to {high:.2f}): squashing each to "
                        f"{dc.image_size}x{dc.image_size} stretches them differently; --tile-scale keeps one scale "
                        "(on magnetic tile it localised recondiff better: AUPRO 63.3 against 57.8).")
-        chosen = model_spec(self.config.model).image_size
-        if dc.tile_scale == 0 and dc.image_size < chosen:
+        spec = model_spec(self.config.model)
+        chosen = spec.image_size  # validated for the pretrained models; a cost choice for the others
+        if spec.pretrained and dc.tile_scale == 0 and dc.image_size < chosen:
             out.append(f"{self.config.model} at {dc.image_size} px: on real data its validation chose {chosen} px "
                        f"or more (benchmarks/RESULTS.md), its default; --image-size {chosen} costs about "
                        f"{(chosen / dc.image_size) ** 2:.1f}x as much.")
@@ -154,7 +155,7 @@ class TrainingPlan:
 def time_validation(t: Training, config: RunConfig) -> float:
     """Seconds of one validation pass, scaled up from one timed batch (its second run)."""
     part = Subset(t.val_set, range(min(len(t.val_set), t.batch_size)))
-    graph = t.shipped_graph or t.graph
+    graph = t.shipped_graph
     return second_run_seconds(lambda: validate(graph, config, part, t.device, t.batch_size, roi=t.roi)) \
         * len(t.val_set) / len(part)
 
@@ -187,7 +188,7 @@ def plan_training(config: RunConfig, progress: bool = True) -> TrainingPlan:
     config = resolve_config(config, splits)
     check_settings(config, splits)
     survey = survey_data(splits, config.data, progress)
-    t = build_training(config, splits, load_roi(config.data.roi) if config.data.roi else None)
+    t = build_training(config, splits, optional_roi(config.data.roi))
     parameters = sum(p.numel() for p in t.model.parameters())
     if isinstance(t.model, FittedModel):
         fit = t.model.plan(len(t.train_images))

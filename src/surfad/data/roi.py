@@ -16,6 +16,7 @@ import numpy as np
 
 from surfad.data.io import read_mask
 from surfad.errors import BadInputError, SurfadError
+from surfad.utils import atomic_write_bytes
 
 ASPECT_TOLERANCE = 0.02  # relative difference of width/height allowed between a ROI and an image
 
@@ -31,7 +32,25 @@ def load_roi(path: str | Path) -> np.ndarray:
     return roi
 
 
-WHOLE_IMAGE = "none"  # the fingerprint of no region of interest
+WHOLE_IMAGE = "none"  # the fingerprint of no region of interest, and the --roi value that asks for none
+
+
+def optional_roi(path: str | Path | None) -> np.ndarray | None:
+    """load_roi(path), or None (the whole image) without a path."""
+    return load_roi(path) if path else None
+
+
+def choose_roi(own: Path, override: str | Path | None) -> np.ndarray | None:
+    """The region of interest to inspect with: `override` (a mask file, or "none" for the whole image),
+    else the run's own ROI file `own` if it exists, else None (the whole image)."""
+    if override is not None:
+        return None if str(override).lower() == WHOLE_IMAGE else load_roi(override)
+    return load_roi(own) if own.is_file() else None
+
+
+def save_roi(roi: np.ndarray, path: Path) -> None:
+    """A region of interest as a PNG (255 = inspected), written atomically."""
+    atomic_write_bytes(path, cv2.imencode(".png", roi.astype(np.uint8) * 255)[1].tobytes())
 
 
 def roi_fingerprint(roi: np.ndarray | None) -> str:

@@ -18,7 +18,7 @@ from surfad import bundle
 from surfad.calibrate import Calibration
 from surfad.config import RunConfig
 from surfad.data.io import as_image
-from surfad.data.roi import resize_roi
+from surfad.data.roi import choose_roi, resize_roi
 from surfad.data.samples import Sample
 from surfad.data.transforms import preprocess, resize_map
 from surfad.detector.base import Detector
@@ -52,7 +52,7 @@ class RunDetector(Detector):
              checkpoint: str = "best_detect", roi: str | Path | None = None, threads: int = 0) -> RunDetector:
         run = bundle.require_run(folder)
         calibration = cls.read_calibration(run)
-        inside = bundle.choose_roi(run, roi)
+        inside = choose_roi(run / bundle.ROI, roi)
         if runtime == "torch":
             import torch
 

@@ -20,7 +20,7 @@ import numpy as np
 
 from surfad import bundle
 from surfad.config import RunConfig
-from surfad.data.roi import load_roi
+from surfad.data.roi import load_roi, optional_roi
 from surfad.data.splits import Splits, make_splits
 from surfad.data.tiles import default_stride
 from surfad.errors import SurfadError
@@ -80,7 +80,7 @@ def training_roi(out: Path, config: RunConfig) -> np.ndarray | None:
     """The region of interest of a run: its saved roi.png when it has one (resuming), else data.roi's."""
     if (out / bundle.ROI).is_file():
         return load_roi(out / bundle.ROI)
-    return load_roi(config.data.roi) if config.data.roi else None
+    return optional_roi(config.data.roi)
 
 
 def train(config: RunConfig, out: str | Path, resume: bool = False, progress: bool = True) -> Path:

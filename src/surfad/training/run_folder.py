@@ -12,7 +12,7 @@ import numpy as np
 from surfad import __version__, bundle
 from surfad.calibrate import Calibration, calibrate, default_strategy
 from surfad.config import RunConfig
-from surfad.data.roi import roi_fingerprint
+from surfad.data.roi import roi_fingerprint, save_roi
 from surfad.data.splits import Splits
 from surfad.errors import SurfadError
 from surfad.models import model_spec
@@ -54,7 +54,7 @@ def start_run_folder(out: Path, config: RunConfig, splits: Splits, n_params: int
     dc = config.data
     out.mkdir(parents=True, exist_ok=True)
     if roi is not None:
-        bundle.save_roi(roi, out / bundle.ROI)
+        save_roi(roi, out / bundle.ROI)
     config.save(out / bundle.CONFIG)
     splits.save(out / bundle.SPLITS)
     atomic_write_json(out / bundle.META, {

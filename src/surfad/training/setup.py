@@ -53,6 +53,7 @@ class Training:
 
     model: AnomalyModel
     graph: InferenceGraph  # model + scorer: calibration scores with it
+    shipped_graph: InferenceGraph  # what is validated, selected and shipped: the graph, or its weight average's
     val_set: Dataset  # the val split, plus synthetic defects when it has no real ones
     batch_size: int
     device: torch.device
@@ -62,7 +63,6 @@ class Training:
     # gradient-trained models only:
     step_loss: nn.Module | None = None  # (batch, progress) -> loss terms: a LossModule, DDP-wrapped when distributed
     average: AveragedModel | None = None  # the weight average (ema_decay > 0)
-    shipped_graph: InferenceGraph | None = None  # what is validated, selected and shipped (the average's if any)
     train_set: Dataset | None = None  # the model's training samples built on train_images
     steps_per_epoch: int = 0
     optimizer: torch.optim.Optimizer | None = None
@@ -70,7 +70,7 @@ class Training:
 
     @property
     def shipped(self) -> torch.nn.Module:
-        return (self.shipped_graph or self.graph).model
+        return self.shipped_graph.model
 
 
 def build_training(config: RunConfig, splits: Splits, roi: np.ndarray | None = None,
@@ -96,7 +96,7 @@ def build_training(config: RunConfig, splits: Splits, roi: np.ndarray | None = N
     val_set = validation_dataset(val_images, tc.val_synthetic, tc.val_defect_source, tc.seed + 1)
     if spec.fitted:
         fit_images = GridTileDataset(images, dc.tile_stride) if dc.tile_scale > 0 else images
-        return Training(model, graph, val_set, tc.batch_size, device, fit_images, roi, world)
+        return Training(model, graph, graph, val_set, tc.batch_size, device, fit_images, roi, world)
     train_images: Dataset = TileDataset(images, dc.tiles_per_image, tc.seed) if dc.tile_scale > 0 else images
     recipe = spec.recipe
     train_set = recipe.samples(model, train_images, tc.seed)
@@ -109,5 +109,5 @@ def build_training(config: RunConfig, splits: Splits, roi: np.ndarray | None = N
     step_loss: nn.Module = LossModule(model, recipe.loss)
     if world.distributed:
         step_loss = DistributedDataParallel(step_loss, device_ids=[device.index] if device.type == "cuda" else None)
-    return Training(model, graph, val_set, batch_size, device, train_images, roi, world, step_loss, average,
-                    shipped_graph, train_set, steps_per_epoch(len(train_set), batch_size, world), optimizer, scheduler)
+    return Training(model, graph, shipped_graph, val_set, batch_size, device, train_images, roi, world, step_loss,
+                    average, train_set, steps_per_epoch(len(train_set), batch_size, world), optimizer, scheduler)
