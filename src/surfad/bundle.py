@@ -1,14 +1,16 @@
 """The run folder ("bundle"): what a training run writes and what inference loads.
 
     RUN/config.yaml          resolved RunConfig (channels, score and model params filled in)
-    RUN/meta.json            package version, model, input size/channels, parameters, data summary
+    RUN/meta.json            package version, model, input size/channels, parameters, data summary, the
+                             inference settings the run was made for, and a fitted model's fit figures
     RUN/splits.json          the exact train/val/test file lists
     RUN/model.safetensors    the weights to ship (best by validation)
     RUN/calibration.json     image and pixel thresholds, normal-score statistics
     RUN/history.csv          per-epoch losses and validation figures
     RUN/history.png          the same as curves, the shipped epoch marked
     RUN/grids/               input / reconstruction / map grids during training
-    RUN/checkpoints/         last.safetensors + last_state.pt (optimiser, scheduler, RNG) for --resume
+    RUN/checkpoints/         last_state.pt (weights, optimiser, scheduler, RNG, history: what --resume
+                             reads), last.safetensors (the same weights for --checkpoint last), best_seg
     RUN/roi.png              the region of interest, when training was given one (--roi)
     RUN/model.onnx           after `surfad export`
 
@@ -98,7 +100,7 @@ def build_from_config(config: RunConfig) -> tuple[AnomalyModel, InferenceGraph]:
     return model, InferenceGraph(model, ImageScorer(config.score))
 
 
-LAST_STATE = "checkpoints/last_state.pt"  # optimiser, scheduler, RNG and history for --resume
+LAST_STATE = "checkpoints/last_state.pt"  # weights, optimiser, scheduler, RNG and history for --resume
 CHECKPOINTS = {
     "best_detect": WEIGHTS,
     "best_seg": "checkpoints/best_seg.safetensors",

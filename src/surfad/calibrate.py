@@ -1,7 +1,8 @@
 """Threshold calibration: turn validation scores into the image and pixel thresholds of a bundle.
 
-The verdict rule is the project's: NG iff ``score > threshold`` (strictly greater). A
-:class:`Calibration` is saved as calibration.json next to the model weights.
+The verdict rule is surfad.verdict's: NG iff ``score > threshold`` (strictly greater), or the OK /
+REVIEW / NG band when one is calibrated. A :class:`Calibration` is saved as calibration.json next
+to the model weights, with the region of interest its thresholds were chosen in.
 """
 
 from __future__ import annotations
@@ -244,7 +245,8 @@ def review_band(scores: object, labels: object, rules: str) -> list[float]:
     parts = [p.strip() for p in rules.split(",")]
     if len(parts) != 2 or not all(parts):
         raise SurfadError(f"--review {rules!r}: expected LOW,HIGH, e.g. recall:0.995,fpr:0.005 or 0.3,0.7")
-    band = [_number(p) if _number(p) is not None else choose_threshold(scores, labels, p) for p in parts]
+    numbers = [_number(p) for p in parts]
+    band = [n if n is not None else choose_threshold(scores, labels, p) for n, p in zip(numbers, parts)]
     if band[0] > band[1]:
         raise SurfadError(f"--review {rules}: the low threshold {band[0]:.6g} ({parts[0]}) is above the high one "
                           f"{band[1]:.6g} ({parts[1]}) on this data; choose a lower rule for LOW (e.g. a higher "

@@ -1,4 +1,4 @@
-"""The built-in demonstration: synth -> train -> calibrate -> evaluate -> predict, on CPU in minutes."""
+"""The built-in demonstration: synth -> fit -> calibrate -> evaluate -> predict, on CPU in seconds."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from surfad.batch_predict import predict_files
-from surfad.config import DataConfig, RunConfig, TrainConfig
+from surfad.config import DataConfig, RunConfig
 from surfad.data.synthetic_wood import write_synthetic_dataset
 from surfad.detector import Detector
 from surfad.evaluate import calibrate_run, evaluate_run, summary_line
@@ -16,11 +16,7 @@ from surfad.training import train
 
 # The recommended model (pretrained features, fitted in one pass), at a size that fits on 2 CPU
 # cores in seconds; see benchmarks/RESULTS.md for real-data settings and the other models.
-DEMO_CONFIG = RunConfig(
-    model="padim",
-    data=DataConfig(image_size=128),
-    train=TrainConfig(batch_size=16),
-)
+DEMO_CONFIG = RunConfig(model="padim", data=DataConfig(image_size=128))
 
 
 def run_demo(out: Path, progress: bool = True) -> dict:

@@ -1,9 +1,10 @@
 """Maps -> scores: the scoring head exported with every model, and scoring of image batches and sets.
 
 ImageScorer turns a model's anomaly map into (smoothed map, image score); InferenceGraph is model +
-scorer, the graph that is validated, calibrated and exported. A ScoreFn takes a float32 batch (B, C, H, W) and returns (maps (B, H, W), scores (B,)). The graph's
-own ScoreFn (torch or ONNX) takes model-sized inputs (H = W = image_size); with tiling,
-`image_score_fn` wraps it so it takes whole images of any size (surfad.data.tiles).
+scorer, the graph that is validated, calibrated and exported. A ScoreFn takes a float32 batch
+(B, C, H, W) and returns (maps (B, H, W), scores (B,)). The graph's own ScoreFn (torch or ONNX)
+takes model-sized inputs (H = W = image_size); `image_score_fn` wraps it for tiling (whole images
+of any size, surfad.data.tiles) and for a region of interest (roi_score_fn).
 """
 
 from __future__ import annotations

@@ -13,15 +13,18 @@ What the ONNX file computes (RUN/model.onnx):
 Preprocessing is NOT in the graph; it is `surfad.data.transforms.preprocess`, the same function
 training used: decode to uint8 RGB (or grayscale), convert to C channels (RGB -> gray with OpenCV's
 RGB2GRAY weights; gray -> RGB by repeating), resize to S x S (cv2 INTER_AREA when S is smaller
-than both sides, else INTER_LINEAR; aspect ratio not kept), divide by 255, channel-first. Any normalisation (e.g. ImageNet mean/std)
-is inside the model. The decision rule is NG iff score > threshold, with the threshold (and the
-pixel threshold for regions) read from RUN/calibration.json, so re-calibrating needs no re-export.
+than both sides, else INTER_LINEAR; aspect ratio not kept), divide by 255, channel-first. Any
+normalisation (e.g. ImageNet mean/std) is inside the model. The decision rule (surfad.verdict: NG
+iff score > threshold, or an OK / REVIEW / NG band) and the thresholds are read from
+RUN/calibration.json, so re-calibrating needs no re-export. A region of interest is applied around
+the graph, the same way for both runtimes (surfad.scoring.roi_score_fn).
 
 Tiled runs (``data.tile_scale`` > 0): the graph is the same, for one S x S tile. The image is
 scaled by tile_scale instead of squashed, cut into S x S tiles ``data.tile_stride`` apart
 (surfad.data.tiles), and the tile maps are averaged where tiles overlap; the image score is the
-scoring head's pooling and reduction on that whole map (`surfad.scoring.tiled_score_fn`, which
-`Detector` runs around either runtime). export.json describes it under "tiling".
+scoring head's pooling and reduction on that whole map, or the largest tile score when the model
+scores images itself (reduce "model"); `surfad.scoring.tiled_score_fn`, which `Detector` runs
+around either runtime. export.json describes it under "tiling".
 
 Exporter: the TorchScript-based ``torch.onnx.export(..., dynamo=False)`` at opset 17. The
 torch.export-based exporter (dynamo=True, opset >= 18) also converts unet_vae and recondiff, but is
@@ -29,8 +32,8 @@ about 8x slower to export and fixed the batch size of recondiff's Siamese segmen
 specialises the batch dimension through ``torch.cat``/``chunk`` on dim 0), so it is not used.
 
 Every export is checked before it replaces RUN/model.onnx: torch and onnxruntime must agree to
-PARITY_TOLERANCE (times the output scale when it exceeds 1) on random inputs and on the run's validation images, at batch sizes other than the
-traced one. The figures go to RUN/export.json together with the versions and the SHA-256 of the
+parity_bound (PARITY_TOLERANCE times the output scale when it exceeds 1) on random inputs and on
+the run's validation images, at batch sizes other than the traced one. The figures go to RUN/export.json together with the versions and the SHA-256 of the
 weights, which `onnx_score_fn` uses to refuse a model.onnx older than the run's weights.
 """
 
@@ -208,7 +211,8 @@ def _tiling(config: RunConfig) -> dict[str, Any] | None:
                          "reflect-pad bottom/right to at least one tile; tiles `stride` apart, the last flush with "
                          "the edge (surfad.data.tiles)",
         "map": "mean of the graph's anomaly_map over overlapping tiles, cropped to the scaled image",
-        "score": "the graph's pooling and reduction applied to that map (surfad.scoring.tiled_score_fn)",
+        "score": ("the largest tile score" if config.score is not None and config.score.reduce == "model" else
+                  "the graph's pooling and reduction applied to that map") + " (surfad.scoring.tiled_score_fn)",
     }
 
 

@@ -22,7 +22,6 @@ from surfad.utils import (
     atomic_write_bytes,
     atomic_write_csv,
     atomic_write_json,
-    remove_stale_temp_files,
 )
 
 # What a run that never finished a first epoch (or a fit) can hold; a fresh start replaces these.
@@ -45,8 +44,7 @@ def clear_untrained(out: Path) -> None:
     for name in (*UNTRAINED_FILES, bundle.WEIGHTS):
         (out / name).unlink(missing_ok=True)
     for folder in ("grids", "checkpoints"):
-        shutil.rmtree(out / folder, ignore_errors=True)
-    remove_stale_temp_files(out)
+        shutil.rmtree(out / folder, ignore_errors=True)  # train_in then removes stale temporary files
 
 
 def start_run_folder(out: Path, config: RunConfig, splits: Splits, n_params: int, roi: np.ndarray | None) -> None:
