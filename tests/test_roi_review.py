@@ -17,7 +17,7 @@ from surfad.batch_predict import JSONL, predict_files
 from surfad.calibrate import Calibration, review_band
 from surfad.cli import main
 from surfad.config import RunConfig
-from surfad.data.roi import load_roi, roi_fingerprint
+from surfad.data.roi import load_roi, resize_roi, roi_fingerprint
 from surfad.data.splits import Splits
 from surfad.detector import Detector
 from surfad.errors import SurfadError
@@ -277,3 +277,16 @@ def test_the_service_answers_and_counts_review(banded_run: Path, tiny_mvtec: Pat
 def test_a_threshold_override_replaces_the_band(banded_run: Path, clean_image) -> None:
     prediction = Detector.load(banded_run).predict(clean_image, threshold=1e9)
     assert prediction.verdict == "OK" and prediction.review is None
+
+
+def test_the_resized_roi_is_made_once_per_image_size(tiny_run, tmp_path: Path) -> None:
+    """A line's camera gives one image size: the ROI is resized for it once, not per image (nor
+    kept for every size a service was ever sent)."""
+    roi = left_half_roi(tmp_path / "roi.png")
+    detector = Detector.load(tiny_run(), roi=roi, calibrated=False)
+    first = detector.roi_at(64, 64)
+    assert detector.roi_at(64, 64) is first and np.array_equal(first, resize_roi(load_roi(roi), 64, 64))
+    for side in range(20, 60, 2):
+        detector.roi_at(side, side)
+    assert detector.roi_at(64, 64) is not first and np.array_equal(detector.roi_at(64, 64), first)
+    assert Detector.load(tiny_run(), calibrated=False).roi_at(64, 64) is None

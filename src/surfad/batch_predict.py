@@ -93,7 +93,7 @@ def _predict_into(detector: Detector, inputs: Iterable[str], out: Path, threshol
                 stem = output_stem(path)
                 files = {k: str(out / k / f"{stem}.png") for k in ("heatmaps", "overlays", "masks")}
                 heat, picture = render(image, pred.anomaly_map, detector.calibration.pixel_threshold, pred.regions,
-                                       detector.roi)
+                                       detector.roi_at(*image.shape[:2]))
                 write_png(files["heatmaps"], heat)
                 write_png(files["overlays"], picture)
                 write_png(files["masks"], (pred.mask * 255).astype(np.uint8))

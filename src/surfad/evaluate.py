@@ -148,5 +148,6 @@ def _worst_overlays(detector: Detector, records: list[dict], scored: ScoredSet, 
         i = index[record["path"]]
         image = read_image(samples[i].path, detector.channels)
         amap = resize_map(scored.maps[i], image.shape[0], image.shape[1])
-        result[record["path"]] = encode_png(render(image, amap, detector.calibration.pixel_threshold, roi=detector.roi)[1])
+        inside = detector.roi_at(*image.shape[:2])
+        result[record["path"]] = encode_png(render(image, amap, detector.calibration.pixel_threshold, roi=inside)[1])
     return result

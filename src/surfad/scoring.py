@@ -98,6 +98,7 @@ class InferenceGraph(nn.Module):
 
 ScoreFn = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
 MAX_TILES = 64  # tiles per forward pass when tiling
+ROI_SHAPES_KEPT = 8  # map shapes whose resized region of interest roi_score_fn keeps
 
 
 @dataclass
@@ -175,6 +176,8 @@ def roi_score_fn(inner: ScoreFn, score: ScoreConfig, roi: np.ndarray) -> ScoreFn
         maps, _ = inner(batch)
         shape = maps.shape[1:]
         if shape not in resized:
+            if len(resized) >= ROI_SHAPES_KEPT:  # tiled inputs of ever new sizes must not grow it
+                resized.clear()
             resized[shape] = resize_roi(roi, *shape)
         inside = resized[shape]
         maps = maps * inside

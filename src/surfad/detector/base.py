@@ -12,13 +12,16 @@ import numpy as np
 from surfad import bundle
 from surfad.calibrate import Calibration
 from surfad.config import RunConfig
-from surfad.data.roi import check_aspect, roi_fingerprint
+from surfad.data.roi import check_aspect, resize_roi, roi_fingerprint
 from surfad.data.samples import Sample
 from surfad.errors import SurfadError
 from surfad.scoring import ScoredSet
 from surfad.verdict import Prediction
 
 RUNTIMES = ("torch", "onnx")
+
+
+ROI_SIZES_KEPT = 8  # image sizes whose resized region of interest a detector keeps
 
 
 class Detector:
@@ -48,6 +51,7 @@ class Detector:
         self.runtime = runtime
         self.min_area = min_area
         self.roi = roi  # the region of interest inspected (bool, any size with the images' aspect), None: all
+        self._roi_sizes: dict[tuple[int, int], np.ndarray] = {}
 
     @staticmethod
     def kind_of(folder: str | Path) -> type[Detector]:
@@ -131,6 +135,17 @@ class Detector:
     @property
     def channels(self) -> int:
         return self.config.data.input_channels
+
+    def roi_at(self, height: int, width: int) -> np.ndarray | None:
+        """The region of interest at height x width (None: the whole image), resized once per size:
+        a line's camera gives one size, so every image after the first reuses it."""
+        if self.roi is None:
+            return None
+        if (height, width) not in self._roi_sizes:
+            if len(self._roi_sizes) >= ROI_SIZES_KEPT:  # uploads of ever new sizes must not grow it
+                self._roi_sizes.clear()
+            self._roi_sizes[height, width] = resize_roi(self.roi, height, width)
+        return self._roi_sizes[height, width]
 
     def check_image(self, image: np.ndarray, name: str) -> None:
         """BadInputError naming `name` when the image cannot be inspected within the region of

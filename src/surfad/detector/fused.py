@@ -141,7 +141,7 @@ class FusedDetector(Detector):
             score = float(np.mean([s.scores(np.float64(out[i][1])) for s, out in zip(self.stats, per_member)]))
             amap = np.mean([s.maps(out[i][0]) for s, out in zip(self.stats, per_member)], axis=0)
             results.append(judge(image, amap.astype(np.float32), score, t, self.calibration.pixel_threshold,
-                                 self.min_area, self.roi, review))
+                                 self.min_area, self.roi_at(*image.shape[:2]), review))
         return results
 
 

@@ -18,7 +18,7 @@ from surfad import bundle
 from surfad.calibrate import Calibration
 from surfad.config import RunConfig
 from surfad.data.io import as_image
-from surfad.data.roi import choose_roi, resize_roi
+from surfad.data.roi import choose_roi
 from surfad.data.samples import Sample
 from surfad.data.transforms import preprocess, resize_map
 from surfad.detector.base import Detector
@@ -106,7 +106,7 @@ class RunDetector(Detector):
         maps, scores = score_images(self.score_batch, [self.preprocess(a) for a in images], batch_size=len(images))
         full = [resize_map(m, *a.shape[:2]) for a, m in zip(images, maps)]
         if self.roi is not None:
-            full = [m * resize_roi(self.roi, *m.shape) for m in full]
+            full = [m * self.roi_at(*m.shape) for m in full]
         return [(m, float(s)) for m, s in zip(full, scores)]
 
     def predict_batch(self, images: Sequence[np.ndarray | str | Path], threshold: float | None = None) -> list[Prediction]:
@@ -114,7 +114,7 @@ class RunDetector(Detector):
         arrays = [as_image(im) for im in images]
         t, review = self.decision(threshold)
         pixel = self.calibration.pixel_threshold
-        return [judge(a, m, s, t, pixel, self.min_area, self.roi, review) for a, (m, s) in zip(arrays, self.outputs(arrays))]
+        return [judge(a, m, s, t, pixel, self.min_area, self.roi_at(*a.shape[:2]), review) for a, (m, s) in zip(arrays, self.outputs(arrays))]
 
 
 def run_info(run: Path, config: RunConfig, calibration: Calibration | None) -> dict[str, Any]:

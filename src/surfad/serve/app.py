@@ -297,7 +297,8 @@ def _inspect(detector: Detector, data: bytes, name: str, max_pixels: int, want_i
     inferred = time.perf_counter()
     result: dict[str, Any] = {**pred.to_dict(), "width": width, "height": height, "filename": name}
     if want_images:
-        heat, picture = render(image, pred.anomaly_map, detector.calibration.pixel_threshold, pred.regions, detector.roi)
+        heat, picture = render(image, pred.anomaly_map, detector.calibration.pixel_threshold, pred.regions,
+                               detector.roi_at(height, width))
         result["heatmap_png"] = base64.b64encode(encode_png(heat)).decode()
         result["overlay_png"] = base64.b64encode(encode_png(picture)).decode()
     result["timing_ms"] = {
