@@ -101,7 +101,7 @@ def export_onnx(run: str | Path, opset: int = 17) -> Path:
             except Exception as err:  # the exporter raises many types for unsupported operators
                 raise SurfadError(f"{run}: ONNX export of model {config.model!r} at opset {opset} failed: {err}") from err
         onnx.checker.check_model(str(tmp))
-        parity.update(check_parity(graph, onnx_score_fn(tmp, check_weights=False), [random_batch, *val_batches]))
+        parity.update(check_parity(graph, onnx_score_fn(tmp, check_record=False), [random_batch, *val_batches]))
         allowed = parity_bound(parity["output_scale"])
         if not max(parity["max_abs_diff_map"], parity["max_abs_diff_score"]) <= allowed:  # NaN fails too
             raise SurfadError(
@@ -148,21 +148,19 @@ def export_record(run: Path, config: RunConfig, opset: int, parity: dict[str, An
     }
 
 
-def onnx_score_fn(path: str | Path, threads: int = 0, check_weights: bool = True) -> ScoreFn:
+def onnx_score_fn(path: str | Path, threads: int = 0, check_record: bool = True) -> ScoreFn:
     """A ScoreFn running model.onnx with onnxruntime on CPU (threads 0 = onnxruntime's default).
 
-    The session is shared; onnxruntime allows concurrent `run` calls on it. With check_weights, a
-    model.onnx whose export.json records other weights than RUN/model.safetensors is refused (the
-    run was trained further after the export).
+    The session is shared; onnxruntime allows concurrent `run` calls on it. With check_record, a
+    model.onnx whose export.json no longer fits the run is refused (see _check_record).
     """
     import onnxruntime
 
     path = Path(path)
     if not path.is_file():
         raise SurfadError(f"{path}: ONNX model not found; create it with `surfad export RUN --format onnx`")
-    if check_weights:
-        _check_not_stale(path)
-        _check_settings(path)
+    if check_record:
+        _check_record(path)
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = max(0, int(threads))
     options.log_severity_level = 3
@@ -241,30 +239,22 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _check_settings(path: Path) -> None:
-    """SurfadError when the run's config.yaml no longer describes what export.json says the export was
-    made for (an edited image_size or model would crash onnxruntime, or score at the wrong size)."""
-    record = path.parent / EXPORT_JSON
-    if not record.is_file() or not (path.parent / bundle.CONFIG).is_file():
+def _check_record(path: Path) -> None:
+    """SurfadError when export.json beside `path` records other weights than the run's
+    model.safetensors (the run changed after export), or settings that config.yaml no longer
+    describes (an edited image_size or model would crash onnxruntime, or score at the wrong size)."""
+    run = path.parent
+    record = run / EXPORT_JSON
+    if not record.is_file():
         return
     try:
-        recorded = json.loads(record.read_text()).get("inference")
+        recorded = json.loads(record.read_text())
+        recorded_weights, recorded_settings = recorded.get("weights_sha256"), recorded.get("inference")
     except (OSError, ValueError, AttributeError):
-        raise SurfadError(f"{record}: not a readable export record; re-run `surfad export {path.parent}`") from None
-    bundle.check_settings_match(recorded, RunConfig.load(path.parent / bundle.CONFIG), record)
-
-
-def _check_not_stale(path: Path) -> None:
-    """SurfadError when export.json beside `path` records other weights than the run's model.safetensors."""
-    record, weights = path.parent / EXPORT_JSON, path.parent / bundle.WEIGHTS
-    if not (record.is_file() and weights.is_file()):
-        return
-    try:
-        recorded = json.loads(record.read_text()).get("weights_sha256")
-    except (OSError, ValueError, AttributeError):
-        return  # an unreadable record proves nothing either way
-    if recorded and recorded != _sha256(weights):
-        raise SurfadError(
-            f"{path}: exported from other weights than {weights} (the run changed after export); "
-            f"re-run `surfad export {path.parent} --format onnx`"
-        )
+        raise SurfadError(f"{record}: not a readable export record; re-run `surfad export {run}`") from None
+    weights = run / bundle.WEIGHTS
+    if recorded_weights and weights.is_file() and recorded_weights != _sha256(weights):
+        raise SurfadError(f"{path}: exported from other weights than {weights} (the run changed after export); "
+                          f"re-run `surfad export {run} --format onnx`")
+    if (run / bundle.CONFIG).is_file():
+        bundle.check_settings_match(recorded_settings, RunConfig.load(run / bundle.CONFIG), record)
