@@ -27,6 +27,7 @@ def second_run_seconds(work: Callable[[], object]) -> float:
     work()
     return time.perf_counter() - started
 
+
 def _current_umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
