@@ -21,6 +21,7 @@ from surfad import bundle
 from surfad.config import RunConfig
 from surfad.data.dataset import ImageDataset
 from surfad.data.defects import DefectSynthesizer, synthetic_defect
+from surfad.data.roi import resize_roi
 from surfad.data.transforms import resize_mask
 from surfad.metrics import image_metrics, pixel_metrics
 from surfad.scoring import ScoredSet, image_score_fn, score_dataset, torch_score_fn
@@ -59,11 +60,25 @@ def validation_dataset(val: ImageDataset, synthetic: bool, source: str, seed: in
     images, masks = [], []
     for i, sample in enumerate(val.samples):
         if sample.label == 0:
-            image, mask = synthetic_defect(val[i]["image"].numpy(), synthesizer, rng)
+            image, mask = defect_inside(val[i]["image"].numpy(), synthesizer, rng, val.roi)
             images.append(image)
             masks.append(resize_mask(mask, val.image_size))
     fake = ArrayDataset(images, masks, np.ones(len(images), dtype=np.int64))
     return ConcatDataset([val, fake])
+
+
+def defect_inside(image: np.ndarray, synthesizer: DefectSynthesizer, rng: np.random.Generator,
+                  roi: np.ndarray | None, attempts: int = 10) -> tuple[np.ndarray, np.ndarray]:
+    """synthetic_defect on a (C, H, W) image, kept inside the region of interest (when there is one):
+    a defect outside it could never be seen, so validation would count it as a miss."""
+    if roi is None:
+        return synthetic_defect(image, synthesizer, rng)
+    inside = resize_roi(roi, *image.shape[1:])
+    for _ in range(attempts):
+        defected, mask = synthetic_defect(image, synthesizer, rng)
+        if (mask & inside).any():
+            break
+    return np.where(inside, defected, image).astype(np.float32), mask & inside
 
 
 def validate(graph: torch.nn.Module, config: RunConfig, dataset: Dataset, device: torch.device,
