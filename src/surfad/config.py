@@ -147,9 +147,10 @@ class TrainConfig(Checked):
     patience: int = setting(0, "stop once this many validations in a row bring no new best (0 = off)", low=0)
     val_synthetic: bool = setting(True, "paste synthetic defects on validation images when it has no real ones",
                                   cli=False)
-    val_defect_source: str = setting("self", "synthetic validation defects: procedural | self | surface | a texture "
-                                             "folder (not recondiff's training source, so validation does not "
-                                             "reward fitting one defect style)")
+    val_defect_source: str = setting("graded", "synthetic validation defects: graded (cracks, stains, pits and surface "
+                                               "patches at three levels of difficulty, so validation ranks settings "
+                                               "as real defects do) | procedural | self | surface | a texture folder")
+    val_defects_per_image: int = setting(2, "synthetic validation defects drawn on each good validation image", low=1)
     ema_decay: float = setting(0.0, "> 0 (e.g. 0.998): validate, select and ship a moving average of the weights "
                                     "and BatchNorm statistics (0 = off)", low=0, high=0.999999)
     sync_bn: bool = setting(False, "with several training processes on CUDA: synchronised batch norm (statistics of "

@@ -93,7 +93,7 @@ def build_training(config: RunConfig, splits: Splits, roi: np.ndarray | None = N
     graph.to(device)
     images = ImageDataset.for_run(splits.train, dc, roi)
     val_images = ImageDataset.for_run(splits.val, dc, roi)
-    val_set = validation_dataset(val_images, tc.val_synthetic, tc.val_defect_source, tc.seed + 1)
+    val_set = validation_dataset(val_images, tc.val_synthetic, tc.val_defect_source, tc.seed + 1, tc.val_defects_per_image)
     if spec.fitted:
         fit_images = GridTileDataset(images, dc.tile_stride) if dc.tile_scale > 0 else images
         return Training(model, graph, graph, val_set, tc.batch_size, device, fit_images, roi, world)
