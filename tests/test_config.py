@@ -67,6 +67,6 @@ def test_the_input_size_defaults_to_the_models_own() -> None:
         given = RunConfig(model=name, data=DataConfig(path="data", channels=3, image_size=96))
         assert resolve_config(given, no_images).data.image_size == 96
     help_text = next(f for f in fields(DataConfig) if f.name == "image_size").metadata["help"]
-    assert "224 for padim and patchcore, 128 for the others" in help_text
+    assert "224 for the models on ImageNet features, 128 for the others" in help_text
     with pytest.raises(SurfadError, match="data.image_size is not set"):
         _ = DataConfig().input_size

@@ -15,6 +15,7 @@ import math
 import os
 import sys
 import typing
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -218,7 +219,9 @@ def add_train(sub: argparse._SubParsersAction) -> None:
     from surfad.models import available_models
 
     p = sub.add_parser("train", help="train (or fit) a model on good images")
-    p.add_argument("--model", help=f"model name: {', '.join(available_models())} (default {RunConfig.model})")
+    p.add_argument("--model", help=f"model name: {', '.join(available_models())} (default {RunConfig.model}), or auto: "
+                   "train candidates within --time-budget (default 10 min) and ship the best on validation")
+    p.add_argument("--candidates", help="with --model auto: only the candidates of these models (a,b,c)")
     p.add_argument("--preset", help="a named preset of the model's parameters")
     p.add_argument("--param", action="append", metavar="NAME=VALUE", help="a model parameter (repeatable)")
     p.add_argument("--config", help="YAML file with any of the settings (the sections and names of config.yaml)")
@@ -241,6 +244,10 @@ def cmd_train(args: argparse.Namespace) -> None:
     from surfad.training import train
     from surfad.training.distributed import launched_rank
 
+    if args.model == "auto":
+        return train_auto_command(args)
+    if args.candidates:
+        raise SurfadError("--candidates chooses among the candidates of --model auto")
     if args.dry_run:
         from surfad.plan import plan_runs, plans_report
 
@@ -262,6 +269,30 @@ def cmd_train(args: argparse.Namespace) -> None:
     run = train(config, out, resume=resume, progress=not args.quiet)
     if launched_rank() == 0:  # under torchrun every process returns here; one reports
         print(f"run folder: {run}")
+
+
+def train_auto_command(args: argparse.Namespace) -> None:
+    """`train --model auto`: the candidates' settings are auto's own, the data and train settings the user's."""
+    from surfad.auto import DEFAULT_BUDGET_MIN, plan_auto, train_auto
+
+    if args.param or args.preset or any(d.startswith(MODEL_FLAG) and v is not None for d, v in vars(args).items()):
+        raise SurfadError("--model auto sets each candidate's model parameters itself: drop --param, --preset and "
+                          "model flags (or --candidates to choose among the models)")
+    if args.category:
+        raise SurfadError("--model auto trains one dataset: drop --category (or run it per category folder)")
+    args.model = None  # the base config: the user's data and train settings
+    base = build_run_config(args)
+    budget = base.train.time_budget_min or DEFAULT_BUDGET_MIN
+    base = replace(base, train=replace(base.train, time_budget_min=0.0))
+    models = comma_list(args.candidates) or None
+    if args.dry_run:
+        print(plan_auto(base, budget, models))
+        return
+    if not (args.out or args.tag):
+        raise SurfadError("give --out RUN (or --tag NAME for runs/NAME)")
+    out = Path(args.out) if args.out else Path("runs") / args.tag
+    train_auto(base, out, budget, resume=args.resume or args.step == -1, progress=not args.quiet, models=models)
+    print(f"run folder: {out}")
 
 
 def add_calibrate(sub: argparse._SubParsersAction) -> None:

@@ -24,6 +24,7 @@ from surfad.errors import SurfadError
 LAYOUTS = ("mvtec", "mt", "folder", "dagm", "ksdd2")  # dataset layouts surfad.data.layouts reads
 REDUCTIONS = ("mean", "max", "topk", "model")  # ScoreConfig.reduce
 ROI_FILLS = ("nearest", "mean", "off")  # DataConfig.roi_fill
+GEOMETRIES = ("auto", "squash", "tile")  # DataConfig.geometry (surfad.data.geometry)
 
 
 def setting(default: Any, help: str, *, flag: str | None = None, aliases: tuple[str, ...] = (),
@@ -73,9 +74,14 @@ class DataConfig(Checked):
     path: str = setting("", "dataset folder", flag="data")
     layout: str = setting("auto", "dataset layout (auto detects mvtec, mt, dagm and ksdd2)", choices=("auto", *LAYOUTS))
     image_size: int | None = setting(None, "the model's input side in pixels, the tile side when tiling (default: "
-                                           "the model's own, 224 for padim and patchcore, 128 for the others)", low=8)
+                                           "the model's own, 224 for the models on ImageNet features, 128 for the others)", low=8)
+    geometry: str = setting("auto", "how images become model inputs: squash (to image-size squares), tile (scaled by "
+                                    "one factor, shape kept, cut into image-size tiles), or auto (tile when the "
+                                    "training images are far from square: surfad.data.geometry)",
+                            choices=GEOMETRIES)
     tile_scale: float = setting(0.0, "> 0: scale every image by this factor (keeping its aspect ratio and texture "
-                                     "scale) and work on image-size tiles of it, instead of squashing (0 = off)", low=0)
+                                     "scale) and work on image-size tiles of it, instead of squashing (0 = as "
+                                     "data.geometry decides)", low=0)
     tile_stride: int = setting(0, "tiling: step between inference tiles in pixels (0 = 3/4 of a tile)", low=0)
     tiles_per_image: int = setting(1, "tiling: random tiles drawn from each training image per epoch", low=1)
     channels: int | None = setting(None, "1 or 3 (default: 1 if every training image is grayscale, else 3)",

@@ -125,7 +125,8 @@ def evaluate_run(run: str | Path, data: str | None = None, split: str = "test", 
         metrics["review_band"] = band_rates(scored.scores, scored.labels, *review)
     metrics["per_type_image_auroc"] = per_type_auroc(scored.scores, scored.labels, [s.defect_type for s in samples])
     metrics.update(split=split, n_images=len(samples), images_per_s=rate, runtime=runtime, model=detector.name,
-                   checkpoint=checkpoint, left_out_train_defects=left_out)
+                   checkpoint=checkpoint, left_out_train_defects=left_out,
+                   threshold_strategy="given" if threshold is not None else detector.calibration.strategy)
     records = [
         {"path": str(s.path), "label": int(s.label), "defect_type": s.defect_type, "score": float(score),
          "verdict": verdict(float(score), t, review)}

@@ -26,7 +26,14 @@ from surfad.data.splits import Splits, make_splits
 from surfad.data.survey import THIN_DEFECT_PX, DataSurvey, survey_data
 from surfad.models import FitPlan, FittedModel, model_spec
 from surfad.report import history_plot
-from surfad.training import Training, build_training, check_settings, place_train_defects, resolve_config
+from surfad.training import (
+    Training,
+    build_training,
+    check_settings,
+    place_train_defects,
+    resolve_config,
+    resolve_geometry,
+)
 from surfad.training.fitting import image_batches
 from surfad.training.loop import train_epoch
 from surfad.training.validation import validate
@@ -50,6 +57,7 @@ class TrainingPlan:
     writing_seconds: float  # what every epoch writes (history plot, checkpoints), measured in memory
     fit: FitPlan | None = None  # fitted models: what fitting takes (and then no steps)
     fit_seconds: float = 0.0  # fitted models: the fit's duration, estimated from timed parts
+    geometry: str = ""  # how images become model inputs, and why (surfad.data.geometry)
 
     @property
     def validations(self) -> int:
@@ -143,7 +151,7 @@ class TrainingPlan:
                     f"{self.validation_seconds:.1f} s per validation, {self.writing_seconds:.1f} s of writing per epoch"]
             estimate = (f"estimated run: about {duration} for {tc.epochs} epochs "
                         f"({self.validations} validations, calibration included)")
-        lines = [self.splits.summary(), *self.survey.lines(), model, *cost, estimate]
+        lines = [self.splits.summary(), *self.survey.lines(), model, f"input: {self.geometry}", *cost, estimate]
         if self.epochs_in_budget is not None and self.epochs_in_budget < tc.epochs:
             lines.append(f"the time budget of {tc.time_budget_min:g} min stops it after about "
                          f"{self.epochs_in_budget} of {tc.epochs} epochs")
@@ -185,6 +193,7 @@ def time_training(t: Training, config: RunConfig) -> tuple[float, float, float]:
 def plan_training(config: RunConfig, progress: bool = True) -> TrainingPlan:
     """Check a run's data and settings, survey the data and time the run here, writing nothing."""
     splits = place_train_defects(make_splits(config.data), config.model)
+    geometry = resolve_geometry(config, splits).why
     config = resolve_config(config, splits)
     check_settings(config, splits)
     survey = survey_data(splits, config.data, progress)
@@ -195,10 +204,11 @@ def plan_training(config: RunConfig, progress: bool = True) -> TrainingPlan:
         batch = next(image_batches(t.train_images, t.batch_size))
         t.model.fill_placeholder(len(t.train_images))
         return TrainingPlan(config, splits, survey, parameters, 0, t.batch_size, 0.0, time_validation(t, config), 0.0,
-                            fit=fit, fit_seconds=t.model.estimate_seconds(batch.to(t.device), len(t.train_images)))
+                            fit=fit, fit_seconds=t.model.estimate_seconds(batch.to(t.device), len(t.train_images)),
+                            geometry=geometry)
     step_seconds, validation_seconds, writing_seconds = time_training(t, config)
     return TrainingPlan(config, splits, survey, parameters, t.steps_per_epoch, t.batch_size, step_seconds,
-                        validation_seconds, writing_seconds)
+                        validation_seconds, writing_seconds, geometry=geometry)
 
 
 def plan_runs(config: RunConfig, categories: list[str], progress: bool = True) -> dict[str, TrainingPlan]:

@@ -104,6 +104,7 @@ def write_report(
         f"<h1>{html.escape(title)}</h1>",
         f'<p class="muted">{labels.size} images ({n_good} good, {n_defect} defective); '
         f"{_rule_text(threshold, metrics.get('review_band'))}.</p>",
+        *_headline(scores, labels, threshold, metrics),
         "<h2>Metrics</h2>",
         _table(["metric", "value"], [[html.escape(str(k)), _fmt(v)] for k, v in metrics.items() if not isinstance(v, dict)]),
     ]
@@ -313,6 +314,19 @@ def _score_sections(scores: np.ndarray, labels: np.ndarray, threshold: float, me
     return parts + (_review_section(band) if band else [])
 
 
+def _headline(scores: np.ndarray, labels: np.ndarray, threshold: float, metrics: dict[str, Any]) -> list[str]:
+    """AUROC beside what the threshold the run judges with does: the defects it catches, the false alarms."""
+    if not (labels.any() and not labels.all()):
+        return []
+    caught, alarms = int((scores[labels == 1] > threshold).sum()), int((scores[labels == 0] > threshold).sum())
+    strategy = metrics.get("threshold_strategy")
+    rule = f" ({html.escape(str(strategy))})" if strategy else ""
+    return [f"<p><b>image AUROC {_fmt(metrics.get('image_auroc', math.nan))}; at the threshold{rule}: recall "
+            f"{_fmt(caught / labels.sum())} ({caught} of {int(labels.sum())} defects NG), false alarms "
+            f"{_fmt(alarms / (labels.size - labels.sum()))} ({alarms} of {int(labels.size - labels.sum())} good "
+            "parts NG)</b></p>"]
+
+
 def _review_section(band: dict[str, float]) -> list[str]:
     """What the review band gives on the evaluated images."""
     rows = [["sent to review", f"{_fmt(band['review_share'])} ({band['n_review']} images)"],
@@ -403,3 +417,30 @@ def _per_type_table(records: list[dict[str, Any]], auroc: dict[str, float]) -> s
         "the false-positive rate for good images. AUROC: that defect type against all good images.</p>"
     )
     return _table(["type", "class", "count", "mean score", "min", "max", "NG share", "AUROC"], rows) + note
+
+
+def leaderboard_page(rows: list[dict[str, Any]], budget_min: float, seconds: float) -> str:
+    """The page of `surfad train --model auto`: the leaderboard's rows (best first) as a table, and
+    validation AUROC against inference cost as a plot."""
+    fig = Figure(figsize=(7, 4))
+    ax = fig.subplots()
+    for row in rows:
+        if math.isfinite(row["val_auroc"]):
+            colour = "#d7301f" if row["shipped"] else "#2b7bba"
+            ax.scatter(row["inference_ms"], row["val_auroc"], color=colour, marker="*" if row["members"] else "o")
+            ax.annotate(row["name"], (row["inference_ms"], row["val_auroc"]), fontsize=7, xytext=(3, 3),
+                        textcoords="offset points")
+    ax.set_xlabel("inference ms per image (torch, one at a time)")
+    ax.set_ylabel("validation image AUROC")
+    ax.set_title("candidates (shipped in red, fused pairs as stars)")
+    fig.tight_layout()
+    header = ["candidate", "model", "settings", "val AUROC", "val AP", "val AUPRO", "seconds", "ms / image", "shipped"]
+    cells = [[html.escape(r["name"]), html.escape(r["model"]), html.escape(r["settings"]),
+              *(f"{r[k]:.4f}" if math.isfinite(r[k]) else "n/a" for k in ("val_auroc", "val_ap", "val_aupro")),
+              f"{r['seconds']:.0f}", f"{r['inference_ms']:.1f}", "yes" if r["shipped"] else ""] for r in rows]
+    return _page("surfad auto", [
+        "<h1>surfad train --model auto</h1>",
+        f"<p>{len(rows)} candidates in {seconds / 60:.1f} min (budget {budget_min:g} min), ranked on validation "
+        "only (never test); the shipped one is this folder's detector.</p>",
+        _table(header, cells), f'<div class="plots">{_img(_png(fig), "validation AUROC against cost")}</div>',
+    ])

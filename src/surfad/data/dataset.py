@@ -47,6 +47,10 @@ class ImageDataset(Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
+    def prepare(self, image: np.ndarray) -> np.ndarray:
+        """A decoded uint8 HxWxC image as this dataset's items hold it (float32, filled outside the ROI)."""
+        return preprocess(self.fill(image) if self.fill else image, self.image_size, self.channels, self.tile_scale)
+
     def load(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         """uint8 (C, S, S) (or (C, h, w) when tiling) image and bool (S, S) mask of sample `index`, cached."""
         if index not in self._cache:
@@ -54,9 +58,7 @@ class ImageDataset(Dataset):
             image = read_image(sample.path)
             if self.roi is not None:
                 check_aspect(self.roi, *image.shape[:2], str(sample.path))
-            prepared = preprocess(self.fill(image) if self.fill else image, self.image_size, self.channels,
-                                  self.tile_scale)
-            array = (prepared * 255).round().astype(np.uint8)
+            array = (self.prepare(image) * 255).round().astype(np.uint8)
             size = self.image_size
             if self.with_masks and sample.mask_path is not None:
                 mask = resize_mask(read_mask(sample.mask_path, image.shape[:2]), size)

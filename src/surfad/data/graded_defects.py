@@ -12,7 +12,10 @@ here are the small, faint and thin faults of real surfaces, and most are hard on
 - patch: a piece of the surface itself, moved and turned, pasted inside a Perlin-shaped region
   (a structural fault with the surface's own texture: no foreign colour to find).
 
-Sizes are in pixels at the model's input (the image given is already at that scale). Contrast is
+Sizes are in pixels at the reference scale: the image seen with its short side at REFERENCE_SIDE
+pixels, about what a model's input makes of it (`scale` gives the image's own pixels per reference
+pixel). Defects are drawn on the original images, so every model, whatever its input size or
+geometry, is validated on the same defective images. Contrast is
 the mean absolute change of the pixel values (in [0, 1]) inside the mask, as `measured_contrast`
 computes it; a level's range is reached by scaling the change, so a faint defect is faint on any
 surface. Defects are placed anywhere in the image (anywhere in the region of interest: see
@@ -31,6 +34,7 @@ import numpy as np
 from surfad.data.defects import perlin_noise
 
 GRADED = "graded"  # the validation defect source (train.val_defect_source) that draws these
+REFERENCE_SIDE = 224  # sizes are pixels of the image seen with its short side at this many pixels
 KINDS = ("crack", "stain", "pit", "patch")
 LEVELS = ("easy", "medium", "hard")
 
@@ -179,14 +183,16 @@ SHAPES: dict[str, Callable[[int, int, float, np.random.Generator], np.ndarray]] 
 
 
 def graded_defect(image: np.ndarray, kind: str, level: str, rng: np.random.Generator,
-                  inside: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+                  inside: np.ndarray | None = None, scale: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
     """image float32 (C, H, W) in [0, 1] -> (image with one defect of this kind and level, bool mask
     (H, W)); pixels outside the mask are the input's. `inside`: where the defect may lie (a region of
-    interest at the image's size; the mask is drawn again, at most 20 times, until it overlaps it)."""
+    interest at the image's size; the mask is drawn again, at most 20 times, until it overlaps it).
+    scale: the image's pixels per pixel of the grade's sizes (line widths and pit radii)."""
     grade = GRADES[kind][level]
     _, height, width = image.shape
     for _ in range(20):
-        coverage = SHAPES[kind](height, width, rng.uniform(*grade.size), rng)
+        size = rng.uniform(*grade.size) * (scale if kind in ("crack", "pit") else 1.0)
+        coverage = SHAPES[kind](height, width, size, rng)
         if inside is not None:
             coverage *= inside
         mask = coverage >= 0.5  # a thin line's edge pixels are partly covered: they blend, but are not mask
@@ -213,3 +219,8 @@ def graded_plan(n_images: int, per_image: int) -> list[tuple[int, str, str]]:
             k = i * per_image + j
             plan.append((i, KINDS[k % len(KINDS)], LEVELS[(k // len(KINDS)) % len(LEVELS)]))
     return plan
+
+
+def reference_scale(height: int, width: int) -> float:
+    """The image's pixels per pixel of the reference scale (its short side at REFERENCE_SIDE)."""
+    return min(height, width) / REFERENCE_SIDE

@@ -172,16 +172,18 @@ def model_runs(folder: str | Path) -> list[Path]:
     return [Path(os.path.normpath(Path(folder) / s.run)) for s in read_stats(Path(folder))]
 
 
-def fuse_runs(runs: Sequence[str | Path], out: str | Path, strategy: str | None = None, progress: bool = False) -> Path:
+def fuse_runs(runs: Sequence[str | Path], out: str | Path, strategy: str | None = None, progress: bool = False,
+              into_existing: bool = False) -> Path:
     """Write a fused detector of `runs` into `out`, standardised and calibrated on their validation split.
 
     strategy: the calibration strategy (default: f1 when validation has real defects, else fpr:0.01,
-    as training does). progress: a bar while each member scores the validation split.
+    as training does). progress: a bar while each member scores the validation split. into_existing:
+    `out` may hold other files (surfad.auto ships a fused pair into the folder holding its members).
     """
     out = Path(out)
     if len(runs) < 2:
         raise SurfadError("fuse: give at least two runs")
-    if out.exists() and any(out.iterdir()):
+    if out.exists() and any(out.iterdir()) and not into_existing:
         raise SurfadError(f"{out}: exists and is not empty; choose another --out")
     members = [RunDetector.open(bundle.require_run(r)) for r in runs]
     check_one_region(members)

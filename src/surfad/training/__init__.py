@@ -42,11 +42,13 @@ from surfad.training.setup import (
     build_training,
     check_settings,
     resolve_config,
+    resolve_geometry,
 )
 from surfad.training.validation import validate
 from surfad.utils import remove_stale_temp_files, resolve_device
 
-__all__ = ["Training", "build_training", "check_settings", "place_train_defects", "resolve_config", "train"]
+__all__ = ["Training", "build_training", "check_settings", "place_train_defects", "resolve_config", "resolve_geometry",
+           "train"]
 
 
 def prepare(config: RunConfig, out: Path, resume: bool) -> tuple[RunConfig, Splits, bool]:

@@ -15,6 +15,7 @@ from torch.utils.data import Dataset
 from surfad import bundle
 from surfad.config import RunConfig
 from surfad.data.dataset import GridTileDataset, ImageDataset, TileDataset, defect_dataset
+from surfad.data.geometry import Geometry, choose_geometry, training_sizes
 from surfad.data.io import infer_channels
 from surfad.data.splits import Splits
 from surfad.errors import SurfadError
@@ -26,13 +27,29 @@ from surfad.training.validation import validation_dataset
 from surfad.utils import resolve_device, seed_everything, set_threads
 
 
+def resolve_geometry(config: RunConfig, splits: Splits) -> Geometry:
+    """How the run's images become model inputs (surfad.data.geometry), from its training images."""
+    data = config.data
+    size = data.image_size or model_spec(config.model).image_size
+    return choose_geometry(training_sizes(splits.train), size, data.geometry, data.tile_scale)
+
+
 def resolve_config(config: RunConfig, splits: Splits) -> RunConfig:
-    """Fill in what the user left to defaults: input size, channels, score, full model parameters."""
+    """Fill in what the user left to defaults: input size, channels, geometry, score, full model
+    parameters."""
     data = config.data
     if data.image_size is None:
         data = replace(data, image_size=model_spec(config.model).image_size)
     if data.channels is None:
         data = replace(data, channels=infer_channels(s.path for s in splits.train))
+    if data.geometry == "squash" and data.tile_scale > 0:
+        raise SurfadError(f"data.geometry=squash with data.tile_scale={data.tile_scale}: tiling at a scale is the "
+                          "tile geometry; drop one of them")
+    if data.geometry == "auto" or (data.geometry == "tile" and data.tile_scale == 0):
+        geometry = resolve_geometry(config, splits)
+        data = replace(data, geometry=geometry.mode, tile_scale=geometry.tile_scale)
+    elif data.tile_scale > 0:
+        data = replace(data, geometry="tile")
     score = config.score or default_score(config.model)
     if score.reduce == "model" and not model_spec(config.model).own_score:
         raise SurfadError(f"score.reduce=model: model {config.model} does not score images itself; "

@@ -21,7 +21,8 @@ from surfad import bundle
 from surfad.config import RunConfig
 from surfad.data.dataset import ImageDataset
 from surfad.data.defects import DefectSynthesizer, synthetic_defect
-from surfad.data.graded_defects import GRADED, graded_defect, graded_plan
+from surfad.data.graded_defects import GRADED, graded_defect, graded_plan, reference_scale
+from surfad.data.io import read_image
 from surfad.data.roi import resize_roi
 from surfad.data.transforms import resize_mask
 from surfad.metrics import image_metrics, pixel_metrics
@@ -53,8 +54,10 @@ def validation_dataset(val: ImageDataset, synthetic: bool, source: str, seed: in
     patches of the surface at three levels of difficulty, placed anywhere in the region of interest),
     or those of a DefectSynthesizer source.
 
-    When tiling, the defects are drawn on the whole scaled image (graded) or on a random tile-sized
-    window of it (the other sources); masks are kept at model resolution, like real ones.
+    Graded defects are drawn on the original images (at a reference scale, so every model is
+    validated on the same defective images), then preprocessed as the run preprocesses; the other
+    sources draw on the preprocessed image (when tiling, on a random tile-sized window of it). Masks
+    are kept at model resolution, like real ones.
     """
     has_defects = any(s.label == 1 for s in val.samples)
     if has_defects or not synthetic:
@@ -63,11 +66,16 @@ def validation_dataset(val: ImageDataset, synthetic: bool, source: str, seed: in
     rng = np.random.default_rng(seed)
     images, masks = [], []
     if source == GRADED:
+        originals: dict[int, np.ndarray] = {}
         for i, kind, level in graded_plan(len(good), per_image):
-            image = val[good[i]]["image"].numpy()
-            inside = None if val.roi is None else resize_roi(val.roi, *image.shape[1:])
-            defected, mask = graded_defect(image, kind, level, rng, inside)
-            images.append(defected)
+            if i not in originals:
+                originals = {i: read_image(val.samples[good[i]].path)}  # the plan takes each image in turn
+            image = np.ascontiguousarray(originals[i].transpose(2, 0, 1), dtype=np.float32) / 255.0
+            height, width = image.shape[1:]
+            inside = None if val.roi is None else resize_roi(val.roi, height, width)
+            defected, mask = graded_defect(image, kind, level, rng, inside, reference_scale(height, width))
+            drawn = np.round(defected.transpose(1, 2, 0) * 255.0).astype(np.uint8)
+            images.append(val.prepare(drawn))
             masks.append(resize_mask(mask, val.image_size))
     else:
         synthesizer = DefectSynthesizer(source, image_size=val.image_size, seed=seed)
