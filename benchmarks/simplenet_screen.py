@@ -38,13 +38,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from run import DATASETS, RESULTS, provenance  # noqa: E402
 
 SETTINGS = {  # name -> (model_params, epochs)
-    "base": ({}, 8),
-    "noise0.1": ({"noise_std": 0.1}, 8),
-    "noise0.25": ({"noise_std": 0.25}, 8),
-    "noise1.0": ({"noise_std": 1.0}, 8),
-    "nosynth": ({"positive_ratio": 0}, 8),
-    "hidden1024": ({"hidden": 1024}, 8),
-    "margin1": ({"margin": 1.0}, 8),
+    "base": ({}, 4),
+    "noise0.1": ({"noise_std": 0.1}, 4),
+    "noise0.25": ({"noise_std": 0.25}, 4),
+    "noise1.0": ({"noise_std": 1.0}, 4),
+    "nosynth": ({"positive_ratio": 0}, 4),
+    "hidden1024": ({"hidden": 1024}, 4),
+    "margin1": ({"margin": 1.0}, 4),
 }
 
 

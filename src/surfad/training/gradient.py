@@ -38,6 +38,8 @@ def run_epochs(config: RunConfig, t: Training, out: Path, state: TrainState, pro
     validates, selects, checkpoints and decides whether to stop; every process follows that decision."""
     tc, world = config.train, t.world
     started, elapsed_before = time.monotonic(), state.elapsed
+    if hasattr(t.train_set, "progress"):  # samples that show their own preparation (simplenet's features)
+        t.train_set.progress = progress and world.main
     bar = tqdm(total=tc.epochs * t.steps_per_epoch, initial=state.epoch * t.steps_per_epoch,
                disable=not (progress and world.main), unit="step", dynamic_ncols=True)
     for epoch in range(state.epoch, tc.epochs):

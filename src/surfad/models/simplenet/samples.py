@@ -7,6 +7,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
+from tqdm import tqdm
 
 from surfad.data.dataset import TileDataset
 from surfad.data.defects import DefectSynthesizer, synthetic_defect
@@ -24,7 +25,8 @@ def patch_targets(mask: torch.Tensor, grid: tuple[int, int]) -> tuple[torch.Tens
 
 
 class SimpleNetSamples(Dataset):
-    """The training samples of a SimpleNet, with its frozen features cached on first use.
+    """The training samples of a SimpleNet, with the frozen features of all of them computed at the first
+    item asked for (in batches, with a bar) and kept.
 
     With N good images (or tiles): items [0, N) are the good ones (every patch normal); the next
     N * positive_ratio are synthetic defects on good image i mod N (DefectSynthesizer, drawn with
@@ -46,6 +48,7 @@ class SimpleNetSamples(Dataset):
         self.n_synthetic = len(images) * c.positive_ratio
         self.n_real = 0 if defects is None else len(defects)
         self.real_repeat = c.real_repeat
+        self.progress = True  # a bar while extracting (training sets it from its own progress flag)
         self._cache: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
 
     def __len__(self) -> int:
@@ -67,17 +70,30 @@ class SimpleNetSamples(Dataset):
         index = int(index)
         if not 0 <= index < len(self):
             raise IndexError(index)
+        if not self._cache:
+            self.extract()
         start = self.n_good + self.n_synthetic
         key = index if index < start else start + (index - start) % self.n_real  # repeats share an entry
-        if key not in self._cache:
-            image, mask = self.source(key)
-            with torch.no_grad():
-                batch = torch.from_numpy(image)[None].to(self.model.centre.device)
-                features = self.model.patch_features(batch)[0].cpu()
-            target, weight = patch_targets(torch.from_numpy(mask)[None], tuple(features.shape[-2:]))
-            self._cache[key] = (features.half(), target, weight)
         features, target, weight = self._cache[key]
         return {"features": features.float(), "target": target, "weight": weight}
+
+    def extract(self, batch_size: int = 16) -> None:
+        """The features of every distinct item, computed once in batches (a bar in images)."""
+        keys = list(range(self.n_good + self.n_synthetic + self.n_real))
+        device = self.model.centre.device
+        bar = tqdm(total=len(keys), desc="features", unit="img", disable=not self.progress, leave=False,
+                   dynamic_ncols=True)
+        for start in range(0, len(keys), batch_size):
+            chunk = keys[start : start + batch_size]
+            sources = [self.source(k) for k in chunk]
+            with torch.no_grad():
+                batch = torch.from_numpy(np.stack([image for image, _ in sources])).to(device)
+                features = self.model.patch_features(batch).cpu()
+            for key, (_, mask), f in zip(chunk, sources, features):
+                target, weight = patch_targets(torch.from_numpy(mask)[None], tuple(f.shape[-2:]))
+                self._cache[key] = (f.half(), target, weight)
+            bar.update(len(chunk))
+        bar.close()
 
 
 def good_images(images: Dataset) -> Dataset:
