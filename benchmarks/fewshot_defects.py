@@ -51,7 +51,7 @@ def main() -> None:
     parser.add_argument("--dataset", choices=list(LISTS), required=True)
     parser.add_argument("--shots", default="0,1,2,5")
     parser.add_argument("--models", default="simplenet,padim,patchcore")
-    parser.add_argument("--work", type=Path, default=Path("/tmp/fewshot"))
+    parser.add_argument("--work", type=Path, default=Path("/tmp/fewshot_defects"))
     args = parser.parse_args()
     spec = DATASETS[args.dataset]
     root = spec["path"]
