@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from run import DATASETS, RESULTS, provenance  # noqa: E402
 
 OUT = RESULTS / "validation_rank"
-VALIDATIONS = {"old (self x1)": ("self", 1), "graded x2": ("graded", 2)}
+VALIDATIONS = {"old (self x1)": ("self", 1), "graded x2": ("graded", 2), "graded x8": ("graded", 8)}
 
 SETTINGS = {  # name -> (model, model_params, image_size)
     "mt": {
