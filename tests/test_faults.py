@@ -379,6 +379,60 @@ def test_cross_site_requests_and_foreign_hosts_are_refused(tiny_run):
     assert keyed.get("/model", headers={"X-API-Key": "k", "Origin": "https://evil.example"}).status_code == 403
 
 
+LOCAL_ORIGINS = ["http://localhost:3000", "http://127.0.0.1:8001", "https://127.0.0.1:8000", "http://[::1]:8080",
+                 "http://localhost", "http://127.0.0.1", "http://inspect.plant.local:9000"]
+
+
+@pytest.mark.parametrize("origin", LOCAL_ORIGINS)
+@pytest.mark.parametrize("api_key", [None, "k"])
+def test_another_local_origin_is_refused(tiny_run, origin: str, api_key: str | None):
+    """Before: an Origin passed on its host alone, so a page on another port (or scheme) of the same
+    machine could post uploads and read /model."""
+    detector = Detector.load(tiny_run(), runtime="onnx")
+    hosts = served_hosts("127.0.0.1", api_key=api_key, allow_hosts=["inspect.plant.local"])
+    client = TestClient(create_app(detector, api_key=api_key, allowed_hosts=hosts), base_url="http://127.0.0.1:8000",
+                        headers={"X-API-Key": "k"} if api_key else {})
+    for response in (client.get("/model", headers={"Origin": origin}),
+                     client.post("/predict", headers={"Origin": origin}, files={"file": ("a.png", b"x")})):
+        assert response.status_code == 403 and "cross-origin request" in response.json()["detail"], origin
+
+
+@pytest.mark.parametrize("host, origin", [("127.0.0.1:8000", "http://127.0.0.1:8000"),
+                                          ("localhost:8000", "http://localhost:8000"),
+                                          ("LocalHost:8000", "http://localhost:8000/"),
+                                          ("inspect.plant.local:8000", "http://inspect.plant.local:8000"),
+                                          ("inspect.plant.local", "http://inspect.plant.local:80"),
+                                          ("[::1]:8000", "http://[::1]:8000")])
+def test_the_page_works_from_the_origin_it_was_opened_at(tiny_run, host: str, origin: str):
+    hosts = served_hosts("127.0.0.1", api_key=None, allow_hosts=["inspect.plant.local"])
+    client = TestClient(create_app(Detector.load(tiny_run(), runtime="onnx"), allowed_hosts=hosts))
+    assert client.get("/model", headers={"Host": host, "Origin": origin}).status_code == 200
+
+
+def test_behind_an_https_proxy_the_page_keeps_working(tiny_run):
+    """The scheme is the request's own: https where the connection (a trusted proxy's
+    X-Forwarded-Proto, which uvicorn applies) says so, so http://NAME is then another origin."""
+    client = TestClient(create_app(Detector.load(tiny_run(), runtime="onnx"), api_key="k"),
+                        base_url="https://inspect.plant.local", headers={"X-API-Key": "k"})
+    assert client.get("/model", headers={"Origin": "https://inspect.plant.local"}).status_code == 200
+    assert client.get("/model", headers={"Origin": "http://inspect.plant.local"}).status_code == 403
+
+
+@pytest.mark.parametrize("given", [["--api-key", ""], ["--api-key", "  "], "env"])
+def test_an_empty_api_key_is_refused(tiny_run, given, monkeypatch, capsys):
+    """Before: `--api-key "$KEY"` with KEY unset served without any key."""
+    import uvicorn
+
+    monkeypatch.setattr(uvicorn, "run", lambda *args, **kwargs: pytest.fail("served with an empty key"))
+    if given == "env":
+        monkeypatch.setenv("SURFAD_API_KEY", "")
+        given = []
+    assert main(["serve", str(tiny_run()), "--port", "9", *given]) == 2
+    assert "the API key is empty" in capsys.readouterr().err
+    with pytest.raises(SurfadError, match="API key is empty"):
+        create_app(Detector.load(tiny_run(), runtime="onnx"), api_key="")
+
+
 # --- 12, 14, 15. prediction outputs ----------------------------------------------------------------
 
 

@@ -417,7 +417,7 @@ def add_serve(sub: argparse._SubParsersAction) -> None:
 def cmd_serve(args: argparse.Namespace) -> None:
     from surfad.serve.app import serve
 
-    api_key = args.api_key or os.environ.get("SURFAD_API_KEY") or None
+    api_key = args.api_key if args.api_key is not None else os.environ.get("SURFAD_API_KEY")
     serve(args.run, host=args.host, port=args.port, runtime=args.runtime, api_key=api_key,
           max_upload_bytes=int(args.max_upload_mb * 1_000_000), max_pixels=args.max_pixels,
           concurrency=args.concurrency, record=args.record, keep_images=args.keep_images,
