@@ -9,6 +9,8 @@ training and prediction; bad flags and configs; the service's exposure (paths, o
 from __future__ import annotations
 
 import csv
+import errno
+import io
 import json
 import os
 import shutil
@@ -23,6 +25,7 @@ import pytest
 import torch
 import yaml
 from fastapi.testclient import TestClient
+from safetensors import SafetensorError
 from safetensors.numpy import load_file
 
 from surfad import bundle
@@ -350,6 +353,102 @@ def test_an_output_that_cannot_be_written_is_an_error_not_a_traceback(tiny_run, 
         assert main(args) == 2, args
         err = capsys.readouterr().err
         assert "error:" in err and "Traceback" not in err and "a_file" in err, (args, err)
+
+
+NO_SPACE = os.strerror(errno.ENOSPC)  # "No space left on device"
+
+
+class FullAfter(io.RawIOBase):
+    """A file that takes `room` bytes, then fails as a full disk does (OSError ENOSPC, naming no file)."""
+
+    def __init__(self, file: io.BufferedWriter, room: int) -> None:
+        super().__init__()
+        self.file, self.room = file, room
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data) -> int:
+        self.room -= len(data)
+        if self.room < 0:
+            raise OSError(errno.ENOSPC, NO_SPACE)
+        return self.file.write(data)
+
+
+def fill_the_disk_at(monkeypatch, target: str) -> None:
+    """Make the second write of `target` (a run file's name: epoch 2's) fail as on a full disk, the way
+    each writer meets it: torch.save through its file, safetensors with its own error (the text a full
+    disk gives it), any other file as the OSError of its write."""
+    writes = {"n": 0}
+
+    def due(path) -> bool:
+        if not Path(path).name.startswith(f".{target}."):
+            return False
+        writes["n"] += 1
+        return writes["n"] == 2
+
+    real_torch_save, real_save_file, real_write_bytes = checkpoint.torch.save, bundle.save_file, Path.write_bytes
+    monkeypatch.setattr(checkpoint.torch, "save", lambda obj, f: real_torch_save(
+        obj, FullAfter(f, 1000) if due(f.name) else f))
+
+    def save_file(state, path):
+        if due(path):
+            raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+        real_save_file(state, path)
+
+    def write_bytes(self, data):
+        if due(self):
+            raise OSError(errno.ENOSPC, NO_SPACE)
+        return real_write_bytes(self, data)
+
+    monkeypatch.setattr(bundle, "save_file", save_file)
+    monkeypatch.setattr(Path, "write_bytes", write_bytes)
+
+
+@pytest.mark.parametrize("target, epoch_kept", [("last_state.pt", 1), ("last.safetensors", 2), ("history.png", 1)])
+def test_a_full_disk_during_training_names_the_file_and_keeps_the_last_checkpoint(tiny_mvtec: Path, tmp_path: Path,
+                                                                                  monkeypatch, capsys, target: str,
+                                                                                  epoch_kept: int):
+    """Before: a traceback (torch's "RuntimeError: [enforce fail at inline_container.cc:672]", or
+    "SafetensorError ... os error 28"); now exit 2 naming the file, and the run resumes."""
+    run = tmp_path / "run"
+    fill_the_disk_at(monkeypatch, target)
+    assert main(train_args(tiny_mvtec, run, 3)) == 2
+    err = capsys.readouterr().err
+    written = run / {"last_state.pt": bundle.LAST_STATE, "last.safetensors": bundle.CHECKPOINTS["last"],
+                     "history.png": bundle.HISTORY_PLOT}[target]
+    assert f"error: {written}: {NO_SPACE}" in err and "--resume" in err and "Traceback" not in err, err
+    assert checkpoint.read_last(run)["epoch"] == epoch_kept  # the last good checkpoint, whole
+    assert not list(run.rglob("*.tmp"))
+    monkeypatch.undo()  # space freed
+    assert main(["train", "--out", str(run), "--resume", "--quiet"]) == 0
+    assert [r["epoch"] for r in csv.DictReader((run / bundle.HISTORY).open())] == ["1", "2", "3"]
+
+
+@pytest.mark.parametrize("verb, target", [("predict", "overlays"), ("calibrate", "calibration.json"),
+                                          ("evaluate", "metrics.json")])
+def test_a_full_disk_in_other_verbs_names_the_file(tiny_run, tiny_mvtec: Path, tmp_path: Path, monkeypatch, capsys,
+                                                   verb: str, target: str):
+    """Before: "No space left on device" alone, without the file."""
+    run = copy_run(tiny_run(), tmp_path)
+    real_write_text, real_write_bytes = Path.write_text, Path.write_bytes
+
+    def full(real):
+        def write(self, data, *args, **kwargs):
+            if target in self.parts or self.name.startswith(f".{target}."):
+                raise OSError(errno.ENOSPC, NO_SPACE)
+            return real(self, data, *args, **kwargs)
+        return write
+
+    monkeypatch.setattr(Path, "write_text", full(real_write_text))
+    monkeypatch.setattr(Path, "write_bytes", full(real_write_bytes))
+    args = {"predict": ["predict", str(run), str(tiny_mvtec / "test"), "--out", str(tmp_path / "p")],
+            "calibrate": ["calibrate", str(run)], "evaluate": ["evaluate", str(run), "--out", str(tmp_path / "e")]}[verb]
+    assert main([*args, "--quiet"]) == 2
+    err = capsys.readouterr().err
+    named = {"predict": str(tmp_path / "p" / "overlays"), "calibrate": str(run / bundle.CALIBRATION),
+             "evaluate": str(tmp_path / "e" / "metrics.json")}[verb]
+    assert f"error: {named}" in err and err.strip().endswith(NO_SPACE), err
 
 
 # --- 10, 11. what the service shows and to whom ---------------------------------------------------

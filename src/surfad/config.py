@@ -182,8 +182,10 @@ class RunConfig:
 
     @classmethod
     def load(cls, path: str | Path) -> RunConfig:
+        """Read a config.yaml; errors name the file once (load_yaml's already do)."""
+        raw = load_yaml(path)
         try:
-            return cls.from_dict(load_yaml(path))
+            return cls.from_dict(raw)
         except SurfadError as err:
             raise SurfadError(f"{path}: {err}") from None
 

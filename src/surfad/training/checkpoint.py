@@ -62,8 +62,20 @@ def save_last(out: Path, model: torch.nn.Module, optimizer: torch.optim.Optimize
             "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
             "scheduler": scheduler.state_dict() if scheduler else None,
             **({} if average is None else {"average": average.state_dict()})}
-    atomic_write(out / bundle.LAST_STATE, lambda tmp: torch.save(full, tmp))
+    atomic_write(out / bundle.LAST_STATE, lambda tmp: save_state(full, tmp))
     bundle.save_weights(model, out / bundle.CHECKPOINTS["last"])
+
+
+def save_state(state: dict[str, Any], path: Path) -> None:
+    """torch.save through a Python file, so a failed write (a full disk) is the file's OSError: torch's
+    writer reports it as its own RuntimeError ("unexpected pos"), with the OSError as its context."""
+    with path.open("wb") as f:
+        try:
+            torch.save(state, f)
+        except RuntimeError as err:
+            if isinstance(err.__context__, OSError):
+                raise err.__context__ from None
+            raise
 
 
 def read_last(out: Path) -> dict[str, Any]:
