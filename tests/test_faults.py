@@ -338,6 +338,33 @@ def test_bad_numbers_on_other_verbs_are_refused(args, capsys):
     assert "must be" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("value", ["-inf", "-nan", "-Infinity", "nan"])
+def test_a_negative_or_nan_infinity_is_read_as_a_value_and_refused(value: str, capsys):
+    """Before: `--threshold -inf` was taken for an unknown option ("expected one argument")."""
+    assert main(["predict", "RUN", "x", "--threshold", value]) == 2
+    assert f"argument --threshold: must be a finite number, got {value}" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("value", ["-3.5", "-1e-3", "-5.", "-2"])
+def test_negative_thresholds_are_values(tiny_run, tiny_mvtec: Path, tmp_path: Path, value: str):
+    """A threshold below every score: every image NG (the value reached the verdict, not argparse's
+    option matching)."""
+    out = tmp_path / "p"
+    assert main(["predict", str(tiny_run()), str(tiny_mvtec / "test" / "good"), "--out", str(out), "--quiet",
+                 "--threshold", value]) == 0
+    records = [json.loads(line) for line in (out / JSONL).read_text().splitlines()]
+    assert records and all(r["threshold"] == float(value) and r["verdict"] == "NG" for r in records)
+
+
+def test_a_yaml_error_names_the_file_once(tiny_run, tmp_path: Path, capsys):
+    run = copy_run(tiny_run(), tmp_path)
+    (run / bundle.CONFIG).write_text("model: [unclosed\n")
+    assert main(["info", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert err.count(str(run / bundle.CONFIG)) == 1 and "not valid YAML (line 2, column 1: " in err, err
+    assert len(err.strip().splitlines()) == 1  # one line, where the problem is
+
+
 # --- 8. file-system errors ------------------------------------------------------------------------
 
 
