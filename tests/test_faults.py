@@ -30,6 +30,7 @@ from safetensors.numpy import load_file
 
 from surfad import bundle
 from surfad.batch_predict import JSONL, LOCK, predict_files
+from surfad.calibrate import Calibration
 from surfad.cli import main
 from surfad.data.io import decode_image, read_image
 from surfad.detector import Detector
@@ -73,6 +74,29 @@ def test_a_non_finite_threshold_is_refused_everywhere_it_is_read(tiny_run, tmp_p
             Detector.load(run, runtime=runtime)
     assert main(["predict", str(run), str(tmp_path), "--out", str(tmp_path / "p"), "--quiet"]) == 2
     assert main(["serve", str(run), "--runtime", "torch", "--port", "9"]) == 2
+
+
+@pytest.mark.parametrize("content", ['{"threshold": NaN}', "{not json", '{"strategy": "f1"}', ""])
+def test_calibrate_replaces_a_corrupt_calibration_and_other_verbs_point_to_it(tiny_run, tiny_mvtec: Path,
+                                                                              tmp_path: Path, capsys, content: str):
+    """Before: `surfad calibrate`, the command that repairs the file, refused it too."""
+    run = copy_run(tiny_run(), tmp_path)
+    if content.startswith('{"threshold"'):  # the real file with its threshold made NaN
+        calibration = json.loads((run / bundle.CALIBRATION).read_text())
+        content = json.dumps(calibration).replace(json.dumps(calibration["threshold"]), "NaN", 1)
+    (run / bundle.CALIBRATION).write_text(content)
+    for args in (["predict", str(run), str(tiny_mvtec / "test"), "--out", str(tmp_path / "p"), "--quiet"],
+                 ["evaluate", str(run), "--out", str(tmp_path / "e"), "--quiet"], ["info", str(run)]):
+        assert main(args) == 2
+        err = capsys.readouterr().err
+        assert f"{run / bundle.CALIBRATION}: " in err and f"run `surfad calibrate {run}`" in err, err
+    assert main(["calibrate", str(run), "--quiet"]) == 0
+    captured = capsys.readouterr()
+    kept = list((run / bundle.CALIBRATION_HISTORY).glob("calibration_*_corrupt.json"))
+    assert len(kept) == 1 and kept[0].read_text() == content  # moved aside unchanged
+    assert f"moved it to {kept[0]}" in captured.err and "threshold" in captured.out
+    assert Detector.load(run).threshold == Calibration.load(run / bundle.CALIBRATION).threshold
+    assert main(["predict", str(run), str(tiny_mvtec / "test"), "--out", str(tmp_path / "p"), "--quiet"]) == 0
 
 
 def test_a_non_finite_threshold_override_is_refused(tiny_run, tiny_mvtec: Path, tmp_path: Path, capsys):
@@ -171,6 +195,57 @@ def test_a_hostile_checkpoint_is_never_unpickled(tiny_mvtec: Path, tmp_path: Pat
     torch.save({"epoch": Payload()}, run / bundle.LAST_STATE)
     assert main(["train", "--out", str(run), "--resume", "--quiet"]) == 2
     assert not marker.exists() and "not a usable surfad checkpoint" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def trained_twice(tiny_mvtec: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A run whose last_state.pt stands at epoch 2 of 3 (cut back from 3: the fields are what is
+    checked here); copy it before changing it."""
+    run = tmp_path_factory.mktemp("twice") / "run"
+    assert main(train_args(tiny_mvtec, run, 3)) == 0
+    state = torch.load(run / bundle.LAST_STATE, weights_only=True)
+    state["epoch"], state["history"] = 2, state["history"][:2]
+    torch.save(state, run / bundle.LAST_STATE)
+    return run
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("epoch", "x", "field epoch='x': must be a whole number of epochs done, from 0 to train.epochs (3)"),
+    ("epoch", -5, "field epoch=-5: must be a whole number"),
+    ("epoch", 7, "field epoch=7: must be a whole number"),
+    ("epoch", 1.5, "field epoch=1.5"),
+    ("epoch", True, "field epoch=True"),
+    ("history", "nope", "field history='nope': must be a list of one row per epoch done (2)"),
+    ("history", [], "field history=[]: must be a list of one row per epoch done (2)"),
+    ("history", [{"epoch": 1}, {"epoch": 3}], "field history, row 2: must map names to numbers, with epoch 2"),
+    ("history", [{"epoch": 1}, "row"], "field history, row 2"),
+    ("history", [{"epoch": 1}, {"epoch": 2, "loss": "low"}], "field history, row 2"),
+    ("best", float("nan"), "field best=nan: must be a finite number, or -inf"),
+    ("best", "high", "field best='high'"),
+    ("best_seg", float("inf"), "field best_seg=inf"),
+    ("elapsed", -1.0, "field elapsed=-1.0: must be a finite number of seconds >= 0"),
+    ("elapsed", None, "field elapsed=None"),
+])
+def test_a_hand_edited_resume_state_is_refused_naming_the_field(trained_twice: Path, tmp_path: Path, capsys, field,
+                                                               value, message):
+    """Before: `epoch: 'x'` or `history: 'nope'` ended in a traceback, and `epoch: -5` trained 7
+    epochs numbered -4 to 2."""
+    run = copy_run(trained_twice, tmp_path)
+    state = torch.load(run / bundle.LAST_STATE, weights_only=True)
+    state[field] = value
+    torch.save(state, run / bundle.LAST_STATE)
+    before = (run / bundle.HISTORY).read_text()
+    assert main(["train", "--out", str(run), "--resume", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert f"{run / bundle.LAST_STATE}: {message}" in err and "Traceback" not in err, err
+    assert (run / bundle.HISTORY).read_text() == before  # nothing trained
+
+
+def test_an_intact_resume_state_passes_the_checks(trained_twice: Path, tmp_path: Path):
+    run = copy_run(trained_twice, tmp_path)
+    assert main(["train", "--out", str(run), "--resume", "--quiet"]) == 0
+    assert [r["epoch"] for r in csv.DictReader((run / bundle.HISTORY).open())] == ["1", "2", "3"]
+    assert checkpoint.read_last(run)["epoch"] == 3
 
 
 def test_a_corrupt_history_gets_an_error_naming_it(tiny_run, tmp_path: Path, capsys):
