@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import csv
 import json
-import pathlib
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import cv2
@@ -171,24 +173,45 @@ def test_step_minus_one_resumes(tiny_mvtec: Path, tmp_path: Path, monkeypatch):
 # --- 3, 4. selection never reads test; validation without real defects -----------------------------
 
 
-def test_training_never_opens_a_test_image(tiny_mvtec: Path, tmp_path: Path, monkeypatch):
-    """Broken: a split check that decodes test files, or a validation set that includes them."""
+# Runs `surfad ARGS...` with an audit hook that records every file Python opens (builtins.open, io.open,
+# os.open: Path.read_bytes, PIL, numpy, torch's Python-side reads), written as JSON to the first argument.
+AUDITED_RUN = """
+import json, os, sys
+opened = []
+def hook(event, args):
+    if event == "open" and isinstance(args[0], (str, bytes, os.PathLike)):
+        opened.append(os.path.realpath(os.fsdecode(args[0])))
+sys.addaudithook(hook)
+from surfad.cli import main
+code = main(sys.argv[2:])
+with open(sys.argv[1], "w") as f:
+    json.dump(opened, f)
+sys.exit(code)
+"""
+
+
+@pytest.mark.parametrize("model", ["unet_vae", "padim"])
+def test_training_never_opens_a_test_image(tiny_mvtec: Path, tmp_path: Path, model: str):
+    """Broken: a split check that decodes test files, or a validation set that includes them, through
+    any Python call (an audit hook sees every open, not only Path.read_bytes). The test files are also
+    made unreadable, so a C-level read (cv2.imread, which the hook cannot see) would fail the run."""
     data = Path(shutil.copytree(tiny_mvtec, tmp_path / "data"))
     test_files = [p for p in (data / "test").rglob("*.png")] + [p for p in (data / "ground_truth").rglob("*.png")]
     for path in test_files:
         path.write_bytes(b"unreadable")
-    opened = []
-    real_read = pathlib.Path.read_bytes
-
-    def spy(self):
-        opened.append(self.resolve())
-        return real_read(self)
-
-    monkeypatch.setattr(pathlib.Path, "read_bytes", spy)
-    assert main(train_args(data, tmp_path / "run", 2)) == 0
-    touched = {p for p in opened if p.is_relative_to((data / "test").resolve()) or
-               p.is_relative_to((data / "ground_truth").resolve())}
-    assert not touched and opened  # the spy saw the training images being read
+    log = tmp_path / "opened.json"
+    args = ["train", "--data", str(data), "--out", str(tmp_path / "run"), "--epochs", "2", "--model", model,
+            "--preset", "tiny", "--image-size", "32", "--batch-size", "4", "--threads", "1", "--quiet",
+            "--grid-every", "0"]
+    done = subprocess.run([sys.executable, "-c", AUDITED_RUN, str(log), *args], capture_output=True, text=True,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    opened = {Path(p) for p in json.loads(log.read_text())}
+    touched = {p for p in opened if p.is_relative_to((data / "test").resolve())
+               or p.is_relative_to((data / "ground_truth").resolve())}
+    assert not touched, sorted(touched)[:5]
+    train_images = {p.resolve() for p in (data / "train").rglob("*.png")}
+    assert train_images & opened  # the hook saw the training images being read
 
 
 @pytest.fixture(scope="module")
