@@ -14,7 +14,7 @@ from surfad.config import ScoreConfig
 from surfad.detector import Detector
 from surfad.metrics import band_rates, rates_at
 from surfad.scoring import ImageScorer, masked_scores, pool_and_reduce
-from surfad.verdict import flagged, judge, verdict
+from surfad.verdict import find_regions, flagged, judge, verdict
 
 
 def test_a_score_equal_to_the_threshold_is_ok() -> None:
@@ -97,3 +97,11 @@ def test_each_image_of_a_batch_is_scored_alone() -> None:
     for reduce, expected in (("max", [0.0, 9.0, 0.0]), ("mean", [0.0, 0.25, 0.0])):
         got = pool_and_reduce(maps, ScoreConfig(reduce=reduce, pool=1))
         assert got.tolist() == pytest.approx(expected)
+
+
+def test_a_pixel_at_the_pixel_threshold_is_not_a_defect_pixel() -> None:
+    """Broken: `map >= pixel_threshold` (a flat map at the threshold would become one big region)."""
+    amap = np.full((6, 6), 0.5, np.float32)
+    amap[4, 4] = float(np.nextafter(np.float32(0.5), np.float32(1)))
+    mask, regions = find_regions(amap, pixel_threshold=0.5, min_area=1)
+    assert mask.sum() == 1 and mask[4, 4] and [r.bbox for r in regions] == [[4, 4, 4, 4]]
