@@ -170,6 +170,55 @@ def test_step_minus_one_resumes(tiny_mvtec: Path, tmp_path: Path, monkeypatch):
     assert [r["epoch"] for r in csv.DictReader((run / "history.csv").open())] == ["1", "2", "3"]
 
 
+def test_resuming_keeps_the_best_so_far(tiny_mvtec: Path, tmp_path: Path, monkeypatch):
+    """Broken: the best validation value not restored, so the first epoch after a resume ships
+    however bad it is."""
+    weights = record_epochs(monkeypatch, [{"val_auroc": 0.9}, {"val_auroc": 0.6}, {"val_auroc": 0.7}])
+    scripted = gradient.validate
+    calls = {"n": 0}
+
+    def interrupted_at_epoch_2(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return scripted(*args, **kwargs)
+
+    monkeypatch.setattr(gradient, "validate", interrupted_at_epoch_2)
+    run = tmp_path / "run"
+    assert main(train_args(tiny_mvtec, run, 3, "--select-after", "0")) == 130
+    calls["n"] = 2  # the resumed session validates epochs 2 and 3 (0.6, 0.7): neither beats epoch 1's 0.9
+    assert main(["train", "--out", str(run), "--resume", "--quiet"]) == 0
+    assert len(weights) == 3
+    assert_same_weights(run / bundle.WEIGHTS, weights[0])
+    assert [r["best"] for r in csv.DictReader((run / "history.csv").open())] == ["1", "", ""]
+
+
+def test_resuming_keeps_the_time_spent(tiny_mvtec: Path, tmp_path: Path, monkeypatch, capsys):
+    """Broken: the elapsed training time not restored, so a resumed run gets its whole --time-budget again."""
+    clock = {"now": 0.0}
+
+    def fake_monotonic() -> float:
+        clock["now"] += 25.0  # as in test_time_budget...: each epoch takes 25 s of training
+        return clock["now"]
+
+    monkeypatch.setattr(gradient.time, "monotonic", fake_monotonic)
+    real_validate = gradient.validate
+    calls = {"n": 0}
+
+    def interrupted_at_epoch_2(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return real_validate(*args, **kwargs)
+
+    monkeypatch.setattr(gradient, "validate", interrupted_at_epoch_2)
+    run = tmp_path / "run"
+    assert main(train_args(tiny_mvtec, run, 6, "--time-budget", "1")) == 130  # epoch 1 done: 25 s
+    assert main(["train", "--out", str(run), "--resume", "--quiet"]) == 0  # 50 s, then 75 s > 60 s
+    assert [r["epoch"] for r in csv.DictReader((run / "history.csv").open())] == ["1", "2", "3"]
+    assert "time budget of 1.0 min reached after epoch 3" in capsys.readouterr().out
+
+
 # --- 3, 4. selection never reads test; validation without real defects -----------------------------
 
 

@@ -72,11 +72,17 @@ def test_a_defect_outside_the_roi_leaves_the_verdict_and_one_inside_changes_it(m
 
 
 def test_masks_regions_and_maps_stay_inside_the_roi(tiny_run, clean_image, tmp_path: Path) -> None:
+    """Broken: the map at the image's size not zeroed outside (resizing spreads values across the
+    edge), or regions found outside the region (seen when a pixel threshold is at or below zero)."""
     detector = Detector.load(tiny_run(), roi=left_half_roi(tmp_path / "roi.png"), calibrated=False)
     prediction = detector.predict(with_square(with_square(clean_image, 44), 4), threshold=-1.0)
-    assert prediction.verdict == "NG" and not prediction.anomaly_map[:, 33:].any()
+    assert prediction.verdict == "NG" and not prediction.anomaly_map[:, 32:].any()  # zero outside, to the pixel
     assert not prediction.mask[:, 32:].any()
     assert all(r.bbox[2] < 32 for r in prediction.regions)
+    detector.calibration = dataclasses.replace(detector.calibration, pixel_threshold=-1.0)  # every pixel above it
+    everything = detector.predict(clean_image, threshold=-1.0)
+    assert everything.mask[:, :32].all() and not everything.mask[:, 32:].any()
+    assert [r.bbox for r in everything.regions] == [[0, 0, 31, 63]]
     picture = overlay(clean_image, prediction.anomaly_map, 1.0, roi=detector.roi)
     assert (picture == ROI_COLOUR).all(axis=2).any()  # the outline is drawn
 

@@ -13,7 +13,7 @@ import torch
 from surfad.config import ScoreConfig
 from surfad.detector import Detector
 from surfad.metrics import band_rates, rates_at
-from surfad.scoring import ImageScorer, masked_scores, pool_and_reduce
+from surfad.scoring import ImageScorer, masked_scores, pool_and_reduce, tiled_score_fn
 from surfad.verdict import find_regions, flagged, judge, verdict
 
 
@@ -105,3 +105,27 @@ def test_a_pixel_at_the_pixel_threshold_is_not_a_defect_pixel() -> None:
     amap[4, 4] = float(np.nextafter(np.float32(0.5), np.float32(1)))
     mask, regions = find_regions(amap, pixel_threshold=0.5, min_area=1)
     assert mask.sum() == 1 and mask[4, 4] and [r.bbox for r in regions] == [[4, 4, 4, 4]]
+
+
+def test_a_region_of_exactly_min_area_is_kept() -> None:
+    """Broken: `area <= min_area` (a region the size of --min-area dropped)."""
+    amap = np.zeros((10, 10), np.float32)
+    amap[1:3, 1:3] = 1.0  # 4 pixels
+    amap[6, 6:9] = 1.0  # 3 pixels
+    mask, regions = find_regions(amap, pixel_threshold=0.5, min_area=4)
+    assert [r.area for r in regions] == [4] and mask.sum() == 4
+
+
+def test_a_tiled_models_own_score_is_its_largest_tile_score() -> None:
+    """Broken: the tiles' mean (a defect in one tile of many would be diluted) or the first tile's."""
+    tiles_seen = {"n": 0}
+
+    def numbered(batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        first = tiles_seen["n"]
+        tiles_seen["n"] += len(batch)
+        own = np.zeros(len(batch), np.float32)
+        own[(np.arange(first, first + len(batch)) == 1)] = 7.0  # the second tile of the image scores 7
+        return np.zeros((len(batch), 16, 16), np.float32), own
+
+    _, scores = tiled_score_fn(numbered, ScoreConfig(reduce="model"), tile=16, stride=10)(np.zeros((1, 1, 16, 36), np.float32))
+    assert tiles_seen["n"] == 3 and scores.tolist() == [7.0]
