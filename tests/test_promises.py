@@ -239,15 +239,35 @@ sys.exit(code)
 """
 
 
+def mark_unread(path: Path) -> None:
+    """Set the file's access time before its modification time: on a file system that records reads
+    (relatime, the Linux default), the next read of its content, by any code, moves it."""
+    st = path.stat()
+    os.utime(path, ns=(st.st_mtime_ns - 10**10, st.st_mtime_ns))
+
+
+def records_reads(folder: Path) -> bool:
+    probe = folder / "probe"
+    probe.write_bytes(b"x")
+    mark_unread(probe)
+    before = probe.stat().st_atime_ns
+    probe.read_bytes()
+    return probe.stat().st_atime_ns != before
+
+
 @pytest.mark.parametrize("model", ["unet_vae", "padim"])
 def test_training_never_opens_a_test_image(tiny_mvtec: Path, tmp_path: Path, model: str):
-    """Broken: a split check that decodes test files, or a validation set that includes them, through
-    any Python call (an audit hook sees every open, not only Path.read_bytes). The test files are also
-    made unreadable, so a C-level read (cv2.imread, which the hook cannot see) would fail the run."""
+    """Broken: a split check that decodes test files, or a validation set that includes them. Two
+    witnesses: an audit hook sees every file Python opens (builtins.open, os.open: not only
+    Path.read_bytes), and the test files' access times see a read by any code, C libraries such as
+    cv2.imread included, where the file system records reads. The test files are also unreadable
+    garbage, so decoding one would fail the run."""
     data = Path(shutil.copytree(tiny_mvtec, tmp_path / "data"))
     test_files = [p for p in (data / "test").rglob("*.png")] + [p for p in (data / "ground_truth").rglob("*.png")]
     for path in test_files:
         path.write_bytes(b"unreadable")
+        mark_unread(path)
+    accessed = {path: path.stat().st_atime_ns for path in test_files}
     log = tmp_path / "opened.json"
     args = ["train", "--data", str(data), "--out", str(tmp_path / "run"), "--epochs", "2", "--model", model,
             "--preset", "tiny", "--image-size", "32", "--batch-size", "4", "--threads", "1", "--quiet",
@@ -261,6 +281,9 @@ def test_training_never_opens_a_test_image(tiny_mvtec: Path, tmp_path: Path, mod
     assert not touched, sorted(touched)[:5]
     train_images = {p.resolve() for p in (data / "train").rglob("*.png")}
     assert train_images & opened  # the hook saw the training images being read
+    if records_reads(tmp_path):
+        read = [path for path, before in accessed.items() if path.stat().st_atime_ns != before]
+        assert not read, read[:5]
 
 
 @pytest.fixture(scope="module")
