@@ -56,7 +56,7 @@ def inference_settings(config: RunConfig) -> dict[str, Any]:
     dc = config.data
     return {"model": config.model, "model_params": config.model_params, "image_size": dc.image_size,
             "channels": dc.channels, "tile_scale": dc.tile_scale, "tile_stride": dc.tile_stride,
-            "score": None if config.score is None else dataclasses.asdict(config.score)}
+            "roi_fill": dc.roi_fill, "score": None if config.score is None else dataclasses.asdict(config.score)}
 
 
 def check_settings_match(recorded: dict[str, Any] | None, config: RunConfig, source: Path) -> None:

@@ -109,21 +109,26 @@ def add_config_flags(p: argparse.ArgumentParser) -> None:
 
 
 def add_model_flags(p: argparse.ArgumentParser) -> None:
-    """Each model's own flags (its registry entry's `flags`), valid only with that model."""
+    """Each model's own flags (its registry entry's `flags`), valid only with the models that declare
+    them (one flag may belong to several, e.g. --defect-source)."""
     from surfad.models import available_models, model_spec
 
+    owners: dict[str, dict[str, str]] = {}  # flag -> {model: its config field}
     for name in available_models():
-        spec = model_spec(name)
-        hints = typing.get_type_hints(spec.config)
-        for flag, field in spec.flags.items():
-            dest = f"{MODEL_FLAG}{name}:{field}:{flag}"
-            help_text = f"[{name}] model_params.{field}"
-            if hints[field] is bool:
-                p.add_argument(f"--{flag}", dest=dest, action="store_true", default=None, help=help_text)
-            elif typing.get_origin(hints[field]) is list:
-                p.add_argument(f"--{flag}", dest=dest, type=yaml_list, metavar="A,B", help=help_text)
-            else:
-                p.add_argument(f"--{flag}", dest=dest, type=yaml.safe_load, metavar=field.upper(), help=help_text)
+        for flag, field in model_spec(name).flags.items():
+            owners.setdefault(flag, {})[name] = field
+    for flag, fields in owners.items():
+        models = ",".join(f"{name}={field}" for name, field in fields.items())
+        dest = f"{MODEL_FLAG}{flag}:{models}"
+        name, field = next(iter(fields.items()))
+        hint = typing.get_type_hints(model_spec(name).config)[field]
+        help_text = "[" + ", ".join(f"{n}: model_params.{f}" for n, f in fields.items()) + "]"
+        if hint is bool:
+            p.add_argument(f"--{flag}", dest=dest, action="store_true", default=None, help=help_text)
+        elif typing.get_origin(hint) is list:
+            p.add_argument(f"--{flag}", dest=dest, type=yaml_list, metavar="A,B", help=help_text)
+        else:
+            p.add_argument(f"--{flag}", dest=dest, type=yaml.safe_load, metavar=field.upper(), help=help_text)
 
 
 def parse_param(text: str) -> tuple[str, Any]:
@@ -155,10 +160,11 @@ def build_run_config(args: argparse.Namespace) -> RunConfig:
     model = raw.get("model", RunConfig.model)
     for dest, value in vars(args).items():
         if dest.startswith(MODEL_FLAG) and value is not None:
-            owner, field, flag = dest[len(MODEL_FLAG):].split(":")
-            if owner != model:
-                raise SurfadError(f"--{flag} is an option of model {owner}, but this run trains {model}")
-            params[field] = value
+            flag, models = dest[len(MODEL_FLAG):].split(":")
+            fields = dict(item.split("=") for item in models.split(","))
+            if model not in fields:
+                raise SurfadError(f"--{flag} is an option of model {', '.join(fields)}, but this run trains {model}")
+            params[fields[model]] = value
     config = RunConfig.from_dict(raw)
     if not config.data.path:
         raise SurfadError("no dataset: give --data PATH (or data.path in the --config file)")

@@ -23,6 +23,7 @@ from surfad.errors import SurfadError
 
 LAYOUTS = ("mvtec", "mt", "folder", "dagm", "ksdd2")  # dataset layouts surfad.data.layouts reads
 REDUCTIONS = ("mean", "max", "topk", "model")  # ScoreConfig.reduce
+ROI_FILLS = ("nearest", "mean", "off")  # DataConfig.roi_fill
 
 
 def setting(default: Any, help: str, *, flag: str | None = None, aliases: tuple[str, ...] = (),
@@ -84,6 +85,10 @@ class DataConfig(Checked):
                                 low=0, high=0.95)
     split_seed: int = setting(0, "seed of the validation (and test) hold-out")
     train_list: str | None = setting(None, "file listing the training good images (e.g. magnetic-tile's)")
+    train_defects: str | None = setting(None, "file listing defective images (paths relative to --data, one per "
+                                              "line) to train on: positives for the models that learn from "
+                                              "defects (simplenet, recondiff); the others take them into "
+                                              "validation, where they choose the threshold. Never tested on.")
     good_dir: str = setting("good", "folder layout: the good images, relative to --data")
     defect_dir: str = setting("defect", "folder layout: defective images for test (used if present)")
     mask_dir: str | None = setting(None, "folder layout: their masks, named by data.mask_name")
@@ -94,6 +99,11 @@ class DataConfig(Checked):
     skip_bad: bool = setting(False, "skip unreadable images (and count them) instead of stopping")
     roi: str | None = setting(None, "a region-of-interest mask (nonzero = inspected; the images' aspect ratio): the "
                                     "map outside it is ignored; saved in the run as roi.png")
+    roi_fill: str = setting("nearest", "with a region of interest, what the model sees outside it (in training and "
+                                       "at inference): nearest = the nearest pixel inside, mean = the mean colour "
+                                       "inside (either way nothing outside can change a score); off = the image as "
+                                       "it is, only the map is masked (the model's receptive field then crosses the "
+                                       "ROI's edge)", choices=ROI_FILLS)
 
     @property
     def input_channels(self) -> int:
@@ -137,9 +147,10 @@ class TrainConfig(Checked):
     patience: int = setting(0, "stop once this many validations in a row bring no new best (0 = off)", low=0)
     val_synthetic: bool = setting(True, "paste synthetic defects on validation images when it has no real ones",
                                   cli=False)
-    val_defect_source: str = setting("self", "synthetic validation defects: procedural | self | surface | a texture "
-                                             "folder (not recondiff's training source, so validation does not "
-                                             "reward fitting one defect style)")
+    val_defect_source: str = setting("graded", "synthetic validation defects: graded (cracks, stains, pits and surface "
+                                               "patches at three levels of difficulty, so validation ranks settings "
+                                               "as real defects do) | procedural | self | surface | a texture folder")
+    val_defects_per_image: int = setting(2, "synthetic validation defects drawn on each good validation image", low=1)
     ema_decay: float = setting(0.0, "> 0 (e.g. 0.998): validate, select and ship a moving average of the weights "
                                     "and BatchNorm statistics (0 = off)", low=0, high=0.999999)
     sync_bn: bool = setting(False, "with several training processes on CUDA: synchronised batch norm (statistics of "

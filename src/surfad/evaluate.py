@@ -64,17 +64,26 @@ def select_split(splits: Splits, name: str, seed: int = 0) -> list[Sample]:
 
 
 def images_to_score(config: RunConfig, run: Path, data: str | None, layout: str | None, split: str,
-                    samples: list[Sample] | None) -> list[Sample]:
-    """The split's samples, or the given ones, with a warning on stderr when those include the run's
-    training images (their scores are lower than those of new images)."""
+                    samples: list[Sample] | None) -> tuple[list[Sample], int]:
+    """The split's samples, or the given ones, and how many of the run's training defects were left out
+    of them (data.train_defects: trained on, so never scored; said on stderr). A warning on stderr
+    when given samples include the run's good training images (their scores are lower than those of
+    new images)."""
+    saved = Splits.load(run / bundle.SPLITS)
+    trained_defects = {s.path.resolve() for s in saved.train_defects}
     if samples is None:
-        return select_split(run_splits(config, run, data, layout), split, config.data.split_seed)
-    trained = {s.path.resolve() for s in Splits.load(run / bundle.SPLITS).train}
-    seen = sum(s.path.resolve() in trained for s in samples)
-    if seen:
-        print(f"warning: {seen} of these {len(samples)} images were trained on; their scores are lower than "
-              "those of new images", file=sys.stderr)
-    return samples
+        samples = select_split(run_splits(config, run, data, layout), split, config.data.split_seed)
+    else:
+        trained = {s.path.resolve() for s in saved.train}
+        seen = sum(s.path.resolve() in trained for s in samples)
+        if seen:
+            print(f"warning: {seen} of these {len(samples)} images were trained on; their scores are lower than "
+                  "those of new images", file=sys.stderr)
+    kept = [s for s in samples if s.path.resolve() not in trained_defects]
+    if trained_defects:
+        print(f"left out the {len(trained_defects)} defective images the run was trained on (data.train_defects): "
+              f"{len(samples) - len(kept)} of them were in these images", file=sys.stderr)
+    return kept, len(trained_defects)
 
 
 def calibrate_run(run: str | Path, data: str | None = None, split: str = "val", strategy: str = "f1",
@@ -88,7 +97,7 @@ def calibrate_run(run: str | Path, data: str | None = None, split: str = "val", 
     previous = run / bundle.CALIBRATION
     set_aside_if_corrupt(previous)
     detector = Detector.load(run, checkpoint=checkpoint, calibrated=False, roi=roi)  # it may not be calibrated yet
-    samples = images_to_score(detector.config, run, data, layout, split, samples)
+    samples, _ = images_to_score(detector.config, run, data, layout, split, samples)
     scored, _ = detector.score_samples(samples, progress=progress)
     calibration = calibrate(scored.scores, scored.labels, scored.maps, scored.masks, strategy, split=split,
                             valid=scored.valid, review=review, roi_key=detector.roi_key)
@@ -127,7 +136,7 @@ def evaluate_run(run: str | Path, data: str | None = None, split: str = "test", 
     metrics count only its pixels)."""
     detector = Detector.load(run, runtime=runtime, checkpoint=checkpoint, roi=roi)
     out = Path(out) if out is not None else Path(run) / f"eval_{split}"
-    samples = images_to_score(detector.config, detector.run, data, layout, split, samples)
+    samples, left_out = images_to_score(detector.config, detector.run, data, layout, split, samples)
     scored, rate = detector.score_samples(samples, progress=progress)
     t, review = detector.decision(threshold)
     metrics: dict[str, Any] = image_metrics(scored.scores, scored.labels, t)
@@ -138,7 +147,7 @@ def evaluate_run(run: str | Path, data: str | None = None, split: str = "test", 
         metrics["review_band"] = band_rates(scored.scores, scored.labels, *review)
     metrics["per_type_image_auroc"] = per_type_auroc(scored.scores, scored.labels, [s.defect_type for s in samples])
     metrics.update(split=split, n_images=len(samples), images_per_s=rate, runtime=runtime, model=detector.name,
-                   checkpoint=checkpoint)
+                   checkpoint=checkpoint, left_out_train_defects=left_out)
     records = [
         {"path": str(s.path), "label": int(s.label), "defect_type": s.defect_type, "score": float(score),
          "verdict": verdict(float(score), t, review)}

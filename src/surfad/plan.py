@@ -26,7 +26,7 @@ from surfad.data.splits import Splits, make_splits
 from surfad.data.survey import THIN_DEFECT_PX, DataSurvey, survey_data
 from surfad.models import FitPlan, FittedModel, model_spec
 from surfad.report import history_plot
-from surfad.training import Training, build_training, check_settings, resolve_config
+from surfad.training import Training, build_training, check_settings, place_train_defects, resolve_config
 from surfad.training.fitting import image_batches
 from surfad.training.loop import train_epoch
 from surfad.training.validation import validate
@@ -184,7 +184,7 @@ def time_training(t: Training, config: RunConfig) -> tuple[float, float, float]:
 
 def plan_training(config: RunConfig, progress: bool = True) -> TrainingPlan:
     """Check a run's data and settings, survey the data and time the run here, writing nothing."""
-    splits = make_splits(config.data)
+    splits = place_train_defects(make_splits(config.data), config.model)
     config = resolve_config(config, splits)
     check_settings(config, splits)
     survey = survey_data(splits, config.data, progress)

@@ -169,7 +169,8 @@ def roi_score_fn(inner: ScoreFn, score: ScoreConfig, roi: np.ndarray) -> ScoreFn
     aspect ratio), applied around the graph the same way for both runtimes: maps are set to zero
     outside the ROI (resized to the maps, nearest neighbour) and the image score is masked_scores of
     what is inside. The graph's own smoothing runs before the mask, so a value just outside can reach
-    at most 3 sigma pixels in; a model's receptive field can also cross the ROI's edge."""
+    at most 3 sigma pixels in. What lies outside the ROI in the image never gets this far: the image
+    is filled outside it before preprocessing (surfad.data.roi.InputFill, data.roi_fill)."""
     resized: dict[tuple[int, int], np.ndarray] = {}
 
     def score_images(batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -248,8 +249,7 @@ def score_samples(score: ScoreFn, config: RunConfig, samples: list[Sample], batc
     when tiling: see image_score_fn). progress, roi: as for score_dataset."""
     if not samples:
         raise SurfadError("no images to score in the chosen split")
-    data = config.data
-    dataset = ImageDataset(samples, data.image_size, data.input_channels, tile_scale=data.tile_scale, roi=roi)
+    dataset = ImageDataset.for_run(samples, config.data, roi)
     seconds = 0.0
 
     def timed(batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

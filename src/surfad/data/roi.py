@@ -4,6 +4,10 @@ A ROI is an image file whose nonzero pixels (> 127 for lossy formats, as for def
 inspected. It is resized with each image, with nearest-neighbour interpolation: to the model's
 input when squashing, to the scaled image when tiling, to the original image for masks and
 regions. So it must have the images' aspect ratio (any size), and it must not be empty.
+
+Nothing outside the ROI reaches a score: before an image is preprocessed, every pixel outside it
+is replaced from what is inside (InputFill, `data.roi_fill`), in training and at inference alike, so a model's receptive field that crosses the ROI's edge sees only what is
+inside; the anomaly map is then also set to zero outside (surfad.scoring.roi_score_fn).
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+from scipy.ndimage import distance_transform_edt
 
 from surfad.data.io import read_mask
 from surfad.errors import BadInputError, SurfadError
@@ -76,3 +81,52 @@ def resize_roi(roi: np.ndarray, height: int, width: int) -> np.ndarray:
     if roi.shape == (height, width):
         return roi
     return cv2.resize(roi.astype(np.uint8), (width, height), interpolation=cv2.INTER_NEAREST).astype(bool)
+
+
+FILL_SIZES_KEPT = 8  # image sizes whose nearest-inside-pixel indices an InputFill keeps
+
+
+class InputFill:
+    """Replaces every pixel of an image outside a region of interest, so what lies outside (a fixture,
+    a conveyor, a label) cannot change anything computed from the image.
+
+    mode "nearest": each outside pixel takes the value of its nearest pixel inside, which continues
+    the part's own edge outwards; "mean": the mean colour of the pixels inside. Either way the filled
+    image depends on the pixels inside alone. The geometry is computed once per image size.
+    """
+
+    def __init__(self, roi: np.ndarray, mode: str = "nearest") -> None:
+        if mode not in ("nearest", "mean"):
+            raise SurfadError(f"data.roi_fill={mode!r}: choose nearest, mean or off")
+        self.roi = roi
+        self.mode = mode
+        self._geometry: dict[tuple[int, int], tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+
+    def geometry(self, height: int, width: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(outside mask, row and column of the nearest inside pixel of each outside pixel) at this size."""
+        if (height, width) not in self._geometry:
+            if len(self._geometry) >= FILL_SIZES_KEPT:  # images of ever new sizes must not grow it
+                self._geometry.clear()
+            inside = resize_roi(self.roi, height, width)
+            outside = ~inside
+            if self.mode == "nearest":
+                rows, cols = distance_transform_edt(outside, return_distances=False, return_indices=True)
+                self._geometry[height, width] = (outside, rows[outside], cols[outside])
+            else:
+                self._geometry[height, width] = (outside, np.zeros(0, int), np.zeros(0, int))
+        return self._geometry[height, width]
+
+    def __call__(self, image: np.ndarray) -> np.ndarray:
+        """A copy of the HxWxC image filled outside the ROI (resized to the image, nearest neighbour)."""
+        outside, rows, cols = self.geometry(*image.shape[:2])
+        out = image.copy()
+        if self.mode == "nearest":
+            out[outside] = image[rows, cols]
+        else:
+            out[outside] = np.round(image[~outside].mean(axis=0)).astype(image.dtype)
+        return out
+
+
+def input_fill(roi: np.ndarray | None, mode: str) -> InputFill | None:
+    """The fill a run with this region of interest and data.roi_fill applies (None: none)."""
+    return None if roi is None or mode == "off" else InputFill(roi, mode)

@@ -33,6 +33,7 @@ class Splits:
     val: list[Sample]
     test: list[Sample]
     skipped: list[tuple[str, str]] = field(default_factory=list)
+    train_defects: list[Sample] = field(default_factory=list)  # data.train_defects: in no split, never tested on
 
     def get(self, name: str) -> list[Sample]:
         """The samples of split `name`; an error when the name is unknown or the split is empty."""
@@ -55,6 +56,10 @@ class Splits:
             types = Counter(s.defect_type for s in samples if s.label != 0)
             kinds = ", ".join(f"{kind} {count}" for kind, count in sorted(types.items())) or "-"
             lines.append(f"{name:<6} {len(samples):>6} {good:>6} {len(samples) - good:>6}  {kinds}")
+        if self.train_defects:
+            types = Counter(s.defect_type for s in self.train_defects)
+            lines.append(f"train defects {len(self.train_defects)} (" + ", ".join(f"{kind} {count}" for kind, count in
+                         sorted(types.items())) + "): trained on, so left out of validation and test")
         lines.append(f"skipped bad files: {len(self.skipped)}")
         lines += [f"  {path}: {reason}" for path, reason in self.skipped[:5]]
         if len(self.skipped) > 5:
@@ -66,6 +71,7 @@ class Splits:
         for name in SPLIT_NAMES:
             out[name] = [s.to_dict() for s in getattr(self, name)]
         out["skipped"] = [list(item) for item in self.skipped]
+        out["train_defects"] = [s.to_dict() for s in self.train_defects]
         return out
 
     @classmethod
@@ -73,7 +79,8 @@ class Splits:
         try:
             lists = {name: [_sample(item) for item in d[name]] for name in SPLIT_NAMES}
             skipped = [(str(path), str(reason)) for path, reason in d.get("skipped", [])]
-            return cls(str(d["layout"]), str(d["root"]), skipped=skipped, **lists)
+            defects = [_sample(item) for item in d.get("train_defects", [])]
+            return cls(str(d["layout"]), str(d["root"]), skipped=skipped, train_defects=defects, **lists)
         except (AttributeError, KeyError, TypeError, ValueError) as err:
             raise SurfadError(f"not a valid splits record ({type(err).__name__}: {err})") from None
 
@@ -107,8 +114,42 @@ def make_splits(cfg: DataConfig, check_test: bool = True) -> Splits:
         raise SurfadError(
             f"{index.root}: no usable training images; all {len(index.train)} were skipped as bad files"
         )
+    listed = _listed_defects(cfg, index.root, index.test + index.validation)
+    for sample in listed:
+        if not _usable(sample, bad):
+            raise SurfadError(f"data.train_defects: {sample.path} cannot be trained on ({bad.skipped[-1][1]})")
+    validation = [s for s in validation if s not in listed]
+    test = [s for s in test if s not in listed]
     train, held = seeded_holdout(train, cfg.val_ratio, cfg.split_seed, salt=2)
-    return Splits(index.layout, str(index.root), train, held + validation, test, bad.skipped)
+    return Splits(index.layout, str(index.root), train, held + validation, test, bad.skipped, listed)
+
+
+def _listed_defects(cfg: DataConfig, root: Path, candidates: list[Sample]) -> list[Sample]:
+    """The defective samples data.train_defects lists (paths relative to the dataset folder, one per
+    line; blank lines and # comments skipped), in the list's order; an error names a line that is
+    not a defective image of the dataset."""
+    if not cfg.train_defects:
+        return []
+    list_file = Path(cfg.train_defects)
+    try:
+        lines = [line.strip() for line in list_file.read_text().splitlines()]
+    except (OSError, UnicodeDecodeError) as err:
+        raise SurfadError(f"data.train_defects: cannot read {list_file} ({err})") from None
+    by_path = {s.path.resolve(): s for s in candidates}
+    listed: list[Sample] = []
+    for number, line in enumerate(lines, 1):
+        if not line or line.startswith("#"):
+            continue
+        sample = by_path.get((root / line).resolve())
+        if sample is None or sample.label != 1:
+            what = "not an image of the dataset" if not (root / line).is_file() else \
+                "not a defective image of the dataset's test or validation images"
+            raise SurfadError(f"{list_file}, line {number}: {line} is {what} ({root})")
+        if sample not in listed:
+            listed.append(sample)
+    if not listed:
+        raise SurfadError(f"{list_file}: lists no image")
+    return listed
 
 
 def _usable(sample: Sample, bad: BadFiles) -> bool:

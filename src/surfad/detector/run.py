@@ -18,7 +18,7 @@ from surfad import bundle
 from surfad.calibrate import Calibration
 from surfad.config import RunConfig
 from surfad.data.io import as_image
-from surfad.data.roi import choose_roi
+from surfad.data.roi import choose_roi, input_fill
 from surfad.data.samples import Sample
 from surfad.data.transforms import preprocess, resize_map
 from surfad.detector.base import Detector
@@ -46,6 +46,7 @@ class RunDetector(Detector):
         `open` builds it."""
         super().__init__(run, config, calibration, runtime, min_area, roi)
         self.score_fn = score_fn
+        self.fill = input_fill(roi, config.data.roi_fill)
 
     @classmethod
     def open(cls, folder: Path, runtime: str = "torch", device: str = "cpu", min_area: int = 16,
@@ -85,8 +86,10 @@ class RunDetector(Detector):
         return {**run_info(self.run, self.config, self.calibration), "runtime": self.runtime}
 
     def preprocess(self, image: np.ndarray) -> np.ndarray:
-        """uint8 HxWxC -> the model's float32 input: (C, S, S), or the whole scaled image when tiling."""
-        return preprocess(image, self.image_size, self.channels, self.config.data.tile_scale)
+        """uint8 HxWxC -> the model's float32 input: (C, S, S), or the whole scaled image when tiling;
+        filled outside the region of interest first (data.roi_fill), as in training."""
+        return preprocess(self.fill(image) if self.fill else image, self.image_size, self.channels,
+                          self.config.data.tile_scale)
 
     def score_batch(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Preprocessed float32 images (B, C, H, W) of one shape -> (maps (B, H, W), scores (B,))."""

@@ -17,7 +17,8 @@ than both sides, else INTER_LINEAR; aspect ratio not kept), divide by 255, chann
 normalisation (e.g. ImageNet mean/std) is inside the model. The decision rule (surfad.verdict: NG
 iff score > threshold, or an OK / REVIEW / NG band) and the thresholds are read from
 RUN/calibration.json, so re-calibrating needs no re-export. A region of interest is applied around
-the graph, the same way for both runtimes (surfad.scoring.roi_score_fn).
+the graph, the same way for both runtimes: the image is filled outside it before preprocessing
+(surfad.data.roi.InputFill) and the map and score are taken inside it (surfad.scoring.roi_score_fn).
 
 Tiled runs (``data.tile_scale`` > 0): the graph is the same, for one S x S tile. The image is
 scaled by tile_scale instead of squashed, cut into S x S tiles ``data.tile_stride`` apart
@@ -136,7 +137,10 @@ def export_record(run: Path, config: RunConfig, opset: int, parity: dict[str, An
             "resize to image_size (INTER_AREA when smaller than both sides, else INTER_LINEAR), /255, CHW float32"),
         "decision": "NG iff score > threshold, or the review band [low, high] (calibration.json)",
         "tiling": _tiling(config),
-        "region_of_interest": "applied around the graph when the run has one (surfad.scoring.roi_score_fn)",
+        "region_of_interest": "applied around the graph when the run has one: before preprocessing, pixels outside "
+                              "it take the value of the nearest pixel inside (data.roi_fill nearest, "
+                              "surfad.data.roi.InputFill); the map is zero outside it and the score is taken inside "
+                              "(surfad.scoring.roi_score_fn)",
         "inference": bundle.inference_settings(config),
         "parity": parity,
         "weights_sha256": _sha256(run / bundle.WEIGHTS),

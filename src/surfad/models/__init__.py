@@ -3,7 +3,7 @@
 Importing this package registers every model.
 """
 
-from surfad.models import padim, patchcore, recondiff, unet_vae  # noqa: F401  (registration)
+from surfad.models import padim, patchcore, recondiff, simplenet, unet_vae  # noqa: F401  (registration)
 from surfad.models.base import (
     IMAGE_LAYOUT,
     AnomalyModel,

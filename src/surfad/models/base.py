@@ -149,8 +149,9 @@ def adam(model: nn.Module, train: TrainConfig) -> Optimiser:
     return torch.optim.Adam(model.parameters(), lr=train.lr, weight_decay=train.weight_decay), None
 
 
-def own_images(model: nn.Module, images: Dataset, seed: int) -> Dataset:
-    """The default training samples: the good training images themselves."""
+def own_images(model: nn.Module, images: Dataset, seed: int, defects: Dataset | None = None) -> Dataset:
+    """The default training samples: the good training images themselves (a model using them does
+    not learn from defects: ModelSpec.learns_from_defects is False)."""
     return images
 
 
@@ -158,12 +159,14 @@ def own_images(model: nn.Module, images: Dataset, seed: int) -> Dataset:
 class GradientRecipe:
     """How a gradient-trained model learns.
 
-    loss(model, batch, progress) -> loss terms, key "loss" the total to minimise; batch["image"] is
-    always present, progress in [0, 1] is the share of training done (for warm-ups).
-    samples(model, images, seed) -> the training Dataset built on the good images' Dataset.
+    loss(model, batch, progress) -> loss terms, key "loss" the total to minimise; the batch holds what
+    the samples' items hold, progress in [0, 1] is the share of training done (for warm-ups).
+    samples(model, images, seed, defects) -> the training Dataset built on the good images' Dataset
+    (items "image", "mask", "label", "index") and, for a model that learns from defects, the real
+    training defects' Dataset (the same items, with their masks; None without any).
     optimizer(model, train config) -> (optimiser, per-epoch scheduler or None).
     """
 
     loss: Loss
-    samples: Callable[[Any, Dataset, int], Dataset] = own_images
+    samples: Callable[[Any, Dataset, int, Dataset | None], Dataset] = own_images
     optimizer: Callable[[Any, TrainConfig], Optimiser] = adam

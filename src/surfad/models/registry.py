@@ -32,12 +32,15 @@ class ModelSpec:
     own_score: bool = False  # forward returns (map, score)
     pretrained: bool = False  # stands on ImageNet features (benchmark rows must say so)
     image_size: int = 128  # the input side when data.image_size is not set (the pretrained models': 224, chosen on validation)
+    learns_from_defects: bool = False  # its recipe trains on real defects (data.train_defects); else they join validation
 
     def __post_init__(self) -> None:
         if "tiny" not in self.presets:
             raise ValueError(f"model {self.name}: every model needs a 'tiny' preset (the contract tests train it)")
         if (self.recipe is None) != issubclass(self.module, FittedModel):
             raise ValueError(f"model {self.name}: give a GradientRecipe, or a FittedModel module, not both or neither")
+        if self.learns_from_defects and self.recipe is None:
+            raise ValueError(f"model {self.name}: only a gradient-trained model can learn from defects")
 
     @property
     def fitted(self) -> bool:

@@ -14,6 +14,7 @@ sees every tile (GridTileDataset), and validation scores whole images from their
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -45,7 +46,7 @@ from surfad.training.setup import (
 from surfad.training.validation import validate
 from surfad.utils import remove_stale_temp_files, resolve_device
 
-__all__ = ["Training", "build_training", "check_settings", "resolve_config", "train"]
+__all__ = ["Training", "build_training", "check_settings", "place_train_defects", "resolve_config", "train"]
 
 
 def prepare(config: RunConfig, out: Path, resume: bool) -> tuple[RunConfig, Splits, bool]:
@@ -73,7 +74,18 @@ def prepare(config: RunConfig, out: Path, resume: bool) -> tuple[RunConfig, Spli
         print(f"{out} holds a run that never trained (no checkpoint): replacing it")
         clear_untrained(out)
     splits = make_splits(config.data, check_test=False)  # training never opens a test image
-    return resolve_config(config, splits), splits, False
+    return resolve_config(config, splits), place_train_defects(splits, config.model), False
+
+
+def place_train_defects(splits: Splits, model: str) -> Splits:
+    """The splits a model trains with: the listed training defects stay apart for a model that learns
+    from them; any other model takes them into validation, where real defects choose the threshold
+    (and the epoch), since it cannot learn from them."""
+    if not splits.train_defects or model_spec(model).learns_from_defects:
+        return splits
+    print(f"model {model} does not learn from defects: the {len(splits.train_defects)} images of data.train_defects "
+          "join validation, where they choose the threshold" + ("" if model_spec(model).fitted else " and the epoch"))
+    return replace(splits, val=splits.val + splits.train_defects, train_defects=[])
 
 
 def training_roi(out: Path, config: RunConfig) -> np.ndarray | None:

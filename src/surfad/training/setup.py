@@ -14,7 +14,7 @@ from torch.utils.data import Dataset
 
 from surfad import bundle
 from surfad.config import RunConfig
-from surfad.data.dataset import GridTileDataset, ImageDataset, TileDataset
+from surfad.data.dataset import GridTileDataset, ImageDataset, TileDataset, defect_dataset
 from surfad.data.io import infer_channels
 from surfad.data.splits import Splits
 from surfad.errors import SurfadError
@@ -91,15 +91,16 @@ def build_training(config: RunConfig, splits: Splits, roi: np.ndarray | None = N
         graph.model = model
     model.to(device)
     graph.to(device)
-    images = ImageDataset(splits.train, dc.image_size, dc.input_channels, tile_scale=dc.tile_scale, roi=roi)
-    val_images = ImageDataset(splits.val, dc.image_size, dc.input_channels, tile_scale=dc.tile_scale, roi=roi)
-    val_set = validation_dataset(val_images, tc.val_synthetic, tc.val_defect_source, tc.seed + 1)
+    images = ImageDataset.for_run(splits.train, dc, roi)
+    val_images = ImageDataset.for_run(splits.val, dc, roi)
+    val_set = validation_dataset(val_images, tc.val_synthetic, tc.val_defect_source, tc.seed + 1, tc.val_defects_per_image)
     if spec.fitted:
         fit_images = GridTileDataset(images, dc.tile_stride) if dc.tile_scale > 0 else images
         return Training(model, graph, graph, val_set, tc.batch_size, device, fit_images, roi, world)
     train_images: Dataset = TileDataset(images, dc.tiles_per_image, tc.seed) if dc.tile_scale > 0 else images
     recipe = spec.recipe
-    train_set = recipe.samples(model, train_images, tc.seed)
+    defects = defect_dataset(splits.train_defects, dc, roi) if splits.train_defects else None
+    train_set = recipe.samples(model, train_images, tc.seed, defects)
     average = weight_average(model, tc.ema_decay) if tc.ema_decay > 0 else None
     shipped_graph = graph if average is None else InferenceGraph(average.module, graph.scorer)
     batch_size = min(tc.batch_size, len(train_set) // world.size)

@@ -21,6 +21,8 @@ from surfad import bundle
 from surfad.config import RunConfig
 from surfad.data.dataset import ImageDataset
 from surfad.data.defects import DefectSynthesizer, synthetic_defect
+from surfad.data.graded_defects import GRADED, graded_defect, graded_plan
+from surfad.data.roi import resize_roi
 from surfad.data.transforms import resize_mask
 from surfad.metrics import image_metrics, pixel_metrics
 from surfad.scoring import ScoredSet, image_score_fn, score_dataset, torch_score_fn
@@ -45,25 +47,51 @@ class ArrayDataset(Dataset):
         }
 
 
-def validation_dataset(val: ImageDataset, synthetic: bool, source: str, seed: int) -> Dataset:
-    """The val split, plus one synthetic-defect copy of each good image when it has no real defects.
+def validation_dataset(val: ImageDataset, synthetic: bool, source: str, seed: int, per_image: int = 1) -> Dataset:
+    """The val split, plus `per_image` synthetic-defect copies of each good image when it has no real
+    defects: graded ones (source "graded", surfad.data.graded_defects: cracks, stains, pits and
+    patches of the surface at three levels of difficulty, placed anywhere in the region of interest),
+    or those of a DefectSynthesizer source.
 
-    When tiling, the defect is drawn on one random tile-sized window of the scaled image, inside
-    the image wherever it is larger than a tile; masks are kept at model resolution, like real ones.
+    When tiling, the defects are drawn on the whole scaled image (graded) or on a random tile-sized
+    window of it (the other sources); masks are kept at model resolution, like real ones.
     """
     has_defects = any(s.label == 1 for s in val.samples)
     if has_defects or not synthetic:
         return val
-    synthesizer = DefectSynthesizer(source, image_size=val.image_size, seed=seed)
+    good = [i for i, sample in enumerate(val.samples) if sample.label == 0]
     rng = np.random.default_rng(seed)
     images, masks = [], []
-    for i, sample in enumerate(val.samples):
-        if sample.label == 0:
-            image, mask = synthetic_defect(val[i]["image"].numpy(), synthesizer, rng)
-            images.append(image)
+    if source == GRADED:
+        for i, kind, level in graded_plan(len(good), per_image):
+            image = val[good[i]]["image"].numpy()
+            inside = None if val.roi is None else resize_roi(val.roi, *image.shape[1:])
+            defected, mask = graded_defect(image, kind, level, rng, inside)
+            images.append(defected)
             masks.append(resize_mask(mask, val.image_size))
+    else:
+        synthesizer = DefectSynthesizer(source, image_size=val.image_size, seed=seed)
+        for i in good:
+            for _ in range(per_image):
+                image, mask = defect_inside(val[i]["image"].numpy(), synthesizer, rng, val.roi)
+                images.append(image)
+                masks.append(resize_mask(mask, val.image_size))
     fake = ArrayDataset(images, masks, np.ones(len(images), dtype=np.int64))
     return ConcatDataset([val, fake])
+
+
+def defect_inside(image: np.ndarray, synthesizer: DefectSynthesizer, rng: np.random.Generator,
+                  roi: np.ndarray | None, attempts: int = 10) -> tuple[np.ndarray, np.ndarray]:
+    """synthetic_defect on a (C, H, W) image, kept inside the region of interest (when there is one):
+    a defect outside it could never be seen, so validation would count it as a miss."""
+    if roi is None:
+        return synthetic_defect(image, synthesizer, rng)
+    inside = resize_roi(roi, *image.shape[1:])
+    for _ in range(attempts):
+        defected, mask = synthetic_defect(image, synthesizer, rng)
+        if (mask & inside).any():
+            break
+    return np.where(inside, defected, image).astype(np.float32), mask & inside
 
 
 def validate(graph: torch.nn.Module, config: RunConfig, dataset: Dataset, device: torch.device,

@@ -32,6 +32,7 @@ SPEC = register(ModelSpec(
                  "segnet": "siamese"},
     },
     recipe=GradientRecipe(loss=recondiff_loss, samples=recondiff_samples, optimizer=recondiff_optimizer),
+    learns_from_defects=True,
     flags={  # the seed's command-line names
         "mblock-size": "mblock_sizes",
         "positive-aug-ratio": "positive_aug_ratio",

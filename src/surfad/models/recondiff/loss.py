@@ -34,11 +34,13 @@ def ssim(a: torch.Tensor, b: torch.Tensor, window: int = 11, sigma: float = 1.5)
 
 def recondiff_loss(model: RecondiffModel, batch: dict[str, torch.Tensor], progress: float) -> dict[str, torch.Tensor]:
     """Batch: "image" (input, maybe with a synthetic defect), "target" (clean; default: the
-    image), "mask" (B, 1, S, S; default: zeros). Reconstruction from the input, targets clean."""
+    image), "mask" (B, 1, S, S; default: zeros), "recon_weight" (B, 1, S, S; default: ones) where
+    the reconstruction is trained. Reconstruction from the input, targets clean."""
     c = model.config
     image = batch["image"]
     target = batch.get("target", image)
     mask = batch.get("mask", torch.zeros_like(image[:, :1]))
+    weight = batch.get("recon_weight")  # 0 where a real defect hides the clean surface
     xn, tn = model.normalize(image), model.normalize(target)
     mem_losses: list[tuple[torch.Tensor, torch.Tensor]] = []
     recon = model.recon(xn, mem_losses)
@@ -46,7 +48,7 @@ def recondiff_loss(model: RecondiffModel, batch: dict[str, torch.Tensor], progre
     logits = model.seg(seg_recon, xn if c.seg_input == "anomalous" else tn)
     zero = recon.new_zeros(())  # memory losses without a memory (ablation)
     terms = {
-        "mse": F.mse_loss(recon, tn),
+        "mse": F.mse_loss(recon, tn) if weight is None else (weight * (recon - tn) ** 2).mean(),
         "compact": sum((lc for lc, _ in mem_losses), zero),
         "separate": sum((ld for _, ld in mem_losses), zero),
         "focal": focal_loss(logits, mask, c.focal_gamma),

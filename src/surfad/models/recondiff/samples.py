@@ -32,12 +32,15 @@ def augment_normal(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 
 class RecondiffTrainDataset(Dataset):
-    """Training samples of recondiff: augmented normal images, then synthetic defects.
+    """Training samples of recondiff: augmented normal images, synthetic defects, then real defects.
 
-    With N good images the epoch has N * (neg + pos) items: indices [0, N * neg) are augmented
-    normal images (input = target, empty mask, label 0), the rest synthetic defects on an augmented
-    image (input = defect image, target = the clean augmented image, label 1); image = index mod N.
-    Items: "image" (C, S, S), "target" (C, S, S), "mask" (1, S, S), "label" int64.
+    With N good images the epoch has N * (neg + pos) items, plus real_repeat times each real
+    training defect: indices [0, N * neg) are augmented normal images (input = target, empty mask,
+    label 0), the next N * pos synthetic defects on an augmented image (input = defect image,
+    target = the clean augmented image, label 1; image = index mod N), the last the real defects as
+    they are (input = target = the image, its mask, label 1; no clean image exists, so the
+    reconstruction is not trained under the mask and a 3 px margin around it: "recon_weight" 0).
+    Items: "image" (C, S, S), "target" (C, S, S), "mask" (1, S, S), "recon_weight" (1, S, S), "label" int64.
 
     Randomness: item `index` uses np.random.default_rng([seed, epoch, index]). `epoch` is the value
     given to set_epoch() when the training loop calls it (needed for reproducibility with DataLoader
@@ -47,14 +50,17 @@ class RecondiffTrainDataset(Dataset):
     """
 
     def __init__(
-        self, images: Dataset, synthesizer: DefectSynthesizer, negative_ratio: int, positive_ratio: int, seed: int
+        self, images: Dataset, synthesizer: DefectSynthesizer, negative_ratio: int, positive_ratio: int, seed: int,
+        defects: Dataset | None = None, real_repeat: int = 1,
     ) -> None:
         if len(images) == 0:
             raise SurfadError("recondiff: no training images")
         self.images = images
         self.synthesizer = synthesizer
         self.n_normal = len(images) * negative_ratio
-        self.length = len(images) * (negative_ratio + positive_ratio)
+        self.n_generated = len(images) * (negative_ratio + positive_ratio)
+        self.defects = defects
+        self.length = self.n_generated + (0 if defects is None else len(defects) * real_repeat)
         self.seed = abs(seed)
         self.epoch: int | None = None
         self.draws = np.zeros(self.length, dtype=np.int64)
@@ -69,6 +75,8 @@ class RecondiffTrainDataset(Dataset):
         index = int(index)
         if not 0 <= index < self.length:
             raise IndexError(index)
+        if index >= self.n_generated:
+            return self.real_defect((index - self.n_generated) % len(self.defects))
         epoch = self.epoch if self.epoch is not None else int(self.draws[index])
         self.draws[index] += 1
         rng = np.random.default_rng([self.seed, epoch, index])
@@ -82,12 +90,24 @@ class RecondiffTrainDataset(Dataset):
             "image": torch.from_numpy(image),
             "target": torch.from_numpy(clean),
             "mask": torch.from_numpy(mask[None].copy()),
+            "recon_weight": torch.ones((1, *clean.shape[1:])),
             "label": torch.tensor(label, dtype=torch.int64),
         }
 
+    def real_defect(self, index: int) -> dict[str, torch.Tensor]:
+        """Real training defect `index`, with no reconstruction target under (and around) its mask."""
+        item = self.defects[index]
+        mask = item["mask"]
+        near = torch.nn.functional.max_pool2d(mask[None], 7, stride=1, padding=3)[0]
+        return {"image": item["image"], "target": item["image"], "mask": mask, "recon_weight": 1.0 - near,
+                "label": torch.tensor(1, dtype=torch.int64)}
 
-def recondiff_samples(model: RecondiffModel, images: Dataset, seed: int) -> RecondiffTrainDataset:
-    """The training samples of `model` built on the good training images."""
+
+def recondiff_samples(model: RecondiffModel, images: Dataset, seed: int,
+                      defects: Dataset | None = None) -> RecondiffTrainDataset:
+    """The training samples of `model` built on the good training images (and the real training defects,
+    each shown as often as a good image is: negative + positive ratio times an epoch)."""
     c = model.config
     synthesizer = DefectSynthesizer(c.defect_source, model.image_size, seed)
-    return RecondiffTrainDataset(images, synthesizer, c.negative_aug_ratio, c.positive_aug_ratio, seed)
+    return RecondiffTrainDataset(images, synthesizer, c.negative_aug_ratio, c.positive_aug_ratio, seed, defects,
+                                 c.negative_aug_ratio + c.positive_aug_ratio)
