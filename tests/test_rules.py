@@ -129,3 +129,38 @@ def test_a_tiled_models_own_score_is_its_largest_tile_score() -> None:
 
     _, scores = tiled_score_fn(numbered, ScoreConfig(reduce="model"), tile=16, stride=10)(np.zeros((1, 1, 16, 36), np.float32))
     assert tiles_seen["n"] == 3 and scores.tolist() == [7.0]
+
+
+def reduce_by_hand(values: np.ndarray, rule: ScoreConfig) -> float:
+    """The score rule's reduction of the pooled values it is given."""
+    if rule.reduce == "mean":
+        return float(values.mean())
+    if rule.reduce == "topk":
+        return float(np.sort(values)[-min(rule.topk, values.size):].mean())
+    return float(values.max())
+
+
+@pytest.mark.parametrize("model", ["unet_vae", "padim"])
+def test_with_a_roi_the_map_is_zero_outside_and_the_score_sees_the_inside_only(model: str, tiny_run, tiny_mvtec,
+                                                                               tmp_path) -> None:
+    """Broken: the map kept outside the region at the model's resolution, or the score taken over the
+    whole map (the input fill makes what lies outside harmless to the content, but a fill's own
+    texture can still raise the map there, and it must not reach the verdict)."""
+    import cv2
+
+    from surfad.data.roi import load_roi, resize_roi
+
+    roi_path = tmp_path / "roi.png"
+    half = np.zeros((64, 64), np.uint8)
+    half[:, :32] = 255
+    cv2.imwrite(str(roi_path), half)
+    detector = Detector.load(tiny_run(model), roi=roi_path, calibrated=False)
+    image = cv2.cvtColor(cv2.imread(str(sorted((tiny_mvtec / "test").glob("[!g]*/*.png"))[0])), cv2.COLOR_BGR2RGB)
+    maps, scores = detector.score_batch(detector.preprocess(image)[None])
+    inside = resize_roi(load_roi(roi_path), *maps.shape[1:])
+    assert inside.any() and not inside.all()
+    assert not maps[0][~inside].any()  # zero outside, at the model's resolution
+    rule = detector.config.score
+    pooled = average_pool_by_hand(maps[0].astype(np.float64), rule.pool)
+    assert scores[0] == pytest.approx(reduce_by_hand(pooled[inside], rule), rel=1e-5)
+    assert maps[0][inside].any()  # something to score: the check is not vacuous
