@@ -9,6 +9,8 @@ training and prediction; bad flags and configs; the service's exposure (paths, o
 from __future__ import annotations
 
 import csv
+import errno
+import io
 import json
 import os
 import shutil
@@ -23,10 +25,12 @@ import pytest
 import torch
 import yaml
 from fastapi.testclient import TestClient
+from safetensors import SafetensorError
 from safetensors.numpy import load_file
 
 from surfad import bundle
 from surfad.batch_predict import JSONL, LOCK, predict_files
+from surfad.calibrate import Calibration
 from surfad.cli import main
 from surfad.data.io import decode_image, read_image
 from surfad.detector import Detector
@@ -70,6 +74,29 @@ def test_a_non_finite_threshold_is_refused_everywhere_it_is_read(tiny_run, tmp_p
             Detector.load(run, runtime=runtime)
     assert main(["predict", str(run), str(tmp_path), "--out", str(tmp_path / "p"), "--quiet"]) == 2
     assert main(["serve", str(run), "--runtime", "torch", "--port", "9"]) == 2
+
+
+@pytest.mark.parametrize("content", ['{"threshold": NaN}', "{not json", '{"strategy": "f1"}', ""])
+def test_calibrate_replaces_a_corrupt_calibration_and_other_verbs_point_to_it(tiny_run, tiny_mvtec: Path,
+                                                                              tmp_path: Path, capsys, content: str):
+    """Before: `surfad calibrate`, the command that repairs the file, refused it too."""
+    run = copy_run(tiny_run(), tmp_path)
+    if content.startswith('{"threshold"'):  # the real file with its threshold made NaN
+        calibration = json.loads((run / bundle.CALIBRATION).read_text())
+        content = json.dumps(calibration).replace(json.dumps(calibration["threshold"]), "NaN", 1)
+    (run / bundle.CALIBRATION).write_text(content)
+    for args in (["predict", str(run), str(tiny_mvtec / "test"), "--out", str(tmp_path / "p"), "--quiet"],
+                 ["evaluate", str(run), "--out", str(tmp_path / "e"), "--quiet"], ["info", str(run)]):
+        assert main(args) == 2
+        err = capsys.readouterr().err
+        assert f"{run / bundle.CALIBRATION}: " in err and f"run `surfad calibrate {run}`" in err, err
+    assert main(["calibrate", str(run), "--quiet"]) == 0
+    captured = capsys.readouterr()
+    kept = list((run / bundle.CALIBRATION_HISTORY).glob("calibration_*_corrupt.json"))
+    assert len(kept) == 1 and kept[0].read_text() == content  # moved aside unchanged
+    assert f"moved it to {kept[0]}" in captured.err and "threshold" in captured.out
+    assert Detector.load(run).threshold == Calibration.load(run / bundle.CALIBRATION).threshold
+    assert main(["predict", str(run), str(tiny_mvtec / "test"), "--out", str(tmp_path / "p"), "--quiet"]) == 0
 
 
 def test_a_non_finite_threshold_override_is_refused(tiny_run, tiny_mvtec: Path, tmp_path: Path, capsys):
@@ -168,6 +195,57 @@ def test_a_hostile_checkpoint_is_never_unpickled(tiny_mvtec: Path, tmp_path: Pat
     torch.save({"epoch": Payload()}, run / bundle.LAST_STATE)
     assert main(["train", "--out", str(run), "--resume", "--quiet"]) == 2
     assert not marker.exists() and "not a usable surfad checkpoint" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def trained_twice(tiny_mvtec: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A run whose last_state.pt stands at epoch 2 of 3 (cut back from 3: the fields are what is
+    checked here); copy it before changing it."""
+    run = tmp_path_factory.mktemp("twice") / "run"
+    assert main(train_args(tiny_mvtec, run, 3)) == 0
+    state = torch.load(run / bundle.LAST_STATE, weights_only=True)
+    state["epoch"], state["history"] = 2, state["history"][:2]
+    torch.save(state, run / bundle.LAST_STATE)
+    return run
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("epoch", "x", "field epoch='x': must be a whole number of epochs done, from 0 to train.epochs (3)"),
+    ("epoch", -5, "field epoch=-5: must be a whole number"),
+    ("epoch", 7, "field epoch=7: must be a whole number"),
+    ("epoch", 1.5, "field epoch=1.5"),
+    ("epoch", True, "field epoch=True"),
+    ("history", "nope", "field history='nope': must be a list of one row per epoch done (2)"),
+    ("history", [], "field history=[]: must be a list of one row per epoch done (2)"),
+    ("history", [{"epoch": 1}, {"epoch": 3}], "field history, row 2: must map names to numbers, with epoch 2"),
+    ("history", [{"epoch": 1}, "row"], "field history, row 2"),
+    ("history", [{"epoch": 1}, {"epoch": 2, "loss": "low"}], "field history, row 2"),
+    ("best", float("nan"), "field best=nan: must be a finite number, or -inf"),
+    ("best", "high", "field best='high'"),
+    ("best_seg", float("inf"), "field best_seg=inf"),
+    ("elapsed", -1.0, "field elapsed=-1.0: must be a finite number of seconds >= 0"),
+    ("elapsed", None, "field elapsed=None"),
+])
+def test_a_hand_edited_resume_state_is_refused_naming_the_field(trained_twice: Path, tmp_path: Path, capsys, field,
+                                                               value, message):
+    """Before: `epoch: 'x'` or `history: 'nope'` ended in a traceback, and `epoch: -5` trained 7
+    epochs numbered -4 to 2."""
+    run = copy_run(trained_twice, tmp_path)
+    state = torch.load(run / bundle.LAST_STATE, weights_only=True)
+    state[field] = value
+    torch.save(state, run / bundle.LAST_STATE)
+    before = (run / bundle.HISTORY).read_text()
+    assert main(["train", "--out", str(run), "--resume", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert f"{run / bundle.LAST_STATE}: {message}" in err and "Traceback" not in err, err
+    assert (run / bundle.HISTORY).read_text() == before  # nothing trained
+
+
+def test_an_intact_resume_state_passes_the_checks(trained_twice: Path, tmp_path: Path):
+    run = copy_run(trained_twice, tmp_path)
+    assert main(["train", "--out", str(run), "--resume", "--quiet"]) == 0
+    assert [r["epoch"] for r in csv.DictReader((run / bundle.HISTORY).open())] == ["1", "2", "3"]
+    assert checkpoint.read_last(run)["epoch"] == 3
 
 
 def test_a_corrupt_history_gets_an_error_naming_it(tiny_run, tmp_path: Path, capsys):
@@ -335,6 +413,33 @@ def test_bad_numbers_on_other_verbs_are_refused(args, capsys):
     assert "must be" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("value", ["-inf", "-nan", "-Infinity", "nan"])
+def test_a_negative_or_nan_infinity_is_read_as_a_value_and_refused(value: str, capsys):
+    """Before: `--threshold -inf` was taken for an unknown option ("expected one argument")."""
+    assert main(["predict", "RUN", "x", "--threshold", value]) == 2
+    assert f"argument --threshold: must be a finite number, got {value}" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("value", ["-3.5", "-1e-3", "-5.", "-2"])
+def test_negative_thresholds_are_values(tiny_run, tiny_mvtec: Path, tmp_path: Path, value: str):
+    """A threshold below every score: every image NG (the value reached the verdict, not argparse's
+    option matching)."""
+    out = tmp_path / "p"
+    assert main(["predict", str(tiny_run()), str(tiny_mvtec / "test" / "good"), "--out", str(out), "--quiet",
+                 "--threshold", value]) == 0
+    records = [json.loads(line) for line in (out / JSONL).read_text().splitlines()]
+    assert records and all(r["threshold"] == float(value) and r["verdict"] == "NG" for r in records)
+
+
+def test_a_yaml_error_names_the_file_once(tiny_run, tmp_path: Path, capsys):
+    run = copy_run(tiny_run(), tmp_path)
+    (run / bundle.CONFIG).write_text("model: [unclosed\n")
+    assert main(["info", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert err.count(str(run / bundle.CONFIG)) == 1 and "not valid YAML (line 2, column 1: " in err, err
+    assert len(err.strip().splitlines()) == 1  # one line, where the problem is
+
+
 # --- 8. file-system errors ------------------------------------------------------------------------
 
 
@@ -350,6 +455,102 @@ def test_an_output_that_cannot_be_written_is_an_error_not_a_traceback(tiny_run, 
         assert main(args) == 2, args
         err = capsys.readouterr().err
         assert "error:" in err and "Traceback" not in err and "a_file" in err, (args, err)
+
+
+NO_SPACE = os.strerror(errno.ENOSPC)  # "No space left on device"
+
+
+class FullAfter(io.RawIOBase):
+    """A file that takes `room` bytes, then fails as a full disk does (OSError ENOSPC, naming no file)."""
+
+    def __init__(self, file: io.BufferedWriter, room: int) -> None:
+        super().__init__()
+        self.file, self.room = file, room
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data) -> int:
+        self.room -= len(data)
+        if self.room < 0:
+            raise OSError(errno.ENOSPC, NO_SPACE)
+        return self.file.write(data)
+
+
+def fill_the_disk_at(monkeypatch, target: str) -> None:
+    """Make the second write of `target` (a run file's name: epoch 2's) fail as on a full disk, the way
+    each writer meets it: torch.save through its file, safetensors with its own error (the text a full
+    disk gives it), any other file as the OSError of its write."""
+    writes = {"n": 0}
+
+    def due(path) -> bool:
+        if not Path(path).name.startswith(f".{target}."):
+            return False
+        writes["n"] += 1
+        return writes["n"] == 2
+
+    real_torch_save, real_save_file, real_write_bytes = checkpoint.torch.save, bundle.save_file, Path.write_bytes
+    monkeypatch.setattr(checkpoint.torch, "save", lambda obj, f: real_torch_save(
+        obj, FullAfter(f, 1000) if due(f.name) else f))
+
+    def save_file(state, path):
+        if due(path):
+            raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+        real_save_file(state, path)
+
+    def write_bytes(self, data):
+        if due(self):
+            raise OSError(errno.ENOSPC, NO_SPACE)
+        return real_write_bytes(self, data)
+
+    monkeypatch.setattr(bundle, "save_file", save_file)
+    monkeypatch.setattr(Path, "write_bytes", write_bytes)
+
+
+@pytest.mark.parametrize("target, epoch_kept", [("last_state.pt", 1), ("last.safetensors", 2), ("history.png", 1)])
+def test_a_full_disk_during_training_names_the_file_and_keeps_the_last_checkpoint(tiny_mvtec: Path, tmp_path: Path,
+                                                                                  monkeypatch, capsys, target: str,
+                                                                                  epoch_kept: int):
+    """Before: a traceback (torch's "RuntimeError: [enforce fail at inline_container.cc:672]", or
+    "SafetensorError ... os error 28"); now exit 2 naming the file, and the run resumes."""
+    run = tmp_path / "run"
+    fill_the_disk_at(monkeypatch, target)
+    assert main(train_args(tiny_mvtec, run, 3)) == 2
+    err = capsys.readouterr().err
+    written = run / {"last_state.pt": bundle.LAST_STATE, "last.safetensors": bundle.CHECKPOINTS["last"],
+                     "history.png": bundle.HISTORY_PLOT}[target]
+    assert f"error: {written}: {NO_SPACE}" in err and "--resume" in err and "Traceback" not in err, err
+    assert checkpoint.read_last(run)["epoch"] == epoch_kept  # the last good checkpoint, whole
+    assert not list(run.rglob("*.tmp"))
+    monkeypatch.undo()  # space freed
+    assert main(["train", "--out", str(run), "--resume", "--quiet"]) == 0
+    assert [r["epoch"] for r in csv.DictReader((run / bundle.HISTORY).open())] == ["1", "2", "3"]
+
+
+@pytest.mark.parametrize("verb, target", [("predict", "overlays"), ("calibrate", "calibration.json"),
+                                          ("evaluate", "metrics.json")])
+def test_a_full_disk_in_other_verbs_names_the_file(tiny_run, tiny_mvtec: Path, tmp_path: Path, monkeypatch, capsys,
+                                                   verb: str, target: str):
+    """Before: "No space left on device" alone, without the file."""
+    run = copy_run(tiny_run(), tmp_path)
+    real_write_text, real_write_bytes = Path.write_text, Path.write_bytes
+
+    def full(real):
+        def write(self, data, *args, **kwargs):
+            if target in self.parts or self.name.startswith(f".{target}."):
+                raise OSError(errno.ENOSPC, NO_SPACE)
+            return real(self, data, *args, **kwargs)
+        return write
+
+    monkeypatch.setattr(Path, "write_text", full(real_write_text))
+    monkeypatch.setattr(Path, "write_bytes", full(real_write_bytes))
+    args = {"predict": ["predict", str(run), str(tiny_mvtec / "test"), "--out", str(tmp_path / "p")],
+            "calibrate": ["calibrate", str(run)], "evaluate": ["evaluate", str(run), "--out", str(tmp_path / "e")]}[verb]
+    assert main([*args, "--quiet"]) == 2
+    err = capsys.readouterr().err
+    named = {"predict": str(tmp_path / "p" / "overlays"), "calibrate": str(run / bundle.CALIBRATION),
+             "evaluate": str(tmp_path / "e" / "metrics.json")}[verb]
+    assert f"error: {named}" in err and err.strip().endswith(NO_SPACE), err
 
 
 # --- 10, 11. what the service shows and to whom ---------------------------------------------------
@@ -377,6 +578,60 @@ def test_cross_site_requests_and_foreign_hosts_are_refused(tiny_run):
     keyed = TestClient(create_app(detector, api_key="k"), base_url="http://10.0.0.5:8000")
     assert keyed.get("/model", headers={"X-API-Key": "k"}).status_code == 200
     assert keyed.get("/model", headers={"X-API-Key": "k", "Origin": "https://evil.example"}).status_code == 403
+
+
+LOCAL_ORIGINS = ["http://localhost:3000", "http://127.0.0.1:8001", "https://127.0.0.1:8000", "http://[::1]:8080",
+                 "http://localhost", "http://127.0.0.1", "http://inspect.plant.local:9000"]
+
+
+@pytest.mark.parametrize("origin", LOCAL_ORIGINS)
+@pytest.mark.parametrize("api_key", [None, "k"])
+def test_another_local_origin_is_refused(tiny_run, origin: str, api_key: str | None):
+    """Before: an Origin passed on its host alone, so a page on another port (or scheme) of the same
+    machine could post uploads and read /model."""
+    detector = Detector.load(tiny_run(), runtime="onnx")
+    hosts = served_hosts("127.0.0.1", api_key=api_key, allow_hosts=["inspect.plant.local"])
+    client = TestClient(create_app(detector, api_key=api_key, allowed_hosts=hosts), base_url="http://127.0.0.1:8000",
+                        headers={"X-API-Key": "k"} if api_key else {})
+    for response in (client.get("/model", headers={"Origin": origin}),
+                     client.post("/predict", headers={"Origin": origin}, files={"file": ("a.png", b"x")})):
+        assert response.status_code == 403 and "cross-origin request" in response.json()["detail"], origin
+
+
+@pytest.mark.parametrize("host, origin", [("127.0.0.1:8000", "http://127.0.0.1:8000"),
+                                          ("localhost:8000", "http://localhost:8000"),
+                                          ("LocalHost:8000", "http://localhost:8000/"),
+                                          ("inspect.plant.local:8000", "http://inspect.plant.local:8000"),
+                                          ("inspect.plant.local", "http://inspect.plant.local:80"),
+                                          ("[::1]:8000", "http://[::1]:8000")])
+def test_the_page_works_from_the_origin_it_was_opened_at(tiny_run, host: str, origin: str):
+    hosts = served_hosts("127.0.0.1", api_key=None, allow_hosts=["inspect.plant.local"])
+    client = TestClient(create_app(Detector.load(tiny_run(), runtime="onnx"), allowed_hosts=hosts))
+    assert client.get("/model", headers={"Host": host, "Origin": origin}).status_code == 200
+
+
+def test_behind_an_https_proxy_the_page_keeps_working(tiny_run):
+    """The scheme is the request's own: https where the connection (a trusted proxy's
+    X-Forwarded-Proto, which uvicorn applies) says so, so http://NAME is then another origin."""
+    client = TestClient(create_app(Detector.load(tiny_run(), runtime="onnx"), api_key="k"),
+                        base_url="https://inspect.plant.local", headers={"X-API-Key": "k"})
+    assert client.get("/model", headers={"Origin": "https://inspect.plant.local"}).status_code == 200
+    assert client.get("/model", headers={"Origin": "http://inspect.plant.local"}).status_code == 403
+
+
+@pytest.mark.parametrize("given", [["--api-key", ""], ["--api-key", "  "], "env"])
+def test_an_empty_api_key_is_refused(tiny_run, given, monkeypatch, capsys):
+    """Before: `--api-key "$KEY"` with KEY unset served without any key."""
+    import uvicorn
+
+    monkeypatch.setattr(uvicorn, "run", lambda *args, **kwargs: pytest.fail("served with an empty key"))
+    if given == "env":
+        monkeypatch.setenv("SURFAD_API_KEY", "")
+        given = []
+    assert main(["serve", str(tiny_run()), "--port", "9", *given]) == 2
+    assert "the API key is empty" in capsys.readouterr().err
+    with pytest.raises(SurfadError, match="API key is empty"):
+        create_app(Detector.load(tiny_run(), runtime="onnx"), api_key="")
 
 
 # --- 12, 14, 15. prediction outputs ----------------------------------------------------------------

@@ -85,6 +85,13 @@ def test_f1_max_matches_brute_force(seed: int) -> None:
     assert _f1_at(scores, labels, threshold) == pytest.approx(best)
 
 
+def test_f1_max_ties_go_to_the_highest_threshold() -> None:
+    """Broken: among equally good thresholds, the lowest (more parts called NG for the same F1)."""
+    # NG = {0.9}: F1 = 2/(1 + 0 + 2) = 2/3; NG = all four: F1 = 4/(4 + 2) = 2/3 too; between, lower.
+    f1, threshold = f1_max([0.9, 0.8, 0.7, 0.6], [1, 0, 0, 1])
+    assert f1 == pytest.approx(2 / 3) and threshold == pytest.approx(0.85)
+
+
 def test_f1_max_threshold_is_midpoint_between_scores() -> None:
     # Best split: NG = {0.8, 0.9} (F1 = 1); midway between 0.8 and the next lower score 0.4.
     assert f1_max([0.1, 0.4, 0.8, 0.9], [0, 0, 1, 1]) == (1.0, pytest.approx(0.6))

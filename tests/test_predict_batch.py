@@ -153,3 +153,65 @@ def test_sort_into_copies_each_image_by_verdict(detector: Detector, images: Path
         for copy in copies:
             record = by_stem[copy.stem]  # named as its outputs
             assert record["verdict"] == folder and copy.read_bytes() == Path(record["path"]).read_bytes()
+
+
+def test_errors_list_each_failing_image_once_and_drop_it_once_it_succeeds(detector: Detector, images: Path,
+                                                                         tmp_path: Path) -> None:
+    """Before: every rerun appended the same failures again, and an image fixed since stayed listed."""
+    good = (images / "img1.png").read_bytes()
+    (images / "broken.png").write_bytes(good[: len(good) // 2])
+    (images / "text.png").write_text("a text file named .png")
+    out = tmp_path / "out"
+    for _ in range(3):
+        predict_files(detector, [str(images)], out, progress=False)
+    errors = [json.loads(line) for line in (out / ERRORS).read_text().splitlines()]
+    assert sorted(Path(e["path"]).name for e in errors) == ["broken.png", "text.png"]
+    (images / "broken.png").write_bytes(good)  # repaired
+    counts = predict_files(detector, [str(images)], out, progress=False)
+    assert counts["done"] == 1 and counts["failed"] == 1
+    errors = [json.loads(line) for line in (out / ERRORS).read_text().splitlines()]
+    assert [Path(e["path"]).name for e in errors] == ["text.png"]
+
+
+def test_a_broken_link_is_counted_and_reported(detector: Detector, images: Path, tmp_path: Path) -> None:
+    """Before: a symbolic link to a missing file was silently left out of the inputs."""
+    (images / "gone.png").symlink_to(tmp_path / "missing.png")
+    (images / "sub" / "moved.png").symlink_to("nowhere.png")
+    out = tmp_path / "out"
+    counts = predict_files(detector, [str(images), str(images / "gone.png")], out, progress=False)
+    assert counts["images"] == 8 and counts["done"] == 6 and counts["failed"] == 2
+    errors = {Path(e["path"]).name: e["error"] for e in map(json.loads, (out / ERRORS).read_text().splitlines())}
+    assert set(errors) == {"gone.png", "moved.png"}
+    assert "broken symbolic link" in errors["gone.png"] and "missing.png" in errors["gone.png"]
+    assert str(images / "gone.png") in errors["gone.png"]  # the link named, not its target
+
+
+def test_predict_fails_when_no_image_could_be_read(tiny_run, tmp_path: Path, capsys) -> None:
+    """Before: exit 0 with "0 predicted"."""
+    folder = tmp_path / "unreadable"
+    folder.mkdir()
+    (folder / "a.png").write_text("not a picture")
+    (folder / "b.png").symlink_to(tmp_path / "missing.png")
+    out = tmp_path / "out"
+    assert main(["predict", str(tiny_run()), str(folder), "--out", str(out), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "none of the 2 input image(s) could be read" in err and str(out / ERRORS) in err
+    assert len((out / ERRORS).read_text().splitlines()) == 2
+    assert main(["predict", str(tiny_run()), str(tmp_path / "empty*"), "--out", str(out), "--quiet"]) == 2
+    assert "no such file, folder or matching pattern" in capsys.readouterr().err
+
+
+def test_hidden_files_and_folders_are_not_inputs(images: Path) -> None:
+    """Before: a folder input listed hidden files (.thumbnail.png, .git/...) that training's
+    list_images leaves out."""
+    from surfad.data.layouts import list_images
+
+    (images / ".hidden.png").write_bytes((images / "img0.png").read_bytes())
+    (images / ".cache").mkdir()
+    (images / ".cache" / "thumb.png").write_bytes((images / "img0.png").read_bytes())
+    (images / "sub" / ".x.png").write_bytes(b"")
+    found = expand_inputs([str(images)])
+    assert len(found) == 6 and not any(part.startswith(".") for p in found for part in p.relative_to(images.resolve()).parts)
+    assert [p.resolve() for p in list_images(images)] == [p for p in found if p.parent == images.resolve()]
+    assert len(expand_inputs([str(images / "**" / "*.png")])) == 6  # glob patterns skip hidden names too
+    assert expand_inputs([str(images / ".hidden.png")]) == [(images / ".hidden.png").resolve()]  # named: kept

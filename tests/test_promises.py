@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import csv
 import json
-import pathlib
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import cv2
@@ -168,27 +170,120 @@ def test_step_minus_one_resumes(tiny_mvtec: Path, tmp_path: Path, monkeypatch):
     assert [r["epoch"] for r in csv.DictReader((run / "history.csv").open())] == ["1", "2", "3"]
 
 
+def test_resuming_keeps_the_best_so_far(tiny_mvtec: Path, tmp_path: Path, monkeypatch):
+    """Broken: the best validation value not restored, so the first epoch after a resume ships
+    however bad it is."""
+    weights = record_epochs(monkeypatch, [{"val_auroc": 0.9}, {"val_auroc": 0.6}, {"val_auroc": 0.7}])
+    scripted = gradient.validate
+    calls = {"n": 0}
+
+    def interrupted_at_epoch_2(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return scripted(*args, **kwargs)
+
+    monkeypatch.setattr(gradient, "validate", interrupted_at_epoch_2)
+    run = tmp_path / "run"
+    assert main(train_args(tiny_mvtec, run, 3, "--select-after", "0")) == 130
+    calls["n"] = 2  # the resumed session validates epochs 2 and 3 (0.6, 0.7): neither beats epoch 1's 0.9
+    assert main(["train", "--out", str(run), "--resume", "--quiet"]) == 0
+    assert len(weights) == 3
+    assert_same_weights(run / bundle.WEIGHTS, weights[0])
+    assert [r["best"] for r in csv.DictReader((run / "history.csv").open())] == ["1", "", ""]
+
+
+def test_resuming_keeps_the_time_spent(tiny_mvtec: Path, tmp_path: Path, monkeypatch, capsys):
+    """Broken: the elapsed training time not restored, so a resumed run gets its whole --time-budget again."""
+    clock = {"now": 0.0}
+
+    def fake_monotonic() -> float:
+        clock["now"] += 25.0  # as in test_time_budget...: each epoch takes 25 s of training
+        return clock["now"]
+
+    monkeypatch.setattr(gradient.time, "monotonic", fake_monotonic)
+    real_validate = gradient.validate
+    calls = {"n": 0}
+
+    def interrupted_at_epoch_2(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return real_validate(*args, **kwargs)
+
+    monkeypatch.setattr(gradient, "validate", interrupted_at_epoch_2)
+    run = tmp_path / "run"
+    assert main(train_args(tiny_mvtec, run, 6, "--time-budget", "1")) == 130  # epoch 1 done: 25 s
+    assert main(["train", "--out", str(run), "--resume", "--quiet"]) == 0  # 50 s, then 75 s > 60 s
+    assert [r["epoch"] for r in csv.DictReader((run / "history.csv").open())] == ["1", "2", "3"]
+    assert "time budget of 1.0 min reached after epoch 3" in capsys.readouterr().out
+
+
 # --- 3, 4. selection never reads test; validation without real defects -----------------------------
 
 
-def test_training_never_opens_a_test_image(tiny_mvtec: Path, tmp_path: Path, monkeypatch):
-    """Broken: a split check that decodes test files, or a validation set that includes them."""
+# Runs `surfad ARGS...` with an audit hook that records every file Python opens (builtins.open, io.open,
+# os.open: Path.read_bytes, PIL, numpy, torch's Python-side reads), written as JSON to the first argument.
+AUDITED_RUN = """
+import json, os, sys
+opened = []
+def hook(event, args):
+    if event == "open" and isinstance(args[0], (str, bytes, os.PathLike)):
+        opened.append(os.path.realpath(os.fsdecode(args[0])))
+sys.addaudithook(hook)
+from surfad.cli import main
+code = main(sys.argv[2:])
+with open(sys.argv[1], "w") as f:
+    json.dump(opened, f)
+sys.exit(code)
+"""
+
+
+def mark_unread(path: Path) -> None:
+    """Set the file's access time before its modification time: on a file system that records reads
+    (relatime, the Linux default), the next read of its content, by any code, moves it."""
+    st = path.stat()
+    os.utime(path, ns=(st.st_mtime_ns - 10**10, st.st_mtime_ns))
+
+
+def records_reads(folder: Path) -> bool:
+    probe = folder / "probe"
+    probe.write_bytes(b"x")
+    mark_unread(probe)
+    before = probe.stat().st_atime_ns
+    probe.read_bytes()
+    return probe.stat().st_atime_ns != before
+
+
+@pytest.mark.parametrize("model", ["unet_vae", "padim"])
+def test_training_never_opens_a_test_image(tiny_mvtec: Path, tmp_path: Path, model: str):
+    """Broken: a split check that decodes test files, or a validation set that includes them. Two
+    witnesses: an audit hook sees every file Python opens (builtins.open, os.open: not only
+    Path.read_bytes), and the test files' access times see a read by any code, C libraries such as
+    cv2.imread included, where the file system records reads. The test files are also unreadable
+    garbage, so decoding one would fail the run."""
     data = Path(shutil.copytree(tiny_mvtec, tmp_path / "data"))
     test_files = [p for p in (data / "test").rglob("*.png")] + [p for p in (data / "ground_truth").rglob("*.png")]
     for path in test_files:
         path.write_bytes(b"unreadable")
-    opened = []
-    real_read = pathlib.Path.read_bytes
-
-    def spy(self):
-        opened.append(self.resolve())
-        return real_read(self)
-
-    monkeypatch.setattr(pathlib.Path, "read_bytes", spy)
-    assert main(train_args(data, tmp_path / "run", 2)) == 0
-    touched = {p for p in opened if p.is_relative_to((data / "test").resolve()) or
-               p.is_relative_to((data / "ground_truth").resolve())}
-    assert not touched and opened  # the spy saw the training images being read
+        mark_unread(path)
+    accessed = {path: path.stat().st_atime_ns for path in test_files}
+    log = tmp_path / "opened.json"
+    args = ["train", "--data", str(data), "--out", str(tmp_path / "run"), "--epochs", "2", "--model", model,
+            "--preset", "tiny", "--image-size", "32", "--batch-size", "4", "--threads", "1", "--quiet",
+            "--grid-every", "0"]
+    done = subprocess.run([sys.executable, "-c", AUDITED_RUN, str(log), *args], capture_output=True, text=True,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    opened = {Path(p) for p in json.loads(log.read_text())}
+    touched = {p for p in opened if p.is_relative_to((data / "test").resolve())
+               or p.is_relative_to((data / "ground_truth").resolve())}
+    assert not touched, sorted(touched)[:5]
+    train_images = {p.resolve() for p in (data / "train").rglob("*.png")}
+    assert train_images & opened  # the hook saw the training images being read
+    if records_reads(tmp_path):
+        read = [path for path, before in accessed.items() if path.stat().st_atime_ns != before]
+        assert not read, read[:5]
 
 
 @pytest.fixture(scope="module")

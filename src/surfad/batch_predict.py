@@ -1,9 +1,12 @@
 """Batch prediction to files: heatmap, overlay and mask PNGs, predictions.jsonl/.csv and index.html
 (the REVIEW, NG and OK images as overlay thumbnails, see surfad.report.write_gallery).
 
-Inputs are files, folders (searched recursively for images) or glob patterns. Re-running into the
-same output folder skips images already in predictions.jsonl, so an interrupted batch resumes.
-Unreadable files are reported in errors.jsonl and skipped; the batch goes on.
+Inputs are files, folders (searched recursively for images, hidden files and folders left out) or
+glob patterns. Re-running into the same output folder skips images already in predictions.jsonl, so
+an interrupted batch resumes. Unreadable files (a broken symbolic link among them) are reported in
+errors.jsonl and skipped; the batch goes on, and they are tried again on the next run. errors.jsonl
+lists each image whose last attempt failed, once, with that attempt's error: one that later
+succeeds leaves it. A batch where no image at all could be read is an error.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import shutil
 import sys
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from tqdm import tqdm
@@ -21,16 +25,17 @@ from tqdm import tqdm
 from surfad.data.io import read_image
 from surfad.data.layouts import expand_inputs
 from surfad.detector import Detector
-from surfad.errors import BadInputError
+from surfad.errors import BadInputError, SurfadError
 from surfad.report import write_gallery
 from surfad.utils import (
     atomic_write_csv,
     atomic_write_text,
     exclusive,
+    naming,
     remove_stale_temp_files,
     to_json,
 )
-from surfad.verdict import NG, REVIEW, VERDICTS
+from surfad.verdict import NG, REVIEW, VERDICTS, Prediction
 from surfad.visualize import render, write_png
 
 JSONL = "predictions.jsonl"
@@ -51,7 +56,8 @@ def predict_files(detector: Detector, inputs: Iterable[str], out: str | Path, th
     person to correct and for `surfad calibrate --good .../OK --defect .../NG`.
 
     Returns counts: images (found), already_done (skipped on resume), done, failed (unreadable or
-    unsuited to the region of interest, retried on the next run), ng and review (of those done now).
+    unsuited to the region of interest, listed in errors.jsonl and retried on the next run), ng and
+    review (of those done now). SurfadError when every image found failed.
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -72,44 +78,73 @@ def _predict_into(detector: Detector, inputs: Iterable[str], out: Path, threshol
     for sub in ("heatmaps", "overlays", "masks"):
         (out / sub).mkdir(parents=True, exist_ok=True)
     counts = {"images": len(paths), "already_done": len(paths) - len(todo), "done": 0, "failed": 0, "ng": 0, "review": 0}
+    failures = _failures(out / ERRORS, done)  # the failures of earlier runs, to be tried again
     bar = tqdm(total=len(todo), disable=not progress, unit="img", desc="predict", dynamic_ncols=True)
-    with (out / JSONL).open("a") as results, (out / ERRORS).open("a") as errors:
-        for start in range(0, len(todo), batch_size):
-            chunk, images = [], []
-            for path in todo[start:start + batch_size]:
-                try:
-                    image = read_image(path)
-                    detector.check_image(image, str(path))  # e.g. another camera's shape than the ROI's
-                    images.append(image)
-                    chunk.append(path)
-                except BadInputError as err:
-                    counts["failed"] += 1
-                    errors.write(to_json({"path": str(path), "error": str(err)}) + "\n")
-                    bar.write(f"skipped: {err}", file=sys.stderr)
+    try:
+        with (out / JSONL).open("a") as results:
+            for start in range(0, len(todo), batch_size):
+                chunk, images = [], []
+                for path in todo[start:start + batch_size]:
+                    try:
+                        image = read_image(path)
+                        detector.check_image(image, str(path))  # e.g. another camera's shape than the ROI's
+                        images.append(image)
+                        chunk.append(path)
+                    except BadInputError as err:
+                        counts["failed"] += 1
+                        failures[str(path)] = {"path": str(path), "error": str(err)}
+                        bar.write(f"skipped: {err}", file=sys.stderr)
+                        bar.update()
+                if not chunk:
+                    continue
+                for path, image, pred in zip(chunk, images, detector.predict_batch(images, threshold)):
+                    record = _write_outputs(detector, out, path, image, pred, sort_into)
+                    with naming(out / JSONL):
+                        results.write(to_json(record) + "\n")
+                        results.flush()
+                    failures.pop(str(path), None)
+                    counts["done"] += 1
+                    counts["ng"] += pred.verdict == NG
+                    counts["review"] += pred.verdict == REVIEW
                     bar.update()
-            if not chunk:
-                continue
-            for path, image, pred in zip(chunk, images, detector.predict_batch(images, threshold)):
-                stem = output_stem(path)
-                files = {k: str(out / k / f"{stem}.png") for k in ("heatmaps", "overlays", "masks")}
-                heat, picture = render(image, pred.anomaly_map, detector.calibration.pixel_threshold, pred.regions,
-                                       detector.roi_at(*image.shape[:2]))
-                write_png(files["heatmaps"], heat)
-                write_png(files["overlays"], picture)
-                write_png(files["masks"], (pred.mask * 255).astype(np.uint8))
-                if sort_into is not None:
-                    shutil.copy2(path, Path(sort_into) / pred.verdict / f"{stem}{path.suffix}")
-                record = {"path": str(path), **pred.to_dict(), "heatmap": files["heatmaps"],
-                          "overlay": files["overlays"], "mask": files["masks"]}
-                results.write(to_json(record) + "\n")
-                results.flush()
-                counts["done"] += 1
-                counts["ng"] += pred.verdict == NG
-                counts["review"] += pred.verdict == REVIEW
-                bar.update()
-    bar.close()
+    finally:  # also when interrupted: what failed so far is listed
+        bar.close()
+        atomic_write_text(out / ERRORS, "".join(to_json(e) + "\n" for e in failures.values()))
     _write_summaries(out)
+    if counts["failed"] and counts["failed"] == counts["images"]:
+        raise SurfadError(f"none of the {counts['images']} input image(s) could be read; see {out / ERRORS}")
     return counts
+
+
+def _write_outputs(detector: Detector, out: Path, path: Path, image: np.ndarray, pred: Prediction,
+                   sort_into: str | Path | None) -> dict[str, Any]:
+    """Write one image's heatmap, overlay and mask (and its sorted copy); its predictions.jsonl record."""
+    stem = output_stem(path)
+    files = {k: str(out / k / f"{stem}.png") for k in ("heatmaps", "overlays", "masks")}
+    heat, picture = render(image, pred.anomaly_map, detector.calibration.pixel_threshold, pred.regions,
+                           detector.roi_at(*image.shape[:2]))
+    write_png(files["heatmaps"], heat)
+    write_png(files["overlays"], picture)
+    write_png(files["masks"], (pred.mask * 255).astype(np.uint8))
+    if sort_into is not None:
+        copy = Path(sort_into) / pred.verdict / f"{stem}{path.suffix}"
+        with naming(copy):
+            shutil.copy2(path, copy)
+    return {"path": str(path), **pred.to_dict(), "heatmap": files["heatmaps"], "overlay": files["overlays"],
+            "mask": files["masks"]}
+
+
+def _failures(errors: Path, done: set[str]) -> dict[str, dict[str, Any]]:
+    """errors.jsonl of earlier runs by path, the last record of each, without the images done since (and
+    without lines an interruption cut off)."""
+    failures: dict[str, dict[str, Any]] = {}
+    for line in errors.read_text().splitlines() if errors.is_file() else []:
+        try:
+            record = json.loads(line)
+            failures[record["path"]] = record
+        except (json.JSONDecodeError, KeyError, TypeError):
+            continue
+    return {path: record for path, record in failures.items() if path not in done}
 
 
 def _done_paths(jsonl: Path) -> set[str]:

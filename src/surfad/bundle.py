@@ -21,10 +21,13 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import os
+import re
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from surfad.config import RunConfig
@@ -79,8 +82,19 @@ def require_run(run: str | Path) -> Path:
 
 
 def save_weights(model: torch.nn.Module, path: str | Path) -> None:
+    """The model's weights as safetensors, atomically; a failed write (a full disk) is an OSError naming `path`."""
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    atomic_write(path, lambda tmp: save_file(state, str(tmp)))
+
+    def write(tmp: Path) -> None:
+        try:
+            save_file(state, str(tmp))
+        except SafetensorError as err:  # e.g. "I/O error: No space left on device (os error 28)"
+            code = re.search(r"\(os error (\d+)\)", str(err))
+            if code is None:
+                raise
+            raise OSError(int(code[1]), os.strerror(int(code[1]))) from None
+
+    atomic_write(path, write)
 
 
 def load_weights(model: torch.nn.Module, path: str | Path) -> None:

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import errno
 import json
 import math
 import os
+import re
 import sys
 import typing
 from dataclasses import replace
@@ -27,6 +29,18 @@ from surfad.errors import SurfadError
 
 MODEL_FLAG = "model_flag:"
 CONFIG_SECTIONS = (DataConfig, TrainConfig)
+# What argparse takes for a value, not an option, after a flag: any negative number (argparse's own rule knows
+# only forms like -3 and -3.5, so `--threshold -inf` or `-1e-3` was taken for an unknown option).
+NEGATIVE_NUMBER = re.compile(r"^-((\d+\.?\d*|\.\d+)(e[-+]?\d+)?|inf|infinity|nan)$", re.IGNORECASE)
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with every negative number a value (NEGATIVE_NUMBER); its type then accepts or refuses it,
+    e.g. finite_float refuses -inf. Subcommand parsers are of this class too."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._negative_number_matcher = NEGATIVE_NUMBER
 
 
 # --- argument types -------------------------------------------------------------------------------
@@ -454,7 +468,7 @@ def add_serve(sub: argparse._SubParsersAction) -> None:
 def cmd_serve(args: argparse.Namespace) -> None:
     from surfad.serve.app import serve
 
-    api_key = args.api_key or os.environ.get("SURFAD_API_KEY") or None
+    api_key = args.api_key if args.api_key is not None else os.environ.get("SURFAD_API_KEY")
     serve(args.run, host=args.host, port=args.port, runtime=args.runtime, api_key=api_key,
           max_upload_bytes=int(args.max_upload_mb * 1_000_000), max_pixels=args.max_pixels,
           concurrency=args.concurrency, record=args.record, keep_images=args.keep_images,
@@ -497,7 +511,7 @@ VERBS = (add_synth, add_train, add_calibrate, add_evaluate, add_predict, add_exp
 
 
 def make_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="surfad", description="Unsupervised visual surface-defect detection.")
+    parser = Parser(prog="surfad", description="Unsupervised visual surface-defect detection.")
     parser.add_argument("--version", action="version", version=f"surfad {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     for add in VERBS:
@@ -517,7 +531,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except OSError as err:  # a folder that cannot be written, a full disk: say which file, no traceback
         where = f"{err.filename}: " if err.filename else ""
-        print(f"surfad {args.command}: error: {where}{err.strerror or err}", file=sys.stderr)
+        full = err.errno in (errno.ENOSPC, errno.EDQUOT) and args.command == "train"
+        hint = "; the last checkpoint is kept: free some space, then continue with --resume" if full else ""
+        print(f"surfad {args.command}: error: {where}{err.strerror or err}{hint}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         hint = " (continue with --resume)" if args.command == "train" else ""

@@ -199,10 +199,19 @@ class RunConfig:
 
     @classmethod
     def load(cls, path: str | Path) -> RunConfig:
+        """Read a config.yaml; errors name the file once (load_yaml's already do)."""
+        raw = load_yaml(path)
         try:
-            return cls.from_dict(load_yaml(path))
+            return cls.from_dict(raw)
         except SurfadError as err:
             raise SurfadError(f"{path}: {err}") from None
+
+
+def yaml_problem(err: yaml.YAMLError) -> str:
+    """A YAML error on one line: 'line 3, column 8: expected ',' or ']'' (its own text spans several)."""
+    mark = getattr(err, "problem_mark", None)
+    problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+    return problem if mark is None else f"line {mark.line + 1}, column {mark.column + 1}: {problem}"
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
@@ -215,7 +224,7 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     except (OSError, UnicodeDecodeError) as err:
         raise SurfadError(f"{path}: cannot read ({err})") from None
     except yaml.YAMLError as err:
-        raise SurfadError(f"{path}: not valid YAML ({err})") from None
+        raise SurfadError(f"{path}: not valid YAML ({yaml_problem(err)})") from None
     if raw is None:
         return {}
     if not isinstance(raw, dict):

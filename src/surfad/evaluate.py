@@ -10,6 +10,7 @@ and one of defective ones outside any dataset layout (for instance inspections r
 
 from __future__ import annotations
 
+import os
 import sys
 from dataclasses import replace
 from datetime import datetime, timezone
@@ -26,6 +27,7 @@ from surfad.data.samples import Sample
 from surfad.data.splits import Splits, make_splits
 from surfad.data.transforms import resize_map
 from surfad.detector import Detector
+from surfad.errors import SurfadError
 from surfad.metrics import band_rates, image_metrics, per_type_auroc, pixel_metrics
 from surfad.report import worst_cases, write_report
 from surfad.scoring import ScoredSet
@@ -92,17 +94,37 @@ def calibrate_run(run: str | Path, data: str | None = None, split: str = "val", 
     run's calibration.json (the one it replaces goes to calibrations/); progress: show a bar while
     scoring; review: "LOW,HIGH" rules of an OK / REVIEW / NG band (calibrate.review_band)."""
     run = Path(run)
+    previous = run / bundle.CALIBRATION
+    set_aside_if_corrupt(previous)
     detector = Detector.load(run, checkpoint=checkpoint, calibrated=False, roi=roi)  # it may not be calibrated yet
     samples, _ = images_to_score(detector.config, run, data, layout, split, samples)
     scored, _ = detector.score_samples(samples, progress=progress)
     calibration = calibrate(scored.scores, scored.labels, scored.maps, scored.masks, strategy, split=split,
                             valid=scored.valid, review=review, roi_key=detector.roi_key)
-    previous = run / bundle.CALIBRATION
     if previous.is_file():  # kept, so a threshold replaced by mistake can be put back
-        stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
-        atomic_write_bytes(run / bundle.CALIBRATION_HISTORY / f"calibration_{stamp}.json", previous.read_bytes())
+        atomic_write_bytes(kept_calibration_path(run), previous.read_bytes())
     calibration.save(previous)
     return calibration
+
+
+def kept_calibration_path(run: Path, note: str = "") -> Path:
+    """Where a replaced calibration.json is kept: calibrations/calibration_<UTC time><note>.json."""
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
+    return run / bundle.CALIBRATION_HISTORY / f"calibration_{stamp}{note}.json"
+
+
+def set_aside_if_corrupt(path: Path) -> None:
+    """Move a calibration.json that cannot be used (unreadable, a missing field, a non-finite threshold)
+    into calibrations/, saying so on stderr, so that calibrating replaces it instead of refusing it."""
+    if not path.is_file():
+        return
+    try:
+        Calibration.load(path)
+    except SurfadError as err:
+        kept = kept_calibration_path(path.parent, "_corrupt")
+        kept.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(path, kept)
+        print(f"warning: {err}; moved it to {kept} and calibrating anew", file=sys.stderr)
 
 
 def evaluate_run(run: str | Path, data: str | None = None, split: str = "test", out: str | Path | None = None,

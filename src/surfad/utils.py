@@ -38,20 +38,34 @@ FILE_MODE = 0o666 & ~_current_umask()  # what open() would give a new file: writ
 TEMP_PREFIX, TEMP_SUFFIX = ".", ".tmp"  # atomic writes go through hidden .NAME.XXXX.tmp siblings
 
 
+@contextmanager
+def naming(path: str | Path) -> Iterator[None]:
+    """An OSError in the block that names no file (a full disk's ENOSPC, raised by a write, names none), or
+    names a temporary sibling of `path` (atomic_write's), names `path` instead: the file the user knows."""
+    try:
+        yield
+    except OSError as err:
+        if err.filename is not None and not Path(err.filename).name.startswith(f"{TEMP_PREFIX}{Path(path).name}."):
+            raise
+        raise OSError(err.errno, err.strerror or str(err), str(path)) from err
+
+
 def atomic_write(path: str | Path, write: Callable[[Path], None]) -> None:
-    """Write a file via a temporary sibling and rename, so a crash never leaves a half file; the file
-    gets the mode a plain open() would (the umask applies)."""
+    """Write a file via a temporary sibling and rename, so a crash never leaves a half file (and a full
+    disk leaves the previous version whole); the file gets the mode a plain open() would (the umask
+    applies). An OSError names `path` (see naming)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f"{TEMP_PREFIX}{path.name}.", suffix=TEMP_SUFFIX)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.chmod(tmp, FILE_MODE)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with naming(path):
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f"{TEMP_PREFIX}{path.name}.", suffix=TEMP_SUFFIX)
+        os.close(fd)
+        try:
+            write(Path(tmp))
+            os.chmod(tmp, FILE_MODE)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
 
 
 def remove_stale_temp_files(folder: str | Path) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 import warnings
 from collections.abc import Iterable
 from pathlib import Path
@@ -80,6 +81,8 @@ def read_image(path: str | Path, channels: int | None = None) -> np.ndarray:
     try:
         data = path.read_bytes()
     except FileNotFoundError:
+        if path.is_symlink():
+            raise BadInputError(f"{path}: broken symbolic link (its target {os.readlink(path)} is missing)") from None
         raise BadInputError(f"{path}: file not found") from None
     except OSError as err:
         raise BadInputError(f"{path}: cannot read ({err.strerror})") from None

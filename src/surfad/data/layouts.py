@@ -23,7 +23,7 @@ Supported layouts (cfg.layout; "auto" detects mvtec, mt, dagm and ksdd2):
 The mt and folder layouts have no test split: cfg.train_list (a file of good image names) or a
 seeded cfg.test_ratio share of the good images decides which good images are tested; defective
 images are always test images. Images are files with a surfad.data.io.IMAGE_SUFFIXES extension (any
-case), hidden files excluded, in sorted order, so the same folder always gives the same lists.
+case), hidden files excluded (is_hidden), in sorted order, so the same folder always gives the same lists.
 """
 
 from __future__ import annotations
@@ -68,38 +68,55 @@ class BadFiles:
         self.skipped.append((str(path), problem))
 
 
+def is_hidden(name: str) -> bool:
+    """Hidden files and folders (".name"), such as .git, .DS_Store or an interrupted write's temporary
+    file, are never images to read: list_images and expand_inputs both leave them out."""
+    return name.startswith(".")
+
+
 def list_images(folder: Path) -> list[Path]:
     """Image files directly in folder (no hidden files), sorted; [] when the folder is absent."""
     if not folder.is_dir():
         return []
-    return sorted(
-        p
-        for p in folder.iterdir()
-        if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".") and p.is_file()
-    )
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and not is_hidden(p.name)
+                  and p.is_file())
+
+
+def is_broken_link(path: Path) -> bool:
+    """A symbolic link whose target is missing: an input that cannot be read, to report, not to drop."""
+    return path.is_symlink() and not path.exists()
 
 
 def expand_inputs(inputs: Iterable[str], exclude: str | Path | None = None) -> list[Path]:
     """Files, folders (recursive) and glob patterns -> a sorted, de-duplicated list of image files.
 
     Files named explicitly are kept whatever their suffix (decoding decides); folders and patterns
-    contribute files with an image suffix. Files under `exclude` (the output folder) are left out,
-    so outputs written inside an input folder are not inspected on the next run.
+    contribute files with an image suffix, leaving out hidden files and everything in hidden
+    folders below them (as list_images does; glob patterns match no hidden name unless they spell
+    its dot). A broken symbolic link is kept, so reading it fails and it is reported with the
+    others. Files under `exclude` (the output folder) are left out, so outputs written inside an
+    input folder are not inspected on the next run.
     """
     inputs = list(inputs)
     found: list[Path] = []
+
+    def image_like(p: Path) -> bool:
+        return p.suffix.lower() in IMAGE_SUFFIXES and (p.is_file() or is_broken_link(p))
+
     for item in inputs:
         path = Path(item)
         if path.is_dir():
-            found += [p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
-        elif path.is_file():
+            found += [p for p in path.rglob("*") if image_like(p)
+                      and not any(is_hidden(part) for part in p.relative_to(path).parts)]
+        elif path.is_file() or is_broken_link(path):
             found.append(path)
         else:
             matches = [Path(m) for m in glob.glob(item, recursive=True)]
             if not matches:
                 raise SurfadError(f"{item}: no such file, folder or matching pattern")
-            found += [m for m in matches if m.is_file() and m.suffix.lower() in IMAGE_SUFFIXES]
-    unique = sorted({p.resolve() for p in found})
+            found += [m for m in matches if image_like(m)]
+    # A broken link keeps its own path (resolving it would name its missing target instead).
+    unique = sorted({p.resolve() if p.exists() else p.absolute() for p in found})
     if exclude is not None:
         unique = [p for p in unique if not p.is_relative_to(Path(exclude).resolve())]
     if not unique:

@@ -105,9 +105,16 @@ class Detector:
 
     @staticmethod
     def read_calibration(folder: Path) -> Calibration | None:
-        """The folder's calibration.json, or None when it has none yet."""
+        """The folder's calibration.json, or None when it has none yet; a corrupt one is an error that
+        says how to replace it."""
         path = folder / bundle.CALIBRATION
-        return Calibration.load(path) if path.is_file() else None
+        if not path.is_file():
+            return None
+        try:
+            return Calibration.load(path)
+        except SurfadError as err:
+            raise SurfadError(f"{err}; run `surfad calibrate {folder}` to calibrate again (the corrupt file is then "
+                              f"moved into {bundle.CALIBRATION_HISTORY}/)") from None
 
     @property
     def roi_key(self) -> str:

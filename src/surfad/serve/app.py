@@ -21,12 +21,23 @@ and a "recording_error".
 API key: with `api_key` set, /model, /stats, /metrics and /predict need the header ``X-API-Key``. The page asks for
 the key when the service answers 401 and keeps it in the browser's localStorage, then sends it as
 that header; it is never put in a URL. Use HTTPS (a reverse proxy) when the key crosses a network.
+An empty key is refused (`--api-key "$KEY"` with KEY unset would otherwise serve without one).
 
-Origins: a request whose Origin header names another site is refused (403), so a web page
-elsewhere cannot post uploads (which would be recorded). Without an API key, `surfad serve` also
-answers only requests whose Host is the address served, localhost or an --allow-host name, so a
-foreign name pointed at this address (DNS rebinding) cannot read /model. Answers carry no
-file-system paths.
+Hosts: without an API key, `surfad serve` answers only requests whose Host is a served host: the
+address it listens on (not a wildcard such as 0.0.0.0, which names no host), localhost, 127.0.0.1,
+::1 and each --allow-host name; so a foreign name pointed at this address (DNS rebinding) cannot
+read /model. With an API key every Host is answered: the key protects the service.
+
+Origins: a request with an Origin header passes only when that origin is the request's own, the
+origin of the page at / it was sent to: the same scheme (http, or https when a proxy on this
+machine says so in X-Forwarded-Proto), host and port as the request's URL (its Host header).
+So the page works from wherever it was opened (http://127.0.0.1:PORT, http://localhost:PORT,
+http://NAME:PORT for an --allow-host NAME, https://NAME behind a proxy that passes Host and
+X-Forwarded-Proto), and any other origin is refused (403), including another port, scheme or
+address of the same machine (http://localhost:3000 against a service on 127.0.0.1:8000): a web
+page elsewhere cannot post uploads (which would be recorded) nor read /model. The same holds with
+an API key and with a wildcard bind: the origin must be the one the request was addressed to.
+Answers carry no file-system paths.
 
 Limits: uploads over `max_upload_bytes` get 413 (checked on the bytes received, so a client cannot
 get around it by omitting Content-Length); images over `max_pixels` get 413, checked on the file
@@ -70,7 +81,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from surfad import __version__
 from surfad.data.io import decode_image
 from surfad.detector import Detector
-from surfad.errors import BadInputError, ImageTooLarge
+from surfad.errors import BadInputError, ImageTooLarge, SurfadError
 from surfad.serve.record import InspectionLog, LiveStats, SharedStats, prometheus_text
 from surfad.visualize import encode_png, render
 
@@ -102,10 +113,26 @@ def hostname(authority: str) -> str:
     return authority.rsplit(":", 1)[0] if authority.count(":") == 1 else authority
 
 
+DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def origin_key(url: str) -> tuple[str, str, int] | None:
+    """(scheme, host, port) of an origin or URL, the port filled in from the scheme; None when it names
+    no host ("null", file:, a malformed address)."""
+    try:
+        parts = urlsplit(url.strip())
+        scheme, host, port = parts.scheme.lower(), parts.hostname, parts.port
+    except ValueError:
+        return None
+    if not host or scheme not in DEFAULT_PORTS:
+        return None
+    return scheme, host, DEFAULT_PORTS[scheme] if port is None else port
+
+
 def guard_origin(app: FastAPI, allowed_hosts: frozenset[str] | None) -> None:
     """Refuse (403) a request whose Host is not served here (when allowed_hosts is given: DNS
-    rebinding points a foreign name at this address) or whose Origin is another site (a page
-    elsewhere posting uploads): an Origin passes when it is this Host or an allowed host."""
+    rebinding points a foreign name at this address) or whose Origin is not the request's own
+    (scheme, host and port; a page elsewhere posting uploads). See the module doc."""
 
     @app.middleware("http")
     async def check(request: Request, call_next: Any) -> Any:
@@ -115,9 +142,11 @@ def guard_origin(app: FastAPI, allowed_hosts: frozenset[str] | None) -> None:
                                            f"--allow-host {hostname(host) or 'NAME'} to allow it"}, status_code=403)
         origin = request.headers.get("origin")
         if origin is not None:
-            netloc = urlsplit(origin).netloc.lower()
-            if netloc != host.lower() and hostname(netloc) not in (allowed_hosts or ()):
-                return JSONResponse({"detail": f"cross-site request from {origin!r} refused"}, status_code=403)
+            own = origin_key(f"{request.url.scheme}://{host}")
+            if own is None or origin_key(origin) != own:
+                served = "" if own is None else f" (this service is {own[0]}://{host.lower()})"
+                return JSONResponse({"detail": f"cross-origin request from {origin!r} refused{served}"},
+                                    status_code=403)
         return await call_next(request)
 
 
@@ -138,6 +167,7 @@ def create_app(detector: Detector, api_key: str | None = None, max_upload_bytes:
     inspected at once; stats: where /stats counts (default: this process's LiveStats)."""
     if max_upload_bytes < 1 or max_pixels < 1 or concurrency < 1:
         raise ValueError("max_upload_bytes, max_pixels and concurrency must be positive")
+    check_api_key(api_key)
     app = FastAPI(title="surfad", version=__version__, docs_url=None, redoc_url=None, openapi_url=None)
     guard_origin(app, allowed_hosts)
     page = (STATIC / "index.html").read_text(encoding="utf-8")
@@ -198,6 +228,14 @@ def answer_errors_as_json(app: FastAPI) -> None:
     @app.exception_handler(Exception)
     async def _internal_error(request: Request, err: Exception) -> JSONResponse:
         return JSONResponse({"detail": f"internal error ({type(err).__name__}); see the service log"}, status_code=500)
+
+
+def check_api_key(api_key: str | None) -> None:
+    """SurfadError for an empty or blank key: serving would need no key (or an empty header) where one was
+    meant, as `--api-key "$KEY"` gives with KEY unset. None means no key."""
+    if api_key is not None and not api_key.strip():
+        raise SurfadError("the API key is empty (an unset variable in --api-key \"$KEY\"?): give a key in "
+                          "$SURFAD_API_KEY or --api-key, or neither to serve without one")
 
 
 def key_check(api_key: str | None) -> Any:
@@ -359,7 +397,8 @@ WILDCARDS = ("0.0.0.0", "::", "")
 
 def served_hosts(host: str, api_key: str | None, allow_hosts: list[str]) -> frozenset[str] | None:
     """The Host names a service answers: any with an API key (the key protects it); else the bound
-    address (unless it is a wildcard), the local names and `allow_hosts`."""
+    address (unless it is a wildcard, which names no host), the local names and `allow_hosts`. Origins
+    are checked against each request's own (guard_origin) whichever hosts are served."""
     if api_key:
         return None
     names = {*LOCAL_NAMES, *(hostname(h) for h in allow_hosts)}
@@ -384,6 +423,7 @@ def serve(run: str | Path, host: str = "127.0.0.1", port: int = 8000, runtime: s
     threads: inference threads per process; 0 shares the cores among the workers (every core for one)."""
     import uvicorn
 
+    check_api_key(api_key)
     threads = threads or worker_threads(workers)
     hosts = served_hosts(host, api_key, allow_hosts or [])
     options = ServiceOptions(run=str(run), runtime=runtime, api_key=api_key, max_upload_bytes=max_upload_bytes,

@@ -62,8 +62,20 @@ def save_last(out: Path, model: torch.nn.Module, optimizer: torch.optim.Optimize
             "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
             "scheduler": scheduler.state_dict() if scheduler else None,
             **({} if average is None else {"average": average.state_dict()})}
-    atomic_write(out / bundle.LAST_STATE, lambda tmp: torch.save(full, tmp))
+    atomic_write(out / bundle.LAST_STATE, lambda tmp: save_state(full, tmp))
     bundle.save_weights(model, out / bundle.CHECKPOINTS["last"])
+
+
+def save_state(state: dict[str, Any], path: Path) -> None:
+    """torch.save through a Python file, so a failed write (a full disk) is the file's OSError: torch's
+    writer reports it as its own RuntimeError ("unexpected pos"), with the OSError as its context."""
+    with path.open("wb") as f:
+        try:
+            torch.save(state, f)
+        except RuntimeError as err:
+            if isinstance(err.__context__, OSError):
+                raise err.__context__ from None
+            raise
 
 
 def read_last(out: Path) -> dict[str, Any]:
@@ -83,11 +95,46 @@ def read_last(out: Path) -> dict[str, Any]:
     return full
 
 
+def is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def check_state(full: dict[str, Any], path: Path, epochs: int) -> TrainState:
+    """The TrainState of a checkpoint's contents, every field checked (a hand-edited or foreign file
+    must not train from a negative epoch, or stop in a traceback): epoch a whole number from 0 to
+    `epochs` (train.epochs); history a list of one dict per epoch done, numbered 1 to epoch, with
+    numbers for values; best and best_seg numbers, finite or -inf (none yet); elapsed a finite number
+    of seconds >= 0. SurfadError naming the file and the field otherwise."""
+    def bad(name: str, expected: str) -> SurfadError:
+        return SurfadError(f"{path}: field {name}={full[name]!r:.80}: {expected}; restore the file or start a new run")
+
+    epoch, history = full["epoch"], full["history"]
+    if not (isinstance(epoch, int) and not isinstance(epoch, bool) and 0 <= epoch <= epochs):
+        raise bad("epoch", f"must be a whole number of epochs done, from 0 to train.epochs ({epochs})")
+    if not isinstance(history, list) or len(history) != epoch:
+        raise bad("history", f"must be a list of one row per epoch done ({epoch})")
+    for number, row in enumerate(history, start=1):
+        if not (isinstance(row, dict) and row.get("epoch") == number
+                and all(isinstance(k, str) and is_number(v) for k, v in row.items())):
+            raise SurfadError(f"{path}: field history, row {number}: must map names to numbers, with epoch {number} "
+                              f"(got {row!r:.80}); restore the file or start a new run")
+    for name in ("best", "best_seg"):
+        value = full[name]
+        if not (is_number(value) and (math.isfinite(value) or value == -math.inf)):
+            raise bad(name, "must be a finite number, or -inf before any epoch was selected")
+    if not (is_number(full["elapsed"]) and math.isfinite(full["elapsed"]) and full["elapsed"] >= 0):
+        raise bad("elapsed", "must be a finite number of seconds >= 0")
+    return TrainState(**{f.name: full[f.name] for f in fields(TrainState)})
+
+
 def load_last(out: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-              scheduler: torch.optim.lr_scheduler.LRScheduler | None, average: AveragedModel | None) -> TrainState:
-    """Restore what save_last wrote into the given objects; returns the run's TrainState."""
+              scheduler: torch.optim.lr_scheduler.LRScheduler | None, average: AveragedModel | None,
+              epochs: int) -> TrainState:
+    """Restore what save_last wrote into the given objects; returns the run's TrainState (checked:
+    check_state, with `epochs` the run's train.epochs)."""
     full = read_last(out)
     path = out / bundle.LAST_STATE
+    state = check_state(full, path, epochs)
     try:
         if "model" in full:
             model.load_state_dict(full["model"])
@@ -101,4 +148,4 @@ def load_last(out: Path, model: torch.nn.Module, optimizer: torch.optim.Optimize
         set_rng_state(full["rng"])
     except (RuntimeError, KeyError, TypeError, ValueError) as err:
         raise SurfadError(f"{path}: does not match this run's model or settings ({str(err).splitlines()[0][:200]})") from None
-    return TrainState(**{f.name: full[f.name] for f in fields(TrainState)})
+    return state

@@ -22,8 +22,8 @@ from surfad.visualize import training_grid
 
 def resume_state(out: Path, t: Training, config: RunConfig) -> TrainState:
     """The state to continue from; a run that had stopped early is finished without training."""
-    state = load_last(out, t.model, t.optimizer, t.scheduler, t.average)
     tc = config.train
+    state = load_last(out, t.model, t.optimizer, t.scheduler, t.average, tc.epochs)
     if stalled(state.history, tc.patience):
         state.epoch = tc.epochs
         if t.world.main:
