@@ -273,9 +273,14 @@ def fused_entries(singles: list[Entry], scored: dict[str, ScoredSet]) -> list[En
 
 
 def ship(best: Entry, out: Path) -> None:
-    """Make `out` the chosen detector: the best run's files copied in, or a fused detector of the pair."""
+    """Make `out` the chosen detector: the best run's files copied in, or a fused detector of the pair.
+    Whatever an earlier ship left (a resumed auto run may choose another) goes first, the file that marks
+    the folder's kind first of all, so an interrupted ship leaves no half detector that loads."""
     for name in (bundle.CONFIG, bundle.ENSEMBLE):
-        (out / name).unlink(missing_ok=True)  # a resumed run may have shipped something else before
+        (out / name).unlink(missing_ok=True)
+    for path in out.iterdir():
+        if path.name not in (CANDIDATES, LEADERBOARD, REPORT, AUTO_RECORD):
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
     if best.members:
         fuse_runs([out / CANDIDATES / m for m in best.members], out, into_existing=True)
         return
