@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import csv
 import fcntl
+import hashlib
 import json
 import math
 import os
 import random
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,15 @@ def second_run_seconds(work: Callable[[], object]) -> float:
     started = time.perf_counter()
     work()
     return time.perf_counter() - started
+
+
+def sha256_file(path: str | Path) -> str:
+    """The SHA-256 of a file, read in 1 MiB chunks (hex)."""
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def _current_umask() -> int:
@@ -54,11 +64,17 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> None:
         raise
 
 
-def remove_stale_temp_files(folder: str | Path) -> int:
+def remove_stale_temp_files(folder: str | Path, names: Iterable[str] | None = None) -> int:
     """Delete the temporary files that interrupted atomic writes left in `folder` and below (call it
-    only where no other writer is at work); returns how many."""
+    only where no other writer is at work), or only those of the files `names` in `folder` itself
+    (what one writer writes there); returns how many."""
+    folder = Path(folder)
+    if names is None:
+        stale = folder.rglob(f"{TEMP_PREFIX}*{TEMP_SUFFIX}")
+    else:
+        stale = (tmp for name in names for tmp in folder.glob(f"{TEMP_PREFIX}{name}.*{TEMP_SUFFIX}"))
     removed = 0
-    for tmp in Path(folder).rglob(f"{TEMP_PREFIX}*{TEMP_SUFFIX}") if Path(folder).is_dir() else []:
+    for tmp in stale if folder.is_dir() else []:
         if tmp.is_file():
             tmp.unlink(missing_ok=True)
             removed += 1

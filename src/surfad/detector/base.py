@@ -18,7 +18,7 @@ from surfad.errors import SurfadError
 from surfad.scoring import ScoredSet
 from surfad.verdict import Prediction
 
-RUNTIMES = ("torch", "onnx")
+RUNTIMES = ("torch", "onnx", "onnx-int8")  # onnx-int8: model.int8.onnx (surfad export --quantize int8)
 
 
 ROI_SIZES_KEPT = 8  # image sizes whose resized region of interest a detector keeps
@@ -81,6 +81,8 @@ class Detector:
         detector = Detector.kind_of(folder).open(Path(folder), runtime, device, min_area, checkpoint, roi, threads)
         if calibrated and detector.calibration is None:
             raise SurfadError(f"{folder}: no {bundle.CALIBRATION}; run `surfad calibrate {folder}`")
+        if calibrated:
+            detector.check_weights()
         if calibrated and detector.calibration.roi not in (None, detector.roi_key):
             raise SurfadError(
                 f"{folder}: its thresholds were calibrated on scores in another region of interest "
@@ -101,6 +103,16 @@ class Detector:
 
     @classmethod
     def describe_folder(cls, folder: Path) -> dict[str, Any]:
+        raise NotImplementedError  # pragma: no cover - abstract
+
+    @property
+    def weights_sha256(self) -> list[str]:
+        """SHA-256 of the weights this detector scores with (one per run), as calibration.json records them."""
+        raise NotImplementedError  # pragma: no cover - abstract
+
+    def check_weights(self) -> None:
+        """SurfadError naming the foreign file when calibration.json was calibrated with other weights
+        than those loaded; a calibration that recorded none (written before they were) is trusted."""
         raise NotImplementedError  # pragma: no cover - abstract
 
     @staticmethod

@@ -106,6 +106,23 @@ class FusedDetector(Detector):
         return cls.open(folder).info()
 
     @property
+    def weights_sha256(self) -> list[str]:
+        return [h for m in self.members for h in m.weights_sha256]
+
+    def check_weights(self) -> None:
+        recorded = self.calibration.weights_sha256
+        if recorded is None or recorded == self.weights_sha256:
+            return
+        calibration = self.run / bundle.CALIBRATION
+        if len(recorded) != len(self.members):
+            raise SurfadError(f"{calibration}: calibrated with {len(recorded)} members' weights, but {self.run} fuses "
+                              f"{len(self.members)}; calibrate it again with `surfad calibrate {self.run}`")
+        foreign = [str(m.weights.path) for m, h in zip(self.members, recorded) if m.weights_sha256 != [h]]
+        raise SurfadError(f"{', '.join(foreign)}: not the weights {calibration} was calibrated with (a member was "
+                          f"retrained, re-exported from other weights, or replaced since); fuse the members again "
+                          f"with `surfad fuse`, or calibrate with `surfad calibrate {self.run}`")
+
+    @property
     def channels(self) -> int:
         return max(m.channels for m in self.members)  # report overlays in colour if any member sees colour
 
@@ -205,7 +222,8 @@ def fuse_runs(runs: Sequence[str | Path], out: str | Path, strategy: str | None 
     fused = fuse_scored(outputs, stats)
     strategy = strategy or default_strategy(bool((fused.labels == 1).any()))
     calibration = calibrate(fused.scores, fused.labels, fused.maps, fused.masks, strategy, split="val",
-                            valid=fused.valid, roi_key=members[0].roi_key)
+                            valid=fused.valid, roi_key=members[0].roi_key,
+                            weights_sha256=[h for m in members for h in m.weights_sha256])
     out.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(Path(runs[0]) / bundle.SPLITS, out / bundle.SPLITS)
     atomic_write_json(out / bundle.ENSEMBLE, {"members": [asdict(s) for s in stats]})
