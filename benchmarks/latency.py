@@ -1,4 +1,4 @@
-"""Inference latency and throughput of a run folder: torch eager vs onnxruntime, on CPU.
+"""Inference latency and throughput of a run folder: torch eager vs onnxruntime (float, INT8), on CPU.
 
     python benchmarks/latency.py runs/wood --threads 1 --runs 100 --batch 16
 
@@ -6,8 +6,10 @@ For each runtime it reports, on one input image (a file with --image, else a see
   single   Detector.predict on the uint8 image: preprocessing, model, map resize, regions (p50/p99 ms)
   model    the model alone on one preprocessed image (p50/p99 ms)
   batch    model throughput on batches of --batch preprocessed images (images/s)
-Measurements stop after --runs repetitions or --max-seconds, whichever comes first. The ONNX runtime
-needs RUN/model.onnx (`surfad export RUN --format onnx`); without it only torch is measured.
+Measurements stop after --runs repetitions or --max-seconds, whichever comes first. The ONNX runtimes
+need RUN/model.onnx (`surfad export RUN --format onnx`) and RUN/model.int8.onnx (`--quantize int8`);
+those missing are not measured. The runtimes' calls are interleaved (one call of each in turn), so
+their figures compare as ratios even when other work shares the machine.
 """
 
 from __future__ import annotations
@@ -26,35 +28,43 @@ from surfad import bundle
 from surfad.config import RunConfig
 from surfad.data.io import read_image
 from surfad.detector import RunDetector
+from surfad.export.runtime import RUNTIME_FILES
 
 
-def timed(fn: Callable[[], object], runs: int, warmup: int, max_seconds: float) -> np.ndarray:
-    """Seconds per call of fn over up to `runs` calls (after `warmup` untimed ones)."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    deadline = time.perf_counter() + max_seconds
-    while len(times) < runs and time.perf_counter() < deadline:
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return np.array(times)
-
-
-def measure(detector: RunDetector, image: np.ndarray, args: argparse.Namespace) -> dict[str, float]:
-    one = detector.preprocess(image)[None]
+def measure(detectors: dict[str, RunDetector], image: np.ndarray, args: argparse.Namespace) -> dict[str, dict]:
+    """The figures of every runtime, measured with their calls interleaved."""
+    one = next(iter(detectors.values())).preprocess(image)[None]
     batch = np.repeat(one, args.batch, axis=0)
-    single = timed(lambda: detector.predict(image), args.runs, args.warmup, args.max_seconds)
-    model = timed(lambda: detector.score_batch(one), args.runs, args.warmup, args.max_seconds)
-    batched = timed(lambda: detector.score_batch(batch), max(1, args.runs // args.batch), 1, args.max_seconds)
+
     def ms(times: np.ndarray, q: float) -> float:
         return float(np.percentile(times, q) * 1000)
 
-    return {
-        "single_p50_ms": ms(single, 50), "single_p99_ms": ms(single, 99), "single_runs": len(single),
-        "model_p50_ms": ms(model, 50), "model_p99_ms": ms(model, 99), "model_runs": len(model),
-        "batch_images_per_s": float(args.batch / np.median(batched)), "batch_runs": len(batched),
-    }
+    single = interleaved({k: (lambda d=d: d.predict(image)) for k, d in detectors.items()}, args.runs, args.warmup,
+                         args.max_seconds)
+    model = interleaved({k: (lambda d=d: d.score_batch(one)) for k, d in detectors.items()}, args.runs, args.warmup,
+                        args.max_seconds)
+    batched = interleaved({k: (lambda d=d: d.score_batch(batch)) for k, d in detectors.items()},
+                          max(1, args.runs // args.batch), 1, args.max_seconds)
+    return {k: {"single_p50_ms": ms(single[k], 50), "single_p99_ms": ms(single[k], 99), "single_runs": len(single[k]),
+                "model_p50_ms": ms(model[k], 50), "model_p99_ms": ms(model[k], 99), "model_runs": len(model[k]),
+                "batch_images_per_s": float(args.batch / np.median(batched[k])), "batch_runs": len(batched[k])}
+            for k in detectors}
+
+
+def interleaved(calls: dict[str, Callable[[], object]], runs: int, warmup: int, max_seconds: float) -> dict[str, np.ndarray]:
+    """Seconds per call of each function over up to `runs` rounds, one call of each per round (after
+    `warmup` untimed rounds)."""
+    for _ in range(warmup):
+        for fn in calls.values():
+            fn()
+    times: dict[str, list[float]] = {k: [] for k in calls}
+    deadline = time.perf_counter() + max_seconds
+    while len(next(iter(times.values()))) < runs and time.perf_counter() < deadline:
+        for k, fn in calls.items():
+            start = time.perf_counter()
+            fn()
+            times[k].append(time.perf_counter() - start)
+    return {k: np.array(t) for k, t in times.items()}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -75,18 +85,16 @@ def main(argv: list[str] | None = None) -> int:
         image = read_image(args.image)
     else:
         image = np.random.default_rng(0).integers(0, 256, (args.input_size, args.input_size, 3), dtype=np.uint8)
-    runtimes = ["torch"] + (["onnx"] if (args.run / bundle.ONNX).is_file() else [])
+    runtimes = ["torch"] + [r for r, name in RUNTIME_FILES.items() if (args.run / name).is_file()]
     if len(runtimes) == 1:
         print(f"no {args.run / bundle.ONNX}: measuring torch only (run `surfad export {args.run}`)", file=sys.stderr)
     config = RunConfig.load(args.run / bundle.CONFIG)
     print(f"{args.run}: {config.model}, {config.data.image_size} px, input {image.shape[1]}x{image.shape[0]}, "
           f"threads {torch.get_num_threads()}, batch {args.batch}")
-    print(f"{'runtime':<8} {'single p50':>11} {'single p99':>11} {'model p50':>10} {'model p99':>10} {'batch img/s':>12}")
-    results = {}
-    for runtime in runtimes:
-        r = measure(RunDetector.open(args.run, runtime, threads=args.threads), image, args)
-        results[runtime] = r
-        print(f"{runtime:<8} {r['single_p50_ms']:>9.2f}ms {r['single_p99_ms']:>9.2f}ms {r['model_p50_ms']:>8.2f}ms "
+    print(f"{'runtime':<10} {'single p50':>11} {'single p99':>11} {'model p50':>10} {'model p99':>10} {'batch img/s':>12}")
+    results = measure({r: RunDetector.open(args.run, r, threads=args.threads) for r in runtimes}, image, args)
+    for runtime, r in results.items():
+        print(f"{runtime:<10} {r['single_p50_ms']:>9.2f}ms {r['single_p99_ms']:>9.2f}ms {r['model_p50_ms']:>8.2f}ms "
               f"{r['model_p99_ms']:>8.2f}ms {r['batch_images_per_s']:>12.1f}")
     if args.json:
         args.json.write_text(json.dumps({"run": str(args.run), "threads": torch.get_num_threads(), "batch": args.batch,

@@ -17,10 +17,11 @@ import cv2
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
+from prometheus_client.parser import text_string_to_metric_families
 
 from surfad.detector import Detector, RunDetector
 from surfad.serve.app import create_app
-from surfad.serve.record import LOG, InspectionLog
+from surfad.serve.record import BUCKETS, LOG, STAGES, InspectionLog, LiveStats, SharedStats, prometheus_text
 
 KEY = "s3cret-key"
 
@@ -200,12 +201,12 @@ def test_inference_runs_off_the_event_loop(detector: Detector, image: np.ndarray
     loops = []
 
     class Recording(RunDetector):
-        def predict(self, image, threshold=None):
+        def predict(self, image, threshold=None, stopwatch=None):
             try:
                 loops.append(asyncio.get_running_loop())
             except RuntimeError:
                 loops.append(None)  # a worker thread: no event loop here
-            return super().predict(image, threshold)
+            return super().predict(image, threshold, stopwatch)
 
     spy = Recording(detector.run, detector.config, detector.score_fn, detector.calibration, detector.runtime)
     code, _ = post(TestClient(create_app(spy, concurrency=2)), png(image))
@@ -290,3 +291,44 @@ def test_a_failing_record_still_answers_the_verdict(detector: Detector, image: n
     code, body = post(TestClient(create_app(detector, record=log)), png(image))
     assert code == 200 and body["verdict"] in ("OK", "NG") and body["inspection_id"] is None
     assert "not recorded" in body["recording_error"]
+
+
+def stage_histograms(metrics_text: str) -> dict[str, dict[str, float]]:
+    """surfad_stage_seconds, read with the official parser: stage -> {"count", "sum", "+Inf", le...}."""
+    families = {f.name: f for f in text_string_to_metric_families(metrics_text)}
+    assert families["surfad_stage_seconds"].type == "histogram"
+    stages: dict[str, dict[str, float]] = {}
+    for sample in families["surfad_stage_seconds"].samples:
+        key = sample.labels.get("le") or sample.name.rsplit("_", 1)[1]  # a bucket's bound, or count / sum
+        stages.setdefault(sample.labels["stage"], {})[key] = sample.value
+    return stages
+
+
+@pytest.mark.parametrize("shared", [False, True])
+def test_metrics_say_where_each_request_s_time_went(detector: Detector, image: np.ndarray, tmp_path: Path,
+                                                   shared: bool) -> None:
+    """Every stage of /predict as a Prometheus histogram, in one process or shared by several workers;
+    the PNGs are made (and timed) only for the request that asked for them."""
+    stats = SharedStats(tmp_path / "stats.sqlite", detector.threshold, detector.calibration.normal_stats) if shared else None
+    client = TestClient(create_app(detector, record=InspectionLog(tmp_path / "record"), stats=stats))
+    plain = client.post("/predict", files={"file": ("a.png", png(image), "image/png")}).json()
+    assert "heatmap_png" not in plain and "images" not in plain["timing_ms"]
+    assert {"upload", "queue", "decode", "preprocess", "model", "maps", "regions", "record", "inference",
+            "total"} <= set(plain["timing_ms"])
+    assert client.post("/predict?images=true", files={"file": ("b.png", png(image), "image/png")}).json()["heatmap_png"]
+    stages = stage_histograms(client.get("/metrics").text)
+    expected = {stage: 2 for stage in STAGES} | {"images": 1}
+    assert {stage: values["count"] for stage, values in stages.items()} == expected
+    for values in stages.values():
+        buckets = [values[str(le)] for le in BUCKETS] + [values["+Inf"]]
+        assert buckets == sorted(buckets) and buckets[-1] == values["count"]  # cumulative, as Prometheus wants
+    assert stages["model"]["sum"] > 0 and stages["model"]["+Inf"] == 2
+    assert client.get("/stats").json()["stage_ms"]["model"] == pytest.approx(1000 * stages["model"]["sum"] / 2, abs=1e-3)
+
+
+def test_a_stage_lands_in_its_bucket() -> None:
+    stats = LiveStats(1.0, {})
+    stats.add("OK", 0.5, 0.02, {"model": 0.004, "decode": 3.0})
+    stages = stage_histograms(prometheus_text(stats.summary()))
+    assert stages["model"]["0.0025"] == 0 and stages["model"]["0.005"] == 1 and stages["model"]["sum"] == 0.004
+    assert stages["decode"]["2.5"] == 0 and stages["decode"]["+Inf"] == 1

@@ -38,6 +38,20 @@ def sha256_file(path: str | Path) -> str:
     return digest.hexdigest()
 
 
+class Stopwatch:
+    """Seconds spent in named stages, lap by lap: lap(stage) charges the time since the last lap (or
+    the start) to `stage`. Where a request's time goes (the service's per-stage metrics)."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self._last = time.perf_counter()
+
+    def lap(self, stage: str) -> None:
+        now = time.perf_counter()
+        self.seconds[stage] = self.seconds.get(stage, 0.0) + now - self._last
+        self._last = now
+
+
 def _current_umask() -> int:
     mask = os.umask(0)
     os.umask(mask)

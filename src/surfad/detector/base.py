@@ -16,6 +16,7 @@ from surfad.data.roi import check_aspect, resize_roi, roi_fingerprint
 from surfad.data.samples import Sample
 from surfad.errors import SurfadError
 from surfad.scoring import ScoredSet
+from surfad.utils import Stopwatch
 from surfad.verdict import Prediction
 
 RUNTIMES = ("torch", "onnx", "onnx-int8")  # onnx-int8: model.int8.onnx (surfad export --quantize int8)
@@ -165,11 +166,15 @@ class Detector:
         if self.roi is not None:
             check_aspect(self.roi, *image.shape[:2], name)
 
-    def predict(self, image: np.ndarray | str | Path, threshold: float | None = None) -> Prediction:
-        """Inspect one image (a path or a uint8 array HxW, HxWx1 or HxWx3 RGB)."""
-        return self.predict_batch([image], threshold)[0]
+    def predict(self, image: np.ndarray | str | Path, threshold: float | None = None,
+                stopwatch: Stopwatch | None = None) -> Prediction:
+        """Inspect one image (a path or a uint8 array HxW, HxWx1 or HxWx3 RGB); stopwatch: see predict_batch."""
+        return self.predict_batch([image], threshold, stopwatch)[0]
 
-    def predict_batch(self, images: Sequence[np.ndarray | str | Path], threshold: float | None = None) -> list[Prediction]:
+    def predict_batch(self, images: Sequence[np.ndarray | str | Path], threshold: float | None = None,
+                      stopwatch: Stopwatch | None = None) -> list[Prediction]:
+        """Inspect images in one forward pass; stopwatch: laps "preprocess", "model", "maps" (to the
+        images' size) and "regions" (verdicts, masks and regions) are charged to it."""
         raise NotImplementedError  # pragma: no cover - abstract
 
     def score_samples(self, samples: list[Sample], batch_size: int = 16, progress: bool = False) -> tuple[ScoredSet, float]:

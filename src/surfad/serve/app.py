@@ -55,7 +55,6 @@ import os
 import secrets
 import sys
 import tempfile
-import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -64,19 +63,21 @@ from urllib.parse import urlsplit
 
 import anyio
 from fastapi import Depends, FastAPI, Request
-from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from surfad import __version__
 from surfad.data.io import decode_image
 from surfad.detector import Detector
 from surfad.errors import BadInputError, ImageTooLarge
-from surfad.serve.record import InspectionLog, LiveStats, SharedStats, prometheus_text
+from surfad.serve.record import STAGES, InspectionLog, LiveStats, SharedStats, prometheus_text
+from surfad.utils import Stopwatch
 from surfad.visualize import encode_png, render
 
 STATIC = Path(__file__).parent / "static"
 FORM_OVERHEAD = 64 * 1024  # multipart boundaries, part headers and small fields beside the file
 TRUE, FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off", "")
+DETECTOR_STAGES = ("preprocess", "model", "maps", "regions")  # Detector.predict's laps: "inference" in timing_ms
 PAGE_CSP = ("default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "
             "img-src 'self' data: blob:; connect-src 'self'; base-uri 'none'; form-action 'none'")
 
@@ -161,25 +162,25 @@ def create_app(detector: Detector, api_key: str | None = None, max_upload_bytes:
 
     @app.get("/stats", dependencies=[Depends(check_key)])
     async def live_stats() -> dict[str, Any]:
-        return {**stats.summary(), "recording": record is not None}
+        summary = await anyio.to_thread.run_sync(stats.summary)
+        return {**{k: v for k, v in summary.items() if k != "stage_histograms"}, "recording": record is not None}
 
     @app.get("/metrics", dependencies=[Depends(check_key)], response_class=PlainTextResponse)
     async def metrics() -> PlainTextResponse:
-        return PlainTextResponse(prometheus_text(stats.summary()), media_type="text/plain; version=0.0.4")
+        text = prometheus_text(await anyio.to_thread.run_sync(stats.summary))
+        return PlainTextResponse(text, media_type="text/plain; version=0.0.4")
 
     @app.post("/predict", dependencies=[Depends(check_key)])
-    async def predict(request: Request, images: str | None = None) -> dict[str, Any]:
-        started = time.perf_counter()
+    async def predict(request: Request, images: str | None = None) -> Response:
+        watch = Stopwatch()
         data, name, form_images = await _read_upload(request, max_upload_bytes)
         want_images = _flag(images if images is not None else form_images, "images")
+        watch.lap("upload")
         result = await anyio.to_thread.run_sync(
-            _inspect, detector, data, name, max_pixels, want_images, limiter=limiter
+            _inspect, detector, data, name, max_pixels, want_images, watch, limiter=limiter
         )
-        stats.add(result["verdict"], result["score"], time.perf_counter() - started)
-        if record is not None:
-            await record_inspection(record, data, result, detector.name)
-        result["timing_ms"]["total"] = round(1000 * (time.perf_counter() - started), 2)
-        return result
+        body = await anyio.to_thread.run_sync(_answer, result, data, detector.name, record, stats, watch)
+        return Response(body, media_type="application/json")
 
     return app
 
@@ -215,15 +216,33 @@ def key_check(api_key: str | None) -> Any:
     return check_key
 
 
-async def record_inspection(record: InspectionLog, data: bytes, result: dict[str, Any], model: str) -> None:
+def record_inspection(record: InspectionLog, data: bytes, result: dict[str, Any], model: str) -> None:
     """Log the inspection into `result["inspection_id"]`; a full or failing disk must not cost the line
     its verdict, so a failure is said in the answer ("recording_error", without paths) instead."""
     try:
-        result["inspection_id"] = await anyio.to_thread.run_sync(record.record, data, result, model)
+        result["inspection_id"] = record.record(data, result, model)
     except OSError as err:
         result["inspection_id"] = None
         result["recording_error"] = f"not recorded: {err.strerror or type(err).__name__}"
         print(f"recording failed: {err}", file=sys.stderr)
+
+
+def _answer(result: dict[str, Any], data: bytes, model: str, record: InspectionLog | None,
+            stats: LiveStats | SharedStats, watch: Stopwatch) -> bytes:
+    """Record the inspection (with --record), count it, and encode the answer (in a worker thread: the
+    log, the shared statistics' SQLite file and the encoding would each hold up the event loop)."""
+    if record is not None:
+        record_inspection(record, data, result, model)
+        watch.lap("record")
+    stages = watch.seconds
+    result["timing_ms"] = {stage: round(1000 * stages[stage], 2) for stage in STAGES if stage in stages}
+    result["timing_ms"]["inference"] = round(1000 * sum(stages[s] for s in DETECTOR_STAGES if s in stages), 2)
+    total = sum(stages.values())
+    result["timing_ms"]["total"] = round(1000 * total, 2)
+    body = json.dumps(result, allow_nan=False, separators=(",", ":")).encode()
+    watch.lap("respond")
+    stats.add(result["verdict"], result["score"], total + stages["respond"], stages)
+    return body
 
 
 async def _read_upload(request: Request, max_upload_bytes: int) -> tuple[bytes, str, str | None]:
@@ -276,9 +295,11 @@ def _flag(value: str | None, name: str) -> bool:
     raise RequestError(422, f"{name}={value!r}: expected true or false")
 
 
-def _inspect(detector: Detector, data: bytes, name: str, max_pixels: int, want_images: bool) -> dict[str, Any]:
-    """Decode, check and inspect one upload (runs in a worker thread)."""
-    started = time.perf_counter()
+def _inspect(detector: Detector, data: bytes, name: str, max_pixels: int, want_images: bool,
+             watch: Stopwatch) -> dict[str, Any]:
+    """Decode, check and inspect one upload (runs in a worker thread, once an inference slot is free;
+    the wait is the "queue" stage)."""
+    watch.lap("queue")
     if not data:
         raise RequestError(400, f"{name}: empty file")
     try:
@@ -292,21 +313,15 @@ def _inspect(detector: Detector, data: bytes, name: str, max_pixels: int, want_i
     except BadInputError as err:
         raise RequestError(422, str(err)) from None
     height, width = image.shape[:2]
-    decoded = time.perf_counter()
-    pred = detector.predict(image)
-    inferred = time.perf_counter()
+    watch.lap("decode")
+    pred = detector.predict(image, stopwatch=watch)
     result: dict[str, Any] = {**pred.to_dict(), "width": width, "height": height, "filename": name}
-    if want_images:
+    if want_images:  # the PNGs cost more than the rest of the answer: made only when asked for
         heat, picture = render(image, pred.anomaly_map, detector.calibration.pixel_threshold, pred.regions,
                                detector.roi_at(height, width))
         result["heatmap_png"] = base64.b64encode(encode_png(heat)).decode()
         result["overlay_png"] = base64.b64encode(encode_png(picture)).decode()
-    result["timing_ms"] = {
-        "decode": round(1000 * (decoded - started), 2),
-        "inference": round(1000 * (inferred - decoded), 2),
-    }
-    if want_images:
-        result["timing_ms"]["images"] = round(1000 * (time.perf_counter() - inferred), 2)
+        watch.lap("images")
     return result
 
 
