@@ -416,6 +416,8 @@ def add_serve(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--workers", type=positive_int, default=1,
                    help="service processes on the port (their statistics and recording are shared)")
     p.add_argument("--concurrency", type=positive_int, default=1, help="images a process inspects at once")
+    p.add_argument("--max-batch", type=positive_int, default=1, help="> 1: requests waiting together are inspected "
+                   "in one forward pass, up to this many")
     p.add_argument("--threads", type=positive_int, help="inference threads per process (default: the cores shared "
                    "among the workers; every core for one)")
     p.add_argument("--record", help="folder: log every inspection to inspections.jsonl and keep the uploads "
@@ -436,7 +438,8 @@ def cmd_serve(args: argparse.Namespace) -> None:
     serve(args.run, host=args.host, port=args.port, runtime=args.runtime, api_key=api_key,
           max_upload_bytes=int(args.max_upload_mb * 1_000_000), max_pixels=args.max_pixels,
           concurrency=args.concurrency, record=args.record, keep_images=args.keep_images,
-          allow_hosts=args.allow_host, roi=args.roi, workers=args.workers, threads=args.threads or 0)
+          allow_hosts=args.allow_host, roi=args.roi, workers=args.workers, threads=args.threads or 0,
+          max_batch=args.max_batch)
 
 
 def add_preview_defects(sub: argparse._SubParsersAction) -> None:

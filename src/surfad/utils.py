@@ -51,6 +51,12 @@ class Stopwatch:
         self.seconds[stage] = self.seconds.get(stage, 0.0) + now - self._last
         self._last = now
 
+    def charge(self, seconds: dict[str, float]) -> None:
+        """Add stages timed elsewhere (another Stopwatch's), which end now."""
+        for stage, spent in seconds.items():
+            self.seconds[stage] = self.seconds.get(stage, 0.0) + spent
+        self._last = time.perf_counter()
+
 
 def _current_umask() -> int:
     mask = os.umask(0)

@@ -48,13 +48,16 @@ inspections.jsonl under a file lock, a line per inspection.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import dataclasses
 import json
 import os
+import queue
 import secrets
 import sys
 import tempfile
+import threading
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -62,6 +65,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import anyio
+import numpy as np
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -72,6 +76,7 @@ from surfad.detector import Detector
 from surfad.errors import BadInputError, ImageTooLarge
 from surfad.serve.record import STAGES, InspectionLog, LiveStats, SharedStats, prometheus_text
 from surfad.utils import Stopwatch
+from surfad.verdict import Prediction
 from surfad.visualize import encode_png, render
 
 STATIC = Path(__file__).parent / "static"
@@ -133,16 +138,19 @@ def public(info: Any) -> Any:
 
 def create_app(detector: Detector, api_key: str | None = None, max_upload_bytes: int = 10_000_000,
                max_pixels: int = 40_000_000, concurrency: int = 1, record: InspectionLog | None = None,
-               allowed_hosts: frozenset[str] | None = None, stats: LiveStats | SharedStats | None = None) -> FastAPI:
+               allowed_hosts: frozenset[str] | None = None, stats: LiveStats | SharedStats | None = None,
+               max_batch: int = 1) -> FastAPI:
     """The service around one loaded Detector (see the module doc for routes, limits, keys, origin
     checks and recording). allowed_hosts: the Host names served (None: any); concurrency: images
-    inspected at once; stats: where /stats counts (default: this process's LiveStats)."""
-    if max_upload_bytes < 1 or max_pixels < 1 or concurrency < 1:
-        raise ValueError("max_upload_bytes, max_pixels and concurrency must be positive")
+    inspected at once; stats: where /stats counts (default: this process's LiveStats); max_batch > 1:
+    concurrent requests are inspected together, up to that many per forward pass (Batcher)."""
+    if max_upload_bytes < 1 or max_pixels < 1 or concurrency < 1 or max_batch < 1:
+        raise ValueError("max_upload_bytes, max_pixels, concurrency and max_batch must be positive")
     app = FastAPI(title="surfad", version=__version__, docs_url=None, redoc_url=None, openapi_url=None)
     guard_origin(app, allowed_hosts)
     page = (STATIC / "index.html").read_text(encoding="utf-8")
     limiter = anyio.CapacityLimiter(concurrency)
+    batcher = Batcher(detector, max_batch) if max_batch > 1 else None
     limits = {"max_upload_bytes": max_upload_bytes, "max_pixels": max_pixels}
     stats = stats or LiveStats(detector.threshold, detector.calibration.normal_stats)
     answer_errors_as_json(app)
@@ -176,10 +184,13 @@ def create_app(detector: Detector, api_key: str | None = None, max_upload_bytes:
         data, name, form_images = await _read_upload(request, max_upload_bytes)
         want_images = _flag(images if images is not None else form_images, "images")
         watch.lap("upload")
-        result = await anyio.to_thread.run_sync(
-            _inspect, detector, data, name, max_pixels, want_images, watch, limiter=limiter
-        )
-        body = await anyio.to_thread.run_sync(_answer, result, data, detector.name, record, stats, watch)
+        image = await anyio.to_thread.run_sync(_decode, detector, data, name, max_pixels, watch)
+        if batcher is not None:
+            pred = await batcher.predict(image, watch)
+        else:
+            pred = await anyio.to_thread.run_sync(_predict, detector, image, watch, limiter=limiter)
+        body = await anyio.to_thread.run_sync(_answer, detector, image, pred, name, want_images, data, record,
+                                              stats, watch)
         return Response(body, media_type="application/json")
 
     return app
@@ -227,12 +238,21 @@ def record_inspection(record: InspectionLog, data: bytes, result: dict[str, Any]
         print(f"recording failed: {err}", file=sys.stderr)
 
 
-def _answer(result: dict[str, Any], data: bytes, model: str, record: InspectionLog | None,
-            stats: LiveStats | SharedStats, watch: Stopwatch) -> bytes:
-    """Record the inspection (with --record), count it, and encode the answer (in a worker thread: the
-    log, the shared statistics' SQLite file and the encoding would each hold up the event loop)."""
+def _answer(detector: Detector, image: np.ndarray, pred: Prediction, name: str, want_images: bool, data: bytes,
+            record: InspectionLog | None, stats: LiveStats | SharedStats, watch: Stopwatch) -> bytes:
+    """The answer to one inspection: the PNGs when asked for (they cost more than the rest of the
+    answer), the record (with --record), the statistics and the JSON encoding. In a worker thread: the
+    log, the shared statistics' SQLite file and the encoding would each hold up the event loop."""
+    height, width = image.shape[:2]
+    result: dict[str, Any] = {**pred.to_dict(), "width": width, "height": height, "filename": name}
+    if want_images:
+        heat, picture = render(image, pred.anomaly_map, detector.calibration.pixel_threshold, pred.regions,
+                               detector.roi_at(height, width))
+        result["heatmap_png"] = base64.b64encode(encode_png(heat)).decode()
+        result["overlay_png"] = base64.b64encode(encode_png(picture)).decode()
+        watch.lap("images")
     if record is not None:
-        record_inspection(record, data, result, model)
+        record_inspection(record, data, result, detector.name)
         watch.lap("record")
     stages = watch.seconds
     result["timing_ms"] = {stage: round(1000 * stages[stage], 2) for stage in STAGES if stage in stages}
@@ -295,11 +315,8 @@ def _flag(value: str | None, name: str) -> bool:
     raise RequestError(422, f"{name}={value!r}: expected true or false")
 
 
-def _inspect(detector: Detector, data: bytes, name: str, max_pixels: int, want_images: bool,
-             watch: Stopwatch) -> dict[str, Any]:
-    """Decode, check and inspect one upload (runs in a worker thread, once an inference slot is free;
-    the wait is the "queue" stage)."""
-    watch.lap("queue")
+def _decode(detector: Detector, data: bytes, name: str, max_pixels: int, watch: Stopwatch) -> np.ndarray:
+    """Decode and check one upload (in a worker thread)."""
     if not data:
         raise RequestError(400, f"{name}: empty file")
     try:
@@ -312,17 +329,80 @@ def _inspect(detector: Detector, data: bytes, name: str, max_pixels: int, want_i
         detector.check_image(image, name)
     except BadInputError as err:
         raise RequestError(422, str(err)) from None
-    height, width = image.shape[:2]
     watch.lap("decode")
-    pred = detector.predict(image, stopwatch=watch)
-    result: dict[str, Any] = {**pred.to_dict(), "width": width, "height": height, "filename": name}
-    if want_images:  # the PNGs cost more than the rest of the answer: made only when asked for
-        heat, picture = render(image, pred.anomaly_map, detector.calibration.pixel_threshold, pred.regions,
-                               detector.roi_at(height, width))
-        result["heatmap_png"] = base64.b64encode(encode_png(heat)).decode()
-        result["overlay_png"] = base64.b64encode(encode_png(picture)).decode()
-        watch.lap("images")
-    return result
+    return image
+
+
+def _predict(detector: Detector, image: np.ndarray, watch: Stopwatch) -> Prediction:
+    """Inspect one decoded image (in a worker thread, once an inference slot is free: the wait is the
+    "queue" stage)."""
+    watch.lap("queue")
+    return detector.predict(image, stopwatch=watch)
+
+
+Job = tuple[np.ndarray, Stopwatch, "asyncio.Future[Prediction]", asyncio.AbstractEventLoop]
+
+
+class Batcher:
+    """Inspects the images of concurrent requests together. One thread takes every request waiting
+    when it is free (at most max_batch) into one Detector.predict_batch: a lone request waits for
+    no other, and a busy service runs batches, which score faster per image (padim reads its
+    Gaussians once per batch). Each request is charged the whole batch's stages; a batch that fails
+    is inspected image by image, so an error is answered to the request it belongs to."""
+
+    def __init__(self, detector: Detector, max_batch: int) -> None:
+        self.detector = detector
+        self.max_batch = max_batch
+        self.waiting: queue.SimpleQueue[Job] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    async def predict(self, image: np.ndarray, watch: Stopwatch) -> Prediction:
+        loop = asyncio.get_running_loop()
+        answer: asyncio.Future[Prediction] = loop.create_future()
+        with self._lock:
+            if self._thread is None:  # started by the first request, in the process that serves it
+                self._thread = threading.Thread(target=self._run, name="surfad-batcher", daemon=True)
+                self._thread.start()
+        self.waiting.put((image, watch, answer, loop))
+        return await answer
+
+    def _run(self) -> None:
+        while True:
+            jobs = [self.waiting.get()]
+            while len(jobs) < self.max_batch:
+                try:
+                    jobs.append(self.waiting.get_nowait())
+                except queue.Empty:
+                    break
+            self._inspect_all(jobs)
+
+    def _inspect_all(self, jobs: list[Job]) -> None:
+        for _, watch, _, _ in jobs:
+            watch.lap("queue")
+        batch = Stopwatch()
+        try:
+            outcomes = [(p, None) for p in self.detector.predict_batch([job[0] for job in jobs], stopwatch=batch)]
+        except Exception as err:  # answered to the requests below
+            outcomes = [(None, err)] if len(jobs) == 1 else [self._alone(job[0]) for job in jobs]
+        for (_, watch, answer, loop), (pred, err) in zip(jobs, outcomes):
+            watch.charge(batch.seconds)
+            loop.call_soon_threadsafe(_settle, answer, pred, err)
+
+    def _alone(self, image: np.ndarray) -> tuple[Prediction | None, Exception | None]:
+        try:
+            return self.detector.predict(image), None
+        except Exception as err:  # answered to its request
+            return None, err
+
+
+def _settle(answer: asyncio.Future[Prediction], pred: Prediction | None, err: Exception | None) -> None:
+    if answer.cancelled():  # the client went away
+        return
+    if err is not None:
+        answer.set_exception(err)
+    else:
+        answer.set_result(pred)
 
 
 @dataclass
@@ -335,6 +415,7 @@ class ServiceOptions:
     max_upload_bytes: int = 10_000_000
     max_pixels: int = 40_000_000
     concurrency: int = 1
+    max_batch: int = 1  # > 1: concurrent requests inspected together (Batcher)
     record: str | None = None
     keep_images: str = "ng"
     allowed_hosts: list[str] | None = None  # None: any (an API key protects the service)
@@ -357,7 +438,7 @@ def build_app(options: ServiceOptions, detector: Detector | None = None) -> Fast
                       max_pixels=options.max_pixels, concurrency=options.concurrency,
                       record=None if options.record is None else InspectionLog(options.record, options.keep_images),
                       allowed_hosts=None if options.allowed_hosts is None else frozenset(options.allowed_hosts),
-                      stats=stats)
+                      stats=stats, max_batch=options.max_batch)
 
 
 OPTIONS_ENV = "SURFAD_SERVE_OPTIONS"  # the JSON ServiceOptions a worker process reads
@@ -393,16 +474,17 @@ def serve(run: str | Path, host: str = "127.0.0.1", port: int = 8000, runtime: s
           api_key: str | None = None, max_upload_bytes: int = 10_000_000, max_pixels: int = 40_000_000,
           concurrency: int = 1, record: str | Path | None = None, keep_images: str = "ng",
           allow_hosts: list[str] | None = None, roi: str | Path | None = None, workers: int = 1,
-          threads: int = 0) -> None:
+          threads: int = 0, max_batch: int = 1) -> None:
     """Serve the run with uvicorn until interrupted: one process, or `workers` processes behind the
     same port (their /stats and /metrics shared, their recording one line per inspection).
-    threads: inference threads per process; 0 shares the cores among the workers (every core for one)."""
+    threads: inference threads per process; 0 shares the cores among the workers (every core for one);
+    max_batch: see create_app."""
     import uvicorn
 
     threads = threads or worker_threads(workers)
     hosts = served_hosts(host, api_key, allow_hosts or [])
     options = ServiceOptions(run=str(run), runtime=runtime, api_key=api_key, max_upload_bytes=max_upload_bytes,
-                             max_pixels=max_pixels, concurrency=concurrency,
+                             max_pixels=max_pixels, concurrency=concurrency, max_batch=max_batch,
                              record=None if record is None else str(record), keep_images=keep_images,
                              allowed_hosts=None if hosts is None else sorted(hosts),
                              roi=None if roi is None else str(roi), threads=threads)
