@@ -36,11 +36,14 @@ header and decoding (surfad.data.io.decode_image), never by the file name: empty
 readable image -> 415, no "file" field -> 422, not multipart -> 415. Every error is JSON
 {"detail": "<message>"}.
 
-Concurrency: decoding and inference run in worker threads, never on the event loop, and all
-requests share one Detector. Concurrent calls are safe for both runtimes (onnxruntime sessions
-allow concurrent `run`; the torch graph is in eval mode under inference_mode, which changes no
-state). At most `concurrency` images are inspected at once by a process: each inference already
-uses the process's cores, so more only adds contention and memory. `surfad serve --workers N` runs
+Concurrency: decoding, inference and the answer (the PNGs, the record, the statistics, the JSON)
+run in worker threads, never on the event loop, and all requests share one Detector. Concurrent
+calls are safe for every runtime (onnxruntime sessions allow concurrent `run`; the torch graph is
+in eval mode under inference_mode, which changes no state). At most `concurrency` images are
+inspected at once by a process: each inference already uses the process's cores, so more only
+adds contention and memory. With `max_batch` > 1, the requests waiting together are inspected in
+one forward pass instead (Batcher). Every request's time is timed stage by stage
+(surfad.serve.record.STAGES) into its answer's timing_ms and the /metrics histograms. `surfad serve --workers N` runs
 N such processes on one port (uvicorn's workers), each with its share of the cores (--threads);
 they share /stats and /metrics through a SQLite file (SharedStats) and append to one
 inspections.jsonl under a file lock, a line per inspection.
