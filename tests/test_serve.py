@@ -22,6 +22,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from surfad.detector import Detector, RunDetector
 from surfad.errors import SurfadError
+from surfad.serve import MAX_BATCH
 from surfad.serve.app import Batcher, create_app
 from surfad.serve.record import BUCKETS, LOG, STAGES, InspectionLog, LiveStats, SharedStats, prometheus_text
 from surfad.utils import Stopwatch
@@ -235,7 +236,7 @@ def test_cli_serve_passes_the_options(monkeypatch: pytest.MonkeyPatch) -> None:
     assert calls[0] == ("RUN", {"host": "127.0.0.1", "port": 9001, "runtime": "torch", "api_key": "from-env",
                                 "max_upload_bytes": 2_500_000, "max_pixels": 5000, "concurrency": 1, "record": None,
                                 "keep_images": "ng", "allow_hosts": [], "roi": None, "workers": 1,
-                                "threads": 0, "max_batch": 1})
+                                "threads": 0, "max_batch": MAX_BATCH})
     assert calls[1][1]["api_key"] == "given" and calls[1][1]["host"] == "0.0.0.0" and calls[1][1]["runtime"] == "onnx"
     assert main(["serve", "RUN", "--record", "log", "--keep-images", "all"]) == 0
     assert calls[2][1]["record"] == "log" and calls[2][1]["keep_images"] == "all"
@@ -245,8 +246,8 @@ def test_cli_serve_passes_the_options(monkeypatch: pytest.MonkeyPatch) -> None:
     assert main(["serve", "RUN", "--threads", "0"]) == 2
     assert main(["serve", "RUN", "--roi", "line.png"]) == 0
     assert calls[4][1]["roi"] == "line.png"
-    assert main(["serve", "RUN", "--max-batch", "8", "--runtime", "onnx-int8"]) == 0
-    assert calls[5][1]["max_batch"] == 8 and calls[5][1]["runtime"] == "onnx-int8"
+    assert main(["serve", "RUN", "--max-batch", "1", "--runtime", "onnx-int8"]) == 0
+    assert calls[5][1]["max_batch"] == 1 and calls[5][1]["runtime"] == "onnx-int8"
 
 
 def test_workers_share_the_cores_unless_told(monkeypatch: pytest.MonkeyPatch) -> None:

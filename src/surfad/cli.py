@@ -404,6 +404,8 @@ def cmd_info(args: argparse.Namespace) -> None:
 
 
 def add_serve(sub: argparse._SubParsersAction) -> None:
+    from surfad.serve import MAX_BATCH
+
     p = sub.add_parser("serve", help="HTTP service and web page: POST /predict, GET / (see surfad.serve.app)")
     p.add_argument("run")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
@@ -416,8 +418,9 @@ def add_serve(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--workers", type=positive_int, default=1,
                    help="service processes on the port (their statistics and recording are shared)")
     p.add_argument("--concurrency", type=positive_int, default=1, help="images a process inspects at once")
-    p.add_argument("--max-batch", type=positive_int, default=1, help="> 1: requests waiting together are inspected "
-                   "in one forward pass, up to this many")
+    p.add_argument("--max-batch", type=positive_int, default=MAX_BATCH, help="requests waiting together are "
+                   f"inspected in one forward pass, up to this many (default {MAX_BATCH}; 1: one at a time, "
+                   "--concurrency at once)")
     p.add_argument("--threads", type=positive_int, help="inference threads per process (default: the cores shared "
                    "among the workers; every core for one)")
     p.add_argument("--record", help="folder: log every inspection to inspections.jsonl and keep the uploads "

@@ -77,6 +77,7 @@ from surfad import __version__
 from surfad.data.io import decode_image
 from surfad.detector import Detector
 from surfad.errors import BadInputError, ImageTooLarge
+from surfad.serve import MAX_BATCH
 from surfad.serve.record import STAGES, InspectionLog, LiveStats, SharedStats, prometheus_text
 from surfad.utils import Stopwatch
 from surfad.verdict import Prediction
@@ -418,7 +419,7 @@ class ServiceOptions:
     max_upload_bytes: int = 10_000_000
     max_pixels: int = 40_000_000
     concurrency: int = 1
-    max_batch: int = 1  # > 1: concurrent requests inspected together (Batcher)
+    max_batch: int = MAX_BATCH  # > 1: concurrent requests inspected together (Batcher)
     record: str | None = None
     keep_images: str = "ng"
     allowed_hosts: list[str] | None = None  # None: any (an API key protects the service)
@@ -477,7 +478,7 @@ def serve(run: str | Path, host: str = "127.0.0.1", port: int = 8000, runtime: s
           api_key: str | None = None, max_upload_bytes: int = 10_000_000, max_pixels: int = 40_000_000,
           concurrency: int = 1, record: str | Path | None = None, keep_images: str = "ng",
           allow_hosts: list[str] | None = None, roi: str | Path | None = None, workers: int = 1,
-          threads: int = 0, max_batch: int = 1) -> None:
+          threads: int = 0, max_batch: int = MAX_BATCH) -> None:
     """Serve the run with uvicorn until interrupted: one process, or `workers` processes behind the
     same port (their /stats and /metrics shared, their recording one line per inspection).
     threads: inference threads per process; 0 shares the cores among the workers (every core for one);
