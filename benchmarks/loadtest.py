@@ -6,7 +6,12 @@
 With --run it starts `surfad serve` on a free port of 127.0.0.1 and stops it afterwards; with --url it
 targets a running service, which must be on 127.0.0.1 or localhost. The test is bounded: at most
 --requests requests and --max-seconds seconds. Reports requests/s, latency p50/p99/max and errors
-(transport failures and non-200 answers, by status).
+(transport failures and non-200 answers, by status), and the mean milliseconds of each stage of a
+request from the service's /stats. With --run, also the CPU time the service's processes spent per
+request (which other work on the machine changes far less than requests/s), and with --in-process
+first what the detector alone does with the same image, runtime and threads (Detector.predict, and
+predict_batch in batches of --concurrency images: images/s and CPU ms per image), so the service's
+share of it is a ratio within one run.
 """
 
 from __future__ import annotations
@@ -74,6 +79,51 @@ async def run_load(url: str, payload: bytes, requests: int, concurrency: int, ma
     }
 
 
+def in_process_rates(args: argparse.Namespace, payload: bytes, seconds: float = 10.0) -> dict[str, float]:
+    """Images/s of the detector alone on the upload (decoded once), and the CPU milliseconds it spends
+    per image: one at a time, and in batches of --concurrency, with the threads one service worker gets."""
+    from surfad.data.io import decode_image
+    from surfad.detector import Detector
+    from surfad.serve.app import worker_threads
+
+    detector = Detector.load(args.run, runtime=args.runtime, threads=args.threads or worker_threads(args.workers))
+    image = decode_image(payload, name="upload")
+    rates = {}
+    for name, batch in (("predict", 1), ("predict_batch", args.concurrency)):
+        detector.predict_batch([image] * batch)
+        done, started, started_cpu = 0, time.perf_counter(), time.process_time()
+        while time.perf_counter() - started < seconds:
+            detector.predict_batch([image] * batch)
+            done += batch
+        rates[f"{name}_per_s"] = round(done / (time.perf_counter() - started), 2)
+        rates[f"{name}_cpu_ms"] = round(1000 * (time.process_time() - started_cpu) / done, 2)
+    return rates
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process and all its descendants now (Linux /proc)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    stats = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue  # ended meanwhile
+            stats[int(entry.name)] = (int(fields[1]), (int(fields[11]) + int(fields[12])) / tick)  # ppid, utime+stime
+    tree, total = {pid}, 0.0
+    for _ in range(4):  # the service, uvicorn's workers, their helpers
+        tree |= {p for p, (ppid, _) in stats.items() if ppid in tree}
+    for p in tree:
+        total += stats.get(p, (0, 0.0))[1]
+    return total
+
+
+def stage_means(url: str, api_key: str | None) -> dict[str, float]:
+    headers = {"X-API-Key": api_key} if api_key else {}
+    return {k: round(v, 2) for k, v in httpx.get(url + "stats", headers=headers, timeout=10).json()["stage_ms"].items()}
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -85,7 +135,8 @@ def start_service(args: argparse.Namespace) -> tuple[subprocess.Popen, str]:
     port = free_port()
     command = [sys.executable, "-m", "surfad", "serve", str(args.run), "--host", "127.0.0.1",
                "--port", str(port), "--runtime", args.runtime, "--workers", str(args.workers),
-               "--concurrency", str(args.service_concurrency)]
+               "--concurrency", str(args.service_concurrency), "--max-batch", str(args.max_batch),
+               *(["--threads", str(args.threads)] if args.threads else [])]
     env = {**os.environ, "SURFAD_API_KEY": args.api_key or ""}  # not on the command line, where ps shows it
     log = tempfile.TemporaryFile("w+")  # a file, not a pipe: a full pipe would stall the service
     process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=log, text=True)
@@ -109,10 +160,13 @@ def main(argv: list[str] | None = None) -> int:
     target = parser.add_mutually_exclusive_group(required=True)
     target.add_argument("--run", type=Path, help="start `surfad serve RUN` locally for the test")
     target.add_argument("--url", help="a running service on 127.0.0.1, e.g. http://127.0.0.1:8000")
-    parser.add_argument("--runtime", default="onnx", choices=["onnx", "torch"], help="with --run")
+    parser.add_argument("--runtime", default="onnx", choices=["onnx", "onnx-int8", "torch"], help="with --run")
+    parser.add_argument("--in-process", action="store_true", help="with --run: also measure the detector alone")
     parser.add_argument("--workers", type=int, default=1, help="with --run: service processes (serve --workers)")
     parser.add_argument("--service-concurrency", type=int, default=1,
                         help="with --run: images each process inspects at once (serve --concurrency)")
+    parser.add_argument("--max-batch", type=int, default=8, help="with --run: serve --max-batch")
+    parser.add_argument("--threads", type=int, default=0, help="with --run: serve --threads (0: its default)")
     parser.add_argument("--image", type=Path, help="image to upload (default: seeded random 256x256 RGB PNG)")
     parser.add_argument("--requests", type=int, default=500)
     parser.add_argument("--concurrency", type=int, default=8)
@@ -131,14 +185,21 @@ def main(argv: list[str] | None = None) -> int:
     else:
         noise = np.random.default_rng(0).integers(0, 256, (256, 256, 3), dtype=np.uint8)
         payload = cv2.imencode(".png", noise)[1].tobytes()
-    process = None
+    process, detector_alone = None, {}
+    if args.run and args.in_process:
+        detector_alone = in_process_rates(args, payload)
     if args.run:
         process, url = start_service(args)
     else:
         url = args.url.rstrip("/") + "/"
     try:
+        cpu_before = tree_cpu_seconds(process.pid) if process is not None else None
         result = asyncio.run(run_load(url, payload, args.requests, args.concurrency, args.max_seconds,
                                       args.api_key, args.images))
+        if process is not None and result["ok"]:
+            result["service_cpu_ms_per_request"] = round(1000 * (tree_cpu_seconds(process.pid) - cpu_before)
+                                                         / result["ok"], 2)
+        result["stage_ms"] = stage_means(url, args.api_key)
     finally:
         if process is not None:
             process.terminate()
@@ -146,9 +207,24 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{url}: {result['requests']} requests at concurrency {args.concurrency} in {result['seconds']} s: "
           f"{result['requests_per_s']} req/s, p50 {result['p50_ms']} ms, p99 {result['p99_ms']} ms, "
           f"max {result['max_ms']} ms, errors {result['errors']} {result['statuses']}")
+    print("mean ms per stage: " + ", ".join(f"{k} {v}" for k, v in result["stage_ms"].items()))
+    if "service_cpu_ms_per_request" in result:
+        print(f"service CPU per request: {result['service_cpu_ms_per_request']} ms (all its processes)")
+    if detector_alone:
+        result["detector_alone"] = detector_alone
+        result["share_of_batched"] = round(result["requests_per_s"] / detector_alone["predict_batch_per_s"], 3)
+        result["cpu_share_of_batched"] = round(detector_alone["predict_batch_cpu_ms"]
+                                               / result["service_cpu_ms_per_request"], 3)
+        print(f"detector alone: {detector_alone['predict_per_s']} img/s one at a time "
+              f"({detector_alone['predict_cpu_ms']} CPU ms each), {detector_alone['predict_batch_per_s']} in batches "
+              f"of {args.concurrency} ({detector_alone['predict_batch_cpu_ms']} CPU ms each); the service answered "
+              f"{result['share_of_batched']:.0%} of the batched rate, at {result['cpu_share_of_batched']:.0%} of its "
+              f"cost per image")
     if args.json:
         args.json.write_text(json.dumps({"url": url, "concurrency": args.concurrency, "workers": args.workers,
-                                         **result}, indent=2) + "\n")
+                                         "runtime": args.runtime, "max_batch": args.max_batch,
+                                         "threads": args.threads, **result},
+                                        indent=2) + "\n")
     return 0 if result["errors"] == 0 else 1
 
 

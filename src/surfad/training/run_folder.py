@@ -22,6 +22,7 @@ from surfad.utils import (
     atomic_write_bytes,
     atomic_write_csv,
     atomic_write_json,
+    sha256_file,
 )
 
 # What a run that never finished a first epoch (or a fit) can hold; a fresh start replaces these.
@@ -75,10 +76,12 @@ def write_history(out: Path, history: list[dict[str, Any]]) -> None:
 def calibrate_shipped(scored: ScoredSet, splits: Splits, out: Path, roi: np.ndarray | None) -> Calibration:
     """Calibrate the shipped weights' validation scores on the real validation images only (the
     synthetic defects, which come after them, choose epochs but never thresholds): f1 with real
-    defects, else fpr:0.01 on the good images. Saved as calibration.json."""
+    defects, else fpr:0.01 on the good images. Saved as calibration.json, with the hash of the
+    shipped weights (model.safetensors) that made the scores."""
     real = np.arange(len(scored.labels)) < len(splits.val)
     strategy = default_strategy(any(s.label == 1 for s in splits.val))
     calibration = calibrate(scored.scores[real], scored.labels[real], scored.maps[real], scored.masks[real], strategy,
-                            split="val", valid=scored.valid, roi_key=roi_fingerprint(roi))
+                            split="val", valid=scored.valid, roi_key=roi_fingerprint(roi),
+                            weights_sha256=[sha256_file(out / bundle.WEIGHTS)])
     calibration.save(out / bundle.CALIBRATION)
     return calibration

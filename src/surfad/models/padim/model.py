@@ -33,9 +33,9 @@ class PaDiMConfig(FeatureSettings):
 class PaDiM(FittedModel):
     """forward(x (B, C, S, S)) -> Mahalanobis anomaly map (B, 1, S, S)."""
 
-    def __init__(self, config: PaDiMConfig, in_channels: int, image_size: int) -> None:
+    def __init__(self, config: PaDiMConfig, in_channels: int, image_size: int, pretrained: bool = True) -> None:
         super().__init__(config, in_channels, image_size)
-        self.features = PatchFeatures(config.backbone, config.layers, 1, in_channels)
+        self.features = PatchFeatures(config.backbone, config.layers, 1, in_channels, pretrained)
         total = self.features.dim
         if config.feature_dim > total:
             raise SurfadError(f"model_params.feature_dim={config.feature_dim}: the layers have only {total} channels")

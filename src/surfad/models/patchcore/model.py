@@ -59,9 +59,9 @@ class PatchCoreConfig(FeatureSettings):
 class PatchCore(FittedModel):
     """forward(x (B, C, S, S)) -> (anomaly map (B, 1, S, S), image score (B,))."""
 
-    def __init__(self, config: PatchCoreConfig, in_channels: int, image_size: int) -> None:
+    def __init__(self, config: PatchCoreConfig, in_channels: int, image_size: int, pretrained: bool = True) -> None:
         super().__init__(config, in_channels, image_size)
-        self.features = PatchFeatures(config.backbone, config.layers, config.neighbourhood, in_channels)
+        self.features = PatchFeatures(config.backbone, config.layers, config.neighbourhood, in_channels, pretrained)
         self.grid = self.features.grid(image_size)
         self.dim = self.features.dim + (2 if config.position_weight > 0 else 0)
         axis = torch.linspace(0.0, 1.0, self.grid)

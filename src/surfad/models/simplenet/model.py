@@ -43,9 +43,9 @@ class SimpleNetConfig(FeatureSettings):
 class SimpleNet(AnomalyModel):
     """forward(x (B, C, S, S)) -> anomaly logit map (B, 1, S, S)."""
 
-    def __init__(self, config: SimpleNetConfig, in_channels: int, image_size: int) -> None:
+    def __init__(self, config: SimpleNetConfig, in_channels: int, image_size: int, pretrained: bool = True) -> None:
         super().__init__(config, in_channels, image_size)
-        self.features = PatchFeatures(config.backbone, config.layers, config.neighbourhood, in_channels)
+        self.features = PatchFeatures(config.backbone, config.layers, config.neighbourhood, in_channels, pretrained)
         dim = self.features.dim
         self.register_buffer("centre", torch.zeros(1, dim, 1, 1))  # standardising: feature means
         self.register_buffer("spread", torch.ones(1, dim, 1, 1))  # and standard deviations
