@@ -22,6 +22,7 @@ from surfad.data.roi import choose_roi, input_fill
 from surfad.data.samples import Sample
 from surfad.data.transforms import preprocess, resize_map
 from surfad.detector.base import Detector
+from surfad.detector.examples import Explainer, KeptExamples
 from surfad.errors import SurfadError
 from surfad.scoring import (
     ScoredSet,
@@ -32,7 +33,7 @@ from surfad.scoring import (
     score_samples,
     torch_score_fn,
 )
-from surfad.verdict import Prediction, judge
+from surfad.verdict import Prediction, Region, judge
 
 
 class RunDetector(Detector):
@@ -41,24 +42,28 @@ class RunDetector(Detector):
     marker = bundle.CONFIG
 
     def __init__(self, run: Path, config: RunConfig, score_fn: ScoreFn, calibration: Calibration | None,
-                 runtime: str, min_area: int = 16, roi: np.ndarray | None = None) -> None:
+                 runtime: str, min_area: int = 16, roi: np.ndarray | None = None,
+                 explainer: Explainer | None = None) -> None:
         """score_fn takes the run's preprocessed images and applies `roi` (see scoring.image_score_fn);
-        `open` builds it."""
+        `open` builds it, and the explainer when the run keeps training examples."""
         super().__init__(run, config, calibration, runtime, min_area, roi)
         self.score_fn = score_fn
         self.fill = input_fill(roi, config.data.roi_fill)
+        self.explainer = explainer
 
     @classmethod
     def open(cls, folder: Path, runtime: str = "torch", device: str = "cpu", min_area: int = 16,
              checkpoint: str = "best_detect", roi: str | Path | None = None, threads: int = 0) -> RunDetector:
+        import torch
+
         run = bundle.require_run(folder)
         calibration = cls.read_calibration(run)
         inside = choose_roi(run / bundle.ROI, roi)
+        examples = KeptExamples.load(run)
+        graph = None
+        if threads > 0 and (runtime == "torch" or examples is not None):
+            torch.set_num_threads(threads)
         if runtime == "torch":
-            import torch
-
-            if threads > 0:
-                torch.set_num_threads(threads)
             config, graph = bundle.load_graph(run, checkpoint)
             graph.to(device)
             score_fn = torch_score_fn(graph, torch.device(device))
@@ -70,7 +75,12 @@ class RunDetector(Detector):
                                   "use the torch runtime for other checkpoints")
             config = bundle.load_config(run)
             score_fn = onnx_score_fn(run / bundle.ONNX, threads=threads)
-        return cls(run, config, image_score_fn(score_fn, config, inside), calibration, runtime, min_area, inside)
+        explainer = None
+        if examples is not None:  # the lookup runs in torch for both runtimes
+            graph = graph or bundle.load_graph(run)[1].to(device)
+            explainer = Explainer(graph.model, examples, config.data.tile_scale)
+        return cls(run, config, image_score_fn(score_fn, config, inside), calibration, runtime, min_area, inside,
+                   explainer)
 
     @classmethod
     def describe_folder(cls, folder: Path) -> dict[str, Any]:
@@ -117,7 +127,16 @@ class RunDetector(Detector):
         arrays = [as_image(im) for im in images]
         t, review = self.decision(threshold)
         pixel = self.calibration.pixel_threshold
-        return [judge(a, m, s, t, pixel, self.min_area, self.roi_at(*a.shape[:2]), review) for a, (m, s) in zip(arrays, self.outputs(arrays))]
+        predictions = [judge(a, m, s, t, pixel, self.min_area, self.roi_at(*a.shape[:2]), review)
+                       for a, (m, s) in zip(arrays, self.outputs(arrays))]
+        self.explain_judged(arrays, predictions)
+        return predictions
+
+    def explain(self, images: Sequence[np.ndarray], regions: Sequence[Sequence[Region]]) -> None:
+        """Set each region's nearest good example (see surfad.detector.examples), from the images as the
+        model sees them."""
+        if self.explainer is not None:
+            self.explainer.explain([self.preprocess(a) for a in images], [a.shape[:2] for a in images], regions)
 
 
 def run_info(run: Path, config: RunConfig, calibration: Calibration | None) -> dict[str, Any]:

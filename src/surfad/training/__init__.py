@@ -3,7 +3,7 @@
 setup.py: the resolved config and what is built from it; loop.py: one epoch and the weight
 average; gradient.py: epochs, selection and resume; fitting.py: one-pass fitting; validation.py:
 validation and what to ship; checkpoint.py: the atomic `last` checkpoint; run_folder.py: the
-folder's files.
+folder's files; examples.py: the training images kept to explain verdicts (RUN/examples).
 
 Model-independent: a model's registry entry says how it learns (surfad.models.base). Validation
 never looks at the test set. With `ema_decay` > 0 a moving average of the weights is what gets
@@ -29,6 +29,7 @@ from surfad.models import model_spec
 from surfad.scoring import ScoredSet
 from surfad.training.checkpoint import TrainState
 from surfad.training.distributed import World, from_main, join, leave
+from surfad.training.examples import keep_examples
 from surfad.training.fitting import fit_and_validate
 from surfad.training.gradient import resume_state, run_epochs
 from surfad.training.run_folder import (
@@ -136,6 +137,7 @@ def train_in(world: World, config: RunConfig, out: Path, resume: bool, progress:
         calibration = calibrate_shipped(scored, splits, out, roi)
         print(f"trained {out}: shipped and calibrated on val ({calibration.strategy}): threshold "
               f"{calibration.threshold:.5g}")
+        keep_examples(out, config, splits, t)
     return out
 
 

@@ -48,8 +48,11 @@ class PaDiM(FittedModel):
 
     def selected(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C, S, S) images -> (positions, B, dim) features."""
-        f = self.features(x)[:, self.keep]
-        return f.flatten(2).permute(2, 0, 1)
+        return self.descriptors(x).flatten(2).permute(2, 0, 1)
+
+    def descriptors(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C, S, S) images -> the kept features at every position of the grid, (B, dim, side, side)."""
+        return self.features(x)[:, self.keep]
 
     def grid_distances(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C, S, S) images -> Mahalanobis distance of each position's features (B, 1, side, side)."""
