@@ -50,12 +50,14 @@ from surfad.utils import remove_stale_temp_files, resolve_device
 __all__ = ["Training", "build_training", "check_settings", "place_train_defects", "resolve_config", "train"]
 
 
-def prepare(config: RunConfig, out: Path, resume: bool) -> tuple[RunConfig, Splits, bool]:
+def prepare(config: RunConfig, out: Path, resume: bool, splits: Splits | None = None) -> tuple[RunConfig, Splits, bool]:
     """(resolved config, splits, whether to continue a checkpoint) for a run into `out`.
 
     --resume continues a run's checkpoint; a run that never trained (stopped before its first
     checkpoint) is started again from its saved config and splits. A fresh start refuses a folder
-    holding a run that trained, and replaces one that never did.
+    holding a run that trained, and replaces one that never did. A fresh start makes the splits from
+    config.data, or takes `splits` as given (e.g. a subset of the training images with the validation
+    and test of the whole set, as `surfad curve` does).
     """
     saved = (out / bundle.CONFIG).is_file()
     if resume:
@@ -74,7 +76,10 @@ def prepare(config: RunConfig, out: Path, resume: bool) -> tuple[RunConfig, Spli
     if saved:
         print(f"{out} holds a run that never trained (no checkpoint): replacing it")
         clear_untrained(out)
-    splits = make_splits(config.data, check_test=False)  # training never opens a test image
+    if splits is None:
+        splits = make_splits(config.data, check_test=False)  # training never opens a test image
+    elif not splits.train:
+        raise SurfadError(f"{out}: the given splits have no training images")
     return resolve_config(config, splits), place_train_defects(splits, config.model), False
 
 
@@ -96,20 +101,26 @@ def training_roi(out: Path, config: RunConfig) -> np.ndarray | None:
     return optional_roi(config.data.roi)
 
 
-def train(config: RunConfig, out: str | Path, resume: bool = False, progress: bool = True) -> Path:
+def train(config: RunConfig, out: str | Path, resume: bool = False, progress: bool = True,
+          splits: Splits | None = None) -> Path:
     """Train (or fit) a model as `config` says into the run folder `out`; returns the run folder.
-    Under torchrun (WORLD_SIZE > 1) every process calls it: see surfad.training.distributed."""
+    splits: train, validate and test on these instead of the splits config.data makes (a fresh start
+    only; resuming takes the run's own). Under torchrun (WORLD_SIZE > 1) every process calls it: see
+    surfad.training.distributed."""
     out = Path(out)
+    if resume and splits is not None:
+        raise SurfadError(f"{out}: a resumed run keeps its own splits; give splits to a fresh start only")
     world = join(resolve_device(config.train.device))
     try:
-        return train_in(world, config, out, resume, progress)
+        return train_in(world, config, out, resume, progress, splits)
     finally:
         leave(world)
 
 
-def train_in(world: World, config: RunConfig, out: Path, resume: bool, progress: bool) -> Path:
+def train_in(world: World, config: RunConfig, out: Path, resume: bool, progress: bool,
+             splits: Splits | None = None) -> Path:
     """train() as one of the world's processes (process 0 alone writes and reports)."""
-    config, splits, continuing = from_main(world, lambda: prepare(config, out, resume))
+    config, splits, continuing = from_main(world, lambda: prepare(config, out, resume, splits))
     check_settings(config, splits)
     dc = config.data
     roi = training_roi(out, config)
