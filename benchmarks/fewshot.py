@@ -7,8 +7,9 @@ validation hold-out is never trained on). Validation and test are the standard p
 variant and size: the seeded 15% of the 761 listed images with one synthetic (`self`) defect pasted
 on each, and the other 191 good + 392 defective images. Variants are chosen on validation AUROC;
 test is reported beside it. Each variant is a model and its parameters, optionally with the fit's
-images augmented (flips, rotations) or padim's covariances estimated differently; the variants that
-are not surfad options are applied here around the fit (see VARIANTS).
+images augmented (flips, rotations) or padim's Gaussians pooled over neighbouring positions: those
+are not surfad options, and are applied here around the fit (see VARIANTS). --no-test screens on
+validation alone (test is the expensive part); a later run without it adds test to those records.
 
 Writes benchmarks/results/fewshot/<variant>_n<N>.json (the run folders go to benchmarks/runs/fewshot/
 and are removed once measured).
@@ -57,35 +58,6 @@ def augmented(transforms: list[Transform]) -> Callable:
     return extract
 
 
-def ledoit_wolf_fit(self: PaDiM, features: torch.Tensor, progress: bool = True) -> dict:
-    """PaDiM.fit_features with each position's covariance shrunk towards a scaled identity by the
-    Ledoit-Wolf estimate of the optimal amount (sklearn.covariance.ledoit_wolf_shrinkage, batched)."""
-    n, positions, dim = features.shape
-    mean = features.double().mean(0)
-    precision = torch.empty(positions, dim, dim)
-    eye = torch.eye(dim, dtype=torch.float64)
-    shrinkages = []
-    for start in range(0, positions, 64):
-        x = features[:, start : start + 64].double() - mean[start : start + 64]  # (n, p, d)
-        sample = torch.einsum("npd,npe->pde", x, x) / n
-        mu = sample.diagonal(dim1=1, dim2=2).sum(-1) / dim  # (p,)
-        squared = x * x
-        beta_ = torch.einsum("npd,npe->p", squared, squared)  # sum_ij sum_k x_ki^2 x_kj^2
-        delta_ = sample.pow(2).sum((1, 2))
-        beta = (beta_ / n - delta_) / (dim * n)
-        delta = (sample - mu[:, None, None] * eye).pow(2).sum((1, 2)) / dim
-        shrink = torch.where(delta > 0, torch.minimum(beta, delta) / delta, torch.zeros_like(delta))
-        shrinkages.append(shrink)
-        covariance = (1 - shrink)[:, None, None] * sample + (shrink * mu)[:, None, None] * eye
-        covariance = covariance + self.config.regularisation * eye
-        factor, _ = torch.linalg.cholesky_ex(covariance)
-        precision[start : start + 64] = torch.cholesky_inverse(factor).float()
-    self.mean = mean.float().to(self.mean.device)
-    self.precision = precision.contiguous().to(self.mean.device)
-    shrink = torch.cat(shrinkages)
-    return {"positions": positions, "dim": dim, "images": n, "shrinkage_mean": round(float(shrink.mean()), 4)}
-
-
 def neighbourhood_fit(original: Callable) -> Callable:
     """PaDiM.fit_features on each position's features pooled with its 8 neighbours' (edges repeated):
     9x the samples per Gaussian, for a mean and covariance blurred over a 3x3 window of the grid."""
@@ -101,19 +73,23 @@ def neighbourhood_fit(original: Callable) -> Callable:
     return fit
 
 
-PATCHES = {"lw": ("fit_features", ledoit_wolf_fit), "nb": ("fit_features", neighbourhood_fit(PaDiM.fit_features))}
+PATCHES = {"nb": neighbourhood_fit(PaDiM.fit_features)}
+LW = {"covariance": "ledoit_wolf"}
 # name: (model, params, augmentation, padim fit patch)
 VARIANTS: dict[str, tuple[str, dict, list[Transform] | None, str | None]] = {
     "pd": ("padim", {}, None, None),
-    "pd_lw": ("padim", {}, None, "lw"),
+    "pd_lw": ("padim", LW, None, None),
     "pd_nb": ("padim", {}, None, "nb"),
     "pd_d50": ("padim", {"feature_dim": 50}, None, None),
     "pd_d20": ("padim", {"feature_dim": 20}, None, None),
     "pd_flip": ("padim", {}, FLIPS, None),
     "pd_d8": ("padim", {}, DIHEDRAL, None),
-    "pd_lw_flip": ("padim", {}, FLIPS, "lw"),
-    "pd_lw_d8": ("padim", {}, DIHEDRAL, "lw"),
+    "pd_lw_flip": ("padim", LW, FLIPS, None),
+    "pd_lw_d8": ("padim", LW, DIHEDRAL, None),
     "pd_nb_flip": ("padim", {}, FLIPS, "nb"),
+    "pd_lw_nb": ("padim", LW, None, "nb"),
+    "pd_lw_d50": ("padim", {**LW, "feature_dim": 50}, None, None),
+    "pd_lw_d20": ("padim", {**LW, "feature_dim": 20}, None, None),
     "pc": ("patchcore", {}, None, None),
     "pc_c10": ("patchcore", {"coreset_ratio": 0.1}, None, None),
     "pc_c25": ("patchcore", {"coreset_ratio": 0.25}, None, None),
@@ -128,6 +104,7 @@ def main() -> None:
     parser.add_argument("--sizes", default="10,50")
     parser.add_argument("--variants", default=",".join(VARIANTS))
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--no-test", action="store_true", help="validation only (screening); test left out")
     args = parser.parse_args()
     spec = DATASETS["mt"]
     if not spec["path"].is_dir():
@@ -141,12 +118,12 @@ def main() -> None:
         few = replace(splits, train=in_order[:size])
         for name in args.variants.split(","):
             record = RESULTS / "fewshot" / f"{name}_n{size}.json"
-            if record.is_file():
+            if record.is_file() and (args.no_test or "test_image_auroc" in json.loads(record.read_text())):
                 continue
-            measure(name, size, few, data, args.threads, record)
+            measure(name, size, few, data, args.threads, record, not args.no_test)
 
 
-def measure(name: str, size: int, splits, data: DataConfig, threads: int, record: Path) -> None:
+def measure(name: str, size: int, splits, data: DataConfig, threads: int, record: Path, tested: bool) -> None:
     model, params, transforms, patch = VARIANTS[name]
     config = RunConfig(model=model, model_params=params, data=data,
                        train=TrainConfig(threads=threads, batch_size=16, keep_train_examples=0))
@@ -156,7 +133,7 @@ def measure(name: str, size: int, splits, data: DataConfig, threads: int, record
     if transforms is not None:
         fitting.extract_all = augmented(transforms)
     if patch is not None:
-        PaDiM.fit_features = PATCHES[patch][1]
+        PaDiM.fit_features = PATCHES[patch]
     started = time.monotonic()
     try:
         train(config, run, progress=False, splits=splits)
@@ -164,19 +141,21 @@ def measure(name: str, size: int, splits, data: DataConfig, threads: int, record
         fitting.extract_all, PaDiM.fit_features = saved["extract"], saved["fit"]
     seconds = time.monotonic() - started
     shipped = bundle.shipped_row(bundle.read_history(run))
-    test = evaluate_run(run, split="test", out=run / "eval_test")
     result = {
         "variant": name, "size": size, **provenance(), "model": model, "params": params,
         "augmentation": None if transforms is None else len(transforms), "fit_patch": patch,
         "fit": bundle.read_meta(run).get("fit"), "run_seconds": round(seconds, 1),
         "val_auroc": float(shipped["val_auroc"]), "val_aupro": float(shipped["val_aupro"]),
-        "test_image_auroc": test["image_auroc"], "test_image_ap": test["image_ap"], "test_aupro": test["aupro"],
-        "test_pixel_auroc": test["pixel_auroc"], "per_type_image_auroc": test["per_type_image_auroc"],
     }
+    if tested:
+        test = evaluate_run(run, split="test", out=run / "eval_test")
+        result.update(test_image_auroc=test["image_auroc"], test_image_ap=test["image_ap"], test_aupro=test["aupro"],
+                      test_pixel_auroc=test["pixel_auroc"], per_type_image_auroc=test["per_type_image_auroc"])
     record.parent.mkdir(parents=True, exist_ok=True)
     record.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"{name} n={size}: val {result['val_auroc']:.4f} test {result['test_image_auroc']:.4f} "
-          f"AUPRO {result['test_aupro']:.4f} ({seconds:.0f} s)", flush=True)
+    shown = f" test {result['test_image_auroc']:.4f} AUPRO {result['test_aupro']:.4f}" if tested else ""
+    print(f"{name} n={size}: val {result['val_auroc']:.4f} AUPRO {result['val_aupro']:.4f}{shown} ({seconds:.0f} s)",
+          flush=True)
     shutil.rmtree(run)
 
 

@@ -266,3 +266,17 @@ def test_patchcore_records_where_each_bank_patch_comes_from(tmp_path: Path) -> N
     old = build_model("patchcore", {"preset": "tiny"}, 3, 32)
     bundle.load_weights(old, path)
     assert old.example_bank() is None and old.bank.equal(model.bank)
+
+
+def test_patchcore_keeps_the_images_that_gave_most_bank_patches_and_searches_those_only(tiny_mvtec: Path,
+                                                                                       tmp_path: Path) -> None:
+    run = fit(tiny_mvtec, tmp_path / "run", "patchcore", size=32, keep=2)
+    detector = Detector.load(run)
+    kept = [image["name"] for image in json.loads((run / FOLDER / "examples.json").read_text())["images"]]
+    _, origin = detector.explainer.model.example_bank()
+    contributed = np.bincount(origin[:, 0].numpy(), minlength=10)
+    train = [Path(s["path"]).relative_to(tiny_mvtec).as_posix()
+             for s in json.loads((run / "splits.json").read_text())["train"]]
+    assert sorted(kept) == sorted(train[i] for i in np.argsort(-contributed, kind="stable")[:2])
+    for prediction in detector.predict_batch(sorted((tiny_mvtec / "test").rglob("*.png")), threshold=-1e9):
+        assert all(region.nearest_good.image in kept for region in prediction.regions)

@@ -44,3 +44,24 @@ def test_padim_needs_two_images_and_a_feature_count_the_layers_have() -> None:
     model = build_model("padim", {"preset": "tiny"}, 3, 64)
     with pytest.raises(SurfadError, match="at least 2 training images"):
         model.fit([images(1, 0)], 1, progress=False)
+
+
+@pytest.mark.usefixtures("one_torch_thread")
+def test_ledoit_wolf_covariances_match_sklearn_and_are_what_the_map_measures() -> None:
+    from sklearn.covariance import ledoit_wolf as reference
+
+    model = build_model("padim", {"preset": "tiny", "covariance": "ledoit_wolf"}, in_channels=3, image_size=64).eval()
+    train = images(6, 0)  # fewer images than the 16 features: the sample covariance alone is singular
+    figures = model.fit([train], 6, progress=False)
+    assert 0 < figures["mean_shrinkage"] <= 1
+    test = images(2, 5, defect=True)
+    with torch.inference_mode():
+        feats, grid = model.selected(train).double().numpy(), model.selected(test).double().numpy()
+        distances = model.grid_distances(test).flatten(1).numpy()
+    for position in (0, 21, 63):
+        sample = feats[position]
+        shrunk, _ = reference(sample)  # centres the samples itself
+        cov = shrunk + model.config.regularisation * np.eye(sample.shape[1])
+        diff = grid[position] - sample.mean(0)
+        expected = np.sqrt(np.einsum("bd,de,be->b", diff, np.linalg.inv(cov), diff))
+        np.testing.assert_allclose(distances[:, position], expected, rtol=1e-3)

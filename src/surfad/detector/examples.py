@@ -315,6 +315,8 @@ class Explainer:
         item, cell, distance = self.search(query)
         index = self.examples.index
         example = int(index.owner[item])
+        if example < 0:  # the search looks at kept images only
+            raise RuntimeError(f"nearest good example: index entry {item} is not of a kept image")
         kept = self.examples.images[example]
         h, w = self.grid
         start_y = float(index.offset[item, 0]) + cell[0] * self.tile / h
