@@ -7,8 +7,9 @@ validation hold-out is never trained on). Validation and test are the standard p
 variant and size: the seeded 15% of the 761 listed images with one synthetic (`self`) defect pasted
 on each, and the other 191 good + 392 defective images. Variants are chosen on validation AUROC;
 test is reported beside it. Each variant is a model and its parameters, optionally with the fit's
-images augmented (flips, rotations) or padim's Gaussians pooled over neighbouring positions: those
-are not surfad options, and are applied here around the fit (see VARIANTS). --no-test screens on
+images augmented (flips, rotations), padim's Gaussians pooled over neighbouring positions, or its
+covariances moved towards the mean covariance of all positions: those are not surfad options, and
+are applied here around the fit (see VARIANTS). --no-test screens on
 validation alone (test is the expensive part); a later run without it adds test to those records.
 
 Writes benchmarks/results/fewshot/<variant>_n<N>.json (the run folders go to benchmarks/runs/fewshot/
@@ -73,23 +74,49 @@ def neighbourhood_fit(original: Callable) -> Callable:
     return fit
 
 
-PATCHES = {"nb": neighbourhood_fit(PaDiM.fit_features)}
-LW = {"covariance": "ledoit_wolf"}
+def pooled_fit(amount: float) -> Callable:
+    """PaDiM.fit_features with each position's covariance moved `amount` of the way to the mean covariance of
+    all positions (each position keeps its own mean): Sigma_p = (1 - a) S_p + a mean_q S_q, then regularised."""
+
+    def fit(self: PaDiM, features: torch.Tensor, progress: bool = True) -> dict:
+        n, positions, dim = features.shape
+        mean = features.double().mean(0)
+        covariances = torch.empty(positions, dim, dim, dtype=torch.float64)
+        for start in range(0, positions, 64):
+            x = features[:, start : start + 64].double() - mean[start : start + 64]
+            covariances[start : start + 64] = torch.einsum("npd,npe->pde", x, x) / (n - 1)
+        shared = covariances.mean(0)
+        eye = self.config.regularisation * torch.eye(dim, dtype=torch.float64)
+        factor, _ = torch.linalg.cholesky_ex((1 - amount) * covariances + amount * shared + eye)
+        self.mean = mean.float().to(self.mean.device)
+        self.precision = torch.cholesky_inverse(factor).float().contiguous().to(self.mean.device)
+        return {"positions": positions, "dim": dim, "images": n, "pooled": amount}
+
+    return fit
+
+
+PATCHES = {"nb": neighbourhood_fit(PaDiM.fit_features), "pool": pooled_fit(1.0), "pool50": pooled_fit(0.5),
+           "pool90": pooled_fit(0.9)}
+LW, SAMPLE = {"covariance": "ledoit_wolf"}, {"covariance": "sample"}  # padim's estimates (its default is auto)
 # name: (model, params, augmentation, padim fit patch)
 VARIANTS: dict[str, tuple[str, dict, list[Transform] | None, str | None]] = {
-    "pd": ("padim", {}, None, None),
+    "pd": ("padim", SAMPLE, None, None),
     "pd_lw": ("padim", LW, None, None),
-    "pd_nb": ("padim", {}, None, "nb"),
-    "pd_d50": ("padim", {"feature_dim": 50}, None, None),
-    "pd_d20": ("padim", {"feature_dim": 20}, None, None),
-    "pd_flip": ("padim", {}, FLIPS, None),
-    "pd_d8": ("padim", {}, DIHEDRAL, None),
+    "pd_nb": ("padim", SAMPLE, None, "nb"),
+    "pd_d50": ("padim", {**SAMPLE, "feature_dim": 50}, None, None),
+    "pd_d20": ("padim", {**SAMPLE, "feature_dim": 20}, None, None),
+    "pd_flip": ("padim", SAMPLE, FLIPS, None),
+    "pd_d8": ("padim", SAMPLE, DIHEDRAL, None),
     "pd_lw_flip": ("padim", LW, FLIPS, None),
     "pd_lw_d8": ("padim", LW, DIHEDRAL, None),
-    "pd_nb_flip": ("padim", {}, FLIPS, "nb"),
+    "pd_nb_flip": ("padim", SAMPLE, FLIPS, "nb"),
     "pd_lw_nb": ("padim", LW, None, "nb"),
     "pd_lw_d50": ("padim", {**LW, "feature_dim": 50}, None, None),
     "pd_lw_d20": ("padim", {**LW, "feature_dim": 20}, None, None),
+    "pd_pool": ("padim", SAMPLE, None, "pool"),
+    "pd_pool50": ("padim", SAMPLE, None, "pool50"),
+    "pd_pool90": ("padim", SAMPLE, None, "pool90"),
+    "pd_pool_flip": ("padim", SAMPLE, FLIPS, "pool"),
     "pc": ("patchcore", {}, None, None),
     "pc_c10": ("patchcore", {"coreset_ratio": 0.1}, None, None),
     "pc_c25": ("patchcore", {"coreset_ratio": 0.25}, None, None),
