@@ -280,3 +280,12 @@ def test_patchcore_keeps_the_images_that_gave_most_bank_patches_and_searches_tho
     assert sorted(kept) == sorted(train[i] for i in np.argsort(-contributed, kind="stable")[:2])
     for prediction in detector.predict_batch(sorted((tiny_mvtec / "test").rglob("*.png")), threshold=-1e9):
         assert all(region.nearest_good.image in kept for region in prediction.regions)
+
+
+def test_grayscale_runs_show_the_crops(tiny_gray: Path, tmp_path: Path) -> None:
+    detector = Detector.load(fit(tiny_gray, tmp_path / "run", "padim", size=32))
+    out = tmp_path / "out"
+    predict_files(detector, [str(tiny_gray / "test")], out, threshold=-1e9, progress=False)
+    record = json.loads((out / JSONL).read_text().splitlines()[0])
+    for path in record["crops"][0].values():
+        assert cv2.imread(path, cv2.IMREAD_UNCHANGED).shape[2] == 3

@@ -48,7 +48,7 @@ from surfad.errors import SurfadError
 from surfad.models import IMAGE_LAYOUT, AnomalyModel
 from surfad.utils import atomic_write, atomic_write_json, read_json
 from surfad.verdict import NearestGood, Region
-from surfad.visualize import write_png
+from surfad.visualize import to_rgb, write_png
 
 FOLDER = "examples"
 RECORD = "examples.json"
@@ -184,15 +184,15 @@ class KeptExamples:
 
     def good_crop(self, nearest: NearestGood) -> np.ndarray:
         """The nearest good example's place with some context (context_box), from the kept copy, at the
-        original image's scale (at most CROP_SIDE)."""
+        original image's scale (at most CROP_SIDE), RGB."""
         image = self.images[self.by_name[nearest.image]]
         x0, y0, x1, y1 = context_box(nearest.box, image.width, image.height)
         sx, sy = image.copy_width / image.width, image.copy_height / image.height
         copy = self.copy(self.by_name[nearest.image])
         cx0, cy0 = min(int(x0 * sx), image.copy_width - 1), min(int(y0 * sy), image.copy_height - 1)
         cx1, cy1 = max(cx0 + 1, math.ceil((x1 + 1) * sx)), max(cy0 + 1, math.ceil((y1 + 1) * sy))
-        return shrink(cv2.resize(copy[cy0:cy1, cx0:cx1], (x1 - x0 + 1, y1 - y0 + 1), interpolation=cv2.INTER_LINEAR)
-                      .reshape(y1 - y0 + 1, x1 - x0 + 1, copy.shape[2]))
+        resized = cv2.resize(copy[cy0:cy1, cx0:cx1], (x1 - x0 + 1, y1 - y0 + 1), interpolation=cv2.INTER_LINEAR)
+        return shrink(to_rgb(resized.reshape(y1 - y0 + 1, x1 - x0 + 1, copy.shape[2])))
 
 
 def context_box(box: Sequence[int], width: int, height: int) -> list[int]:
@@ -215,9 +215,9 @@ def shrink(image: np.ndarray) -> np.ndarray:
 
 
 def region_crop(image: np.ndarray, region: Region) -> np.ndarray:
-    """The region of an inspected image (uint8 H x W x C) with the same context as its good crop."""
+    """The region of an inspected image (uint8 H x W x C) with the same context as its good crop, RGB."""
     x0, y0, x1, y1 = context_box(region.bbox, image.shape[1], image.shape[0])
-    return shrink(image[y0 : y1 + 1, x0 : x1 + 1])
+    return shrink(to_rgb(image[y0 : y1 + 1, x0 : x1 + 1]))
 
 
 @dataclass(frozen=True)
