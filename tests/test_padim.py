@@ -20,9 +20,9 @@ def images(n: int, seed: int, defect: bool = False) -> torch.Tensor:
 
 @pytest.mark.usefixtures("one_torch_thread")
 def test_mahalanobis_map_matches_numpy_and_finds_the_defect() -> None:
-    model = build_model("padim", {"preset": "tiny"}, in_channels=3, image_size=64).eval()
+    model = build_model("padim", {"preset": "tiny", "covariance": "sample"}, in_channels=3, image_size=64).eval()
     train = images(40, 0)
-    model.fit([train[:20], train[20:]], 40, progress=False)
+    assert model.fit([train[:20], train[20:]], 40, progress=False)["covariance"] == "sample"
     test = images(4, 5, defect=True)
     with torch.inference_mode():
         feats, grid = model.selected(train).double().numpy(), model.selected(test).double().numpy()  # (P, N, D)
@@ -44,3 +44,34 @@ def test_padim_needs_two_images_and_a_feature_count_the_layers_have() -> None:
     model = build_model("padim", {"preset": "tiny"}, 3, 64)
     with pytest.raises(SurfadError, match="at least 2 training images"):
         model.fit([images(1, 0)], 1, progress=False)
+
+
+@pytest.mark.usefixtures("one_torch_thread")
+def test_ledoit_wolf_covariances_match_sklearn_and_are_what_the_map_measures() -> None:
+    from sklearn.covariance import ledoit_wolf as reference
+
+    model = build_model("padim", {"preset": "tiny", "covariance": "ledoit_wolf"}, in_channels=3, image_size=64).eval()
+    train = images(6, 0)  # fewer images than the 16 features: the sample covariance alone is singular
+    figures = model.fit([train], 6, progress=False)
+    assert figures["covariance"] == "ledoit_wolf" and 0 < figures["mean_shrinkage"] <= 1
+    test = images(2, 5, defect=True)
+    with torch.inference_mode():
+        feats, grid = model.selected(train).double().numpy(), model.selected(test).double().numpy()
+        distances = model.grid_distances(test).flatten(1).numpy()
+    for position in (0, 21, 63):
+        sample = feats[position]
+        shrunk, _ = reference(sample)  # centres the samples itself
+        cov = shrunk + model.config.regularisation * np.eye(sample.shape[1])
+        diff = grid[position] - sample.mean(0)
+        expected = np.sqrt(np.einsum("bd,de,be->b", diff, np.linalg.inv(cov), diff))
+        np.testing.assert_allclose(distances[:, position], expected, rtol=1e-3)
+
+
+def test_covariance_auto_shrinks_below_the_chosen_number_of_images(monkeypatch) -> None:
+    from surfad.models.padim import model as padim
+
+    monkeypatch.setattr(padim, "LEDOIT_WOLF_BELOW", 8)
+    for n, chosen in ((6, "ledoit_wolf"), (8, "sample")):
+        model = build_model("padim", {"preset": "tiny"}, in_channels=3, image_size=32)
+        assert model.config.covariance == "auto"
+        assert model.fit([images(n, 0)], n, progress=False)["covariance"] == chosen

@@ -34,11 +34,11 @@ def test_input_scale_follows_preprocessing():
 
 
 def plan_with(val: list[Sample], test: list[Sample], survey: DataSurvey, minutes: float = 10.0,
-              model: str = "unet_vae", image_size: int = 128, **train: float) -> TrainingPlan:
+              model: str = "unet_vae", image_size: int = 128, n_train: int = 500, **train: float) -> TrainingPlan:
     """A plan with the given splits and survey, whose run takes `minutes` (one step per epoch, no validation cost)."""
     config = RunConfig.from_dict({"model": model, "data": {"channels": 1, "image_size": image_size},
                                   "train": {"epochs": 10, **train}})
-    splits = Splits("folder", "data", [Sample(Path("t.png"), 0)], val, test)
+    splits = Splits("folder", "data", [Sample(Path(f"t{i}.png"), 0) for i in range(n_train)], val, test)
     return TrainingPlan(config, splits, survey, parameters=1000, steps_per_epoch=1, batch_size=8,
                         step_seconds=minutes * 6, validation_seconds=0.0, writing_seconds=0.0)
 
@@ -64,6 +64,10 @@ def test_advice_names_what_the_run_will_rely_on():
 
     thin = DataSurvey(Counter({(256, 256): 30}), np.array([1.0, 1.5, 6.0, 6.0]), masks=4, cross_split_copies=[])
     assert any("50% of defect regions" in line for line in plan_with(GOOD + DEFECT, GOOD + DEFECT, thin).advice())
+
+    few = plan_with(GOOD + DEFECT, GOOD + DEFECT, SQUARE, n_train=35).advice()
+    assert any(line.startswith("with 35 good training images, see `surfad curve`") for line in few)
+    assert not any("surfad curve" in line for line in plan_with(GOOD + DEFECT, GOOD + DEFECT, SQUARE, n_train=100).advice())
 
     long = plan_with(GOOD + DEFECT, GOOD + DEFECT, SQUARE, minutes=90)
     assert any("--time-budget" in line for line in long.advice())

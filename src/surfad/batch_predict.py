@@ -1,5 +1,7 @@
 """Batch prediction to files: heatmap, overlay and mask PNGs, predictions.jsonl/.csv and index.html
-(the REVIEW, NG and OK images as overlay thumbnails, see surfad.report.write_gallery).
+(the REVIEW, NG and OK images as overlay thumbnails, see surfad.report.write_gallery). For a run
+that keeps training examples, each region of an NG or REVIEW image also gets a crop of itself and
+one of its nearest good example, side by side in index.html (crops/).
 
 Inputs are files, folders (searched recursively for images, hidden files and folders left out) or
 glob patterns. Re-running into the same output folder skips images already in predictions.jsonl, so
@@ -35,13 +37,14 @@ from surfad.utils import (
     remove_stale_temp_files,
     to_json,
 )
-from surfad.verdict import NG, REVIEW, VERDICTS, Prediction
+from surfad.verdict import NG, REVIEW, VERDICTS, Prediction, Region
 from surfad.visualize import render, write_png
 
 JSONL = "predictions.jsonl"
 CSV = "predictions.csv"
 ERRORS = "errors.jsonl"
 LOCK = ".predict.lock"  # held while a predict writes into the folder
+CROPS = "crops"  # each explained region's crop and its nearest good example's
 
 
 def output_stem(path: Path) -> str:
@@ -130,8 +133,12 @@ def _write_outputs(detector: Detector, out: Path, path: Path, image: np.ndarray,
         copy = Path(sort_into) / pred.verdict / f"{stem}{path.suffix}"
         with naming(copy):
             shutil.copy2(path, copy)
-    return {"path": str(path), **pred.to_dict(), "heatmap": files["heatmaps"], "overlay": files["overlays"],
-            "mask": files["masks"]}
+    record = {"path": str(path), **pred.to_dict(), "heatmap": files["heatmaps"], "overlay": files["overlays"],
+              "mask": files["masks"]}
+    crops = write_crops(detector, image, pred.regions, out / CROPS / stem)
+    if crops:
+        record["crops"] = crops
+    return record
 
 
 def _failures(errors: Path, done: set[str]) -> dict[str, dict[str, Any]]:
@@ -145,6 +152,22 @@ def _failures(errors: Path, done: set[str]) -> dict[str, dict[str, Any]]:
         except (json.JSONDecodeError, KeyError, TypeError):
             continue
     return {path: record for path, record in failures.items() if path not in done}
+
+
+def write_crops(detector: Detector, image: np.ndarray, regions: list[Region], stem: Path) -> list[dict[str, str] | None]:
+    """For each region, PNG crops of it and of its nearest good example (STEM-rN.png, STEM-rN-good.png):
+    their paths, or None for a region without a nearest good example; [] when no region has one."""
+    crops: list[dict[str, str] | None] = []
+    for n, region in enumerate(regions, 1):
+        pair = detector.crops(image, region)
+        if pair is None:
+            crops.append(None)
+            continue
+        paths = {"region": f"{stem}-r{n}.png", "nearest_good": f"{stem}-r{n}-good.png"}
+        write_png(paths["region"], pair[0])
+        write_png(paths["nearest_good"], pair[1])
+        crops.append(paths)
+    return crops if any(crops) else []
 
 
 def _done_paths(jsonl: Path) -> set[str]:
@@ -168,11 +191,15 @@ def _done_paths(jsonl: Path) -> set[str]:
 
 
 def _write_summaries(out: Path) -> None:
-    """predictions.csv (one row per image; regions as a count and JSON) and the index.html page, from
-    predictions.jsonl, so both cover every run of a resumed batch."""
+    """predictions.csv (one row per image; regions as a count and JSON, and their nearest good examples'
+    image names) and the index.html page, from predictions.jsonl, so both cover every run of a resumed
+    batch."""
     records = [json.loads(line) for line in (out / JSONL).read_text().splitlines() if line.strip()]
     write_gallery(out, records)
-    rows = [{**r, "n_regions": len(r["regions"]), "regions": json.dumps(r["regions"]),
-             "review": json.dumps(r["review"]) if r.get("review") else ""} for r in records]
+    rows = [{**{k: v for k, v in r.items() if k != "crops"}, "n_regions": len(r["regions"]),
+             "regions": json.dumps(r["regions"]),
+             "review": json.dumps(r["review"]) if r.get("review") else "",
+             "nearest_good": "; ".join(g["nearest_good"]["image"] for g in r["regions"] if "nearest_good" in g)}
+            for r in records]
     atomic_write_csv(out / CSV, rows, ["path", "score", "threshold", "review", "verdict", "n_regions", "regions",
-                                       "heatmap", "overlay", "mask"])
+                                       "nearest_good", "heatmap", "overlay", "mask"])

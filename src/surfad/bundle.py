@@ -12,6 +12,8 @@
     RUN/checkpoints/         last_state.pt (weights, optimiser, scheduler, RNG, history: what --resume
                              reads), last.safetensors (the same weights for --checkpoint last), best_seg
     RUN/roi.png              the region of interest, when training was given one (--roi)
+    RUN/examples/            copies of training images and their index, for the nearest good example
+                             of each region (train.keep_train_examples; surfad.detector.examples)
     RUN/model.onnx           after `surfad export`, with RUN/export.json (what it computes, the hashes
                              that bind it to the weights, its parity with torch)
     RUN/model.int8.onnx      after `surfad export --quantize int8` (its agreement with model.onnx in export.json)

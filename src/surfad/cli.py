@@ -309,6 +309,33 @@ def train_auto_command(args: argparse.Namespace) -> None:
     print(f"run folder: {out}")
 
 
+def add_curve(sub: argparse._SubParsersAction) -> None:
+    from surfad.models import available_models
+
+    p = sub.add_parser("curve", help="accuracy against the number of good training images: fit on random subsets, "
+                       "the same validation and test for all; curve.csv and curve.png")
+    p.add_argument("--model", help=f"model name: {', '.join(available_models())} (default {RunConfig.model})")
+    p.add_argument("--preset", help="a named preset of the model's parameters")
+    p.add_argument("--param", action="append", metavar="NAME=VALUE", help="a model parameter (repeatable)")
+    p.add_argument("--config", help="YAML file with any of the settings (the sections and names of config.yaml)")
+    add_config_flags(p)
+    p.add_argument("--sizes", default="5,10,20,50,all", help="numbers of good training images, 'all' for every one "
+                   "(default: 5,10,20,50,all)")
+    p.add_argument("--seeds", type=positive_int, default=3, help="random subsets of each size (default: 3)")
+    p.add_argument("--out", required=True, help="folder for curve.csv, curve.png and the points (a rerun resumes)")
+    p.add_argument("--keep-runs", action="store_true", help="keep each point's run folder (out/runs/)")
+    add_model_flags(p)
+    add_quiet(p)
+    p.set_defaults(func=cmd_curve)
+
+
+def cmd_curve(args: argparse.Namespace) -> None:
+    from surfad.curve import run_curve
+
+    run_curve(build_run_config(args), args.sizes, args.seeds, args.out, progress=not args.quiet,
+              keep_runs=args.keep_runs)
+
+
 def add_calibrate(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("calibrate", help="choose the decision threshold on a split")
     p.add_argument("run")
@@ -527,7 +554,7 @@ def cmd_demo(args: argparse.Namespace) -> None:
     run_demo(Path(args.out), progress=not args.quiet)
 
 
-VERBS = (add_synth, add_train, add_calibrate, add_evaluate, add_predict, add_export, add_fuse, add_info, add_serve,
+VERBS = (add_synth, add_train, add_curve, add_calibrate, add_evaluate, add_predict, add_export, add_fuse, add_info, add_serve,
          add_preview_defects, add_demo)
 
 

@@ -161,6 +161,9 @@ class TrainConfig(Checked):
                                     "and BatchNorm statistics (0 = off)", low=0, high=0.999999)
     sync_bn: bool = setting(False, "with several training processes on CUDA: synchronised batch norm (statistics of "
                                    "the global batch instead of each process's)")
+    keep_train_examples: int = setting(100, "keep copies of this many training images (as the model saw them) in "
+                                            "the run, so every region of an NG or REVIEW image gets its nearest good "
+                                            "example, shown even when the originals have moved (0 = off)", low=0)
 
 
 @dataclass

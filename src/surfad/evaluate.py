@@ -25,14 +25,12 @@ from surfad.config import RunConfig
 from surfad.data.io import read_image
 from surfad.data.samples import Sample
 from surfad.data.splits import Splits, make_splits
-from surfad.data.transforms import resize_map
 from surfad.detector import Detector
 from surfad.errors import SurfadError
 from surfad.metrics import band_rates, image_metrics, per_type_auroc, pixel_metrics
 from surfad.report import worst_cases, write_report
-from surfad.scoring import ScoredSet
 from surfad.utils import atomic_write_bytes, atomic_write_csv, atomic_write_json
-from surfad.verdict import verdict
+from surfad.verdict import peak_region, verdict
 from surfad.visualize import encode_png, render
 
 HALVES = {"test_a": 0, "test_b": 1}
@@ -157,8 +155,9 @@ def evaluate_run(run: str | Path, data: str | None = None, split: str = "test", 
     ]
     atomic_write_json(out / "metrics.json", metrics)
     atomic_write_csv(out / "per_image.csv", records, ["path", "label", "defect_type", "score", "verdict"])
+    overlays, explained = _worst_cases_shown(detector, records, samples, threshold)
     write_report(out, records, metrics, title=f"{detector.name} on {split} ({len(samples)} images)",
-                 overlays=_worst_overlays(detector, records, scored, samples), history=bundle.read_history(detector.run))
+                 overlays=overlays, history=bundle.read_history(detector.run), explained=explained)
     return metrics
 
 
@@ -172,15 +171,24 @@ def summary_line(metrics: dict[str, Any]) -> str:
     return f"{metrics.get('split', '')}: {metrics.get('n_images', '?')} images: {shown}"
 
 
-def _worst_overlays(detector: Detector, records: list[dict], scored: ScoredSet, samples: list[Sample]) -> dict[str, bytes]:
-    """Overlays for exactly the records the report shows as worst cases."""
+def _worst_cases_shown(detector: Detector, records: list[dict], samples: list[Sample], threshold: float | None,
+                       ) -> tuple[dict[str, bytes], dict[str, list[tuple[dict, bytes, bytes]]]]:
+    """For exactly the records the report shows as worst cases: the overlay with the regions of the
+    image's inspection, and each region's crop beside its nearest good example's (a run that keeps
+    training examples). An image inspected as OK has no region; its map's peak is explained instead,
+    since a missed defect is what the report is read for."""
     good, defect = worst_cases(records)
     index = {r["path"]: i for i, r in enumerate(records)}
-    result = {}
+    overlays, explained = {}, {}
     for record in good + defect:
-        i = index[record["path"]]
-        image = read_image(samples[i].path, detector.channels)
-        amap = resize_map(scored.maps[i], image.shape[0], image.shape[1])
+        image = read_image(samples[index[record["path"]]].path, detector.channels)
+        pred = detector.predict_batch([image], threshold)[0]
         inside = detector.roi_at(*image.shape[:2])
-        result[record["path"]] = encode_png(render(image, amap, detector.calibration.pixel_threshold, roi=inside)[1])
-    return result
+        if not pred.regions:
+            pred.regions = [peak_region(pred.anomaly_map, inside)]
+            detector.explain([image], [pred.regions])
+        overlays[record["path"]] = encode_png(render(image, pred.anomaly_map, detector.calibration.pixel_threshold,
+                                                     pred.regions, inside)[1])
+        pairs = [(region.to_dict(), crops) for region in pred.regions if (crops := detector.crops(image, region))]
+        explained[record["path"]] = [(region, encode_png(a), encode_png(b)) for region, (a, b) in pairs]
+    return overlays, explained

@@ -40,6 +40,7 @@ from surfad.training.validation import validate
 from surfad.utils import second_run_seconds
 
 TIMED_STEPS = 2  # training steps timed (after the same steps run once untimed)
+FEW_GOOD_IMAGES = 100  # with fewer good training images, the advice points to `surfad curve`
 
 
 @dataclass
@@ -129,6 +130,12 @@ class TrainingPlan:
                        f"model's input. A larger {scale} makes them wider at a higher cost; whether that pays "
                        "depends on the data (on magnetic tile neither a larger size nor scale did: see "
                        "benchmarks/RESULTS.md).")
+        n_train = len(self.splits.train)
+        if n_train < FEW_GOOD_IMAGES:
+            out.append(f"with {n_train} good training images, see `surfad curve` (the same data and model flags, "
+                       "--sizes 5,10,20,all): it fits on subsets of them and shows how accuracy grows with their "
+                       "number on your data, so you know whether more good images would pay (benchmarks/RESULTS.md, "
+                       "\"How many good images\").")
         if tc.time_budget_min <= 0 and self.minutes > 60:
             out.append(f"the run would take about {self.minutes:.0f} min: --time-budget MIN, --patience N or fewer "
                        "--epochs bound it.")

@@ -50,6 +50,10 @@ th { background: #f3f3f3; }
 .card { border: 1px solid #ccc; border-radius: 4px; padding: 0.5em; width: 240px; font-size: 0.85em;
         overflow-wrap: anywhere; }
 .card img { width: 100%; display: block; margin-bottom: 0.4em; }
+.pair { display: flex; gap: 0.4em; margin-top: 0.4em; }
+.pair figure { margin: 0; flex: 1; min-width: 0; }
+.pair img { width: 100%; image-rendering: pixelated; margin-bottom: 0.1em; }
+.pair figcaption { font-size: 0.85em; color: #555; }
 .wrong { color: #b00020; font-weight: bold; }
 .muted { color: #777; }
 """
@@ -81,6 +85,7 @@ def worst_cases(records: list[dict[str, Any]], k: int = WORST_K) -> tuple[list[d
 def write_report(
     out_dir: Path, records: list[dict[str, Any]], metrics: dict[str, float], title: str,
     overlays: dict[str, bytes] | None = None, history: list[dict[str, Any]] | None = None,
+    explained: dict[str, list[tuple[dict[str, Any], bytes, bytes]]] | None = None,
 ) -> Path:
     """Write out_dir/report.html (atomically) and return its path.
 
@@ -89,6 +94,8 @@ def write_report(
     "threshold" is the operating point (NG iff score > threshold). overlays: PNG bytes by record
     path for the images of :func:`worst_cases`; records without one are listed without image.
     history: the run's training history rows (history.csv), drawn as its training curves.
+    explained: by record path, (region dict, its crop PNG, its nearest good example's crop PNG) for the
+    worst cases' regions that have one, shown side by side.
     Degenerate data (one class only, no images) gives a page that says what cannot be shown.
     """
     check_records(records)
@@ -112,7 +119,7 @@ def write_report(
         parts.append('<p class="note">No images were evaluated: nothing to plot.</p>')
     else:
         parts += _score_sections(scores, labels, threshold, metrics)
-    parts += _worst_section(records, overlays or {})
+    parts += _worst_section(records, overlays or {}, explained or {})
     parts += ["<h2>Per defect type</h2>", _per_type_table(records, metrics.get("per_type_image_auroc", {}))]
     if history:
         parts += ["<h2>Training</h2>", '<div class="plots">' + _img(history_plot(history), "Training curves") + "</div>"]
@@ -126,9 +133,11 @@ def write_report(
 def write_gallery(out_dir: Path, records: list[dict[str, Any]]) -> Path:
     """Write out_dir/index.html for a batch of predictions and return its path.
 
-    records: predictions.jsonl lines (path, score, threshold, verdict, regions, overlay). The page
-    shows REVIEW images first (a person decides them), then NG, then OK ones, each by falling score
-    (the most doubtful OK images come first), as overlay thumbnails linked to the overlay files.
+    records: predictions.jsonl lines (path, score, threshold, verdict, regions, overlay, and crops when
+    regions have nearest good examples). The page shows REVIEW images first (a person decides them),
+    then NG, then OK ones, each by falling score (the most doubtful OK images come first), as overlay
+    thumbnails linked to the overlay files, each explained region's crop beside its nearest good
+    example's.
     Links are relative to out_dir, so the folder can be moved or archived whole.
     """
     out_dir = Path(out_dir)
@@ -151,14 +160,33 @@ def write_gallery(out_dir: Path, records: list[dict[str, Any]]) -> Path:
 
 
 def _card(record: dict[str, Any], out_dir: Path) -> str:
-    """One thumbnail of the gallery: the overlay, linked, with the path, score and regions."""
-    link = html.escape(quote(Path(os.path.relpath(record["overlay"], out_dir)).as_posix()), quote=True)
+    """One thumbnail of the gallery: the overlay, linked, with the path, score and regions, and each
+    explained region's crop beside its nearest good example's."""
+    link = _relative(record["overlay"], out_dir)
     decided = f"review band {_fmt(record['review'][0])} to {_fmt(record['review'][1])}" if record.get("review") else \
         f"threshold {_fmt(float(record['threshold']))}"
+    pairs = [_pair(n, region, _relative(crop["region"], out_dir), _relative(crop["nearest_good"], out_dir))
+             for n, (region, crop) in enumerate(zip(record["regions"], record.get("crops") or []), 1) if crop]
     return (f'<div class="card"><a href="{link}"><img loading="lazy" alt="overlay" src="{link}"></a>'
             f"<div>{html.escape(str(record['path']))}</div>"
             f"<div>score {_fmt(float(record['score']))} ({decided}) &middot; {len(record['regions'])} region(s)</div>"
-            "</div>")
+            + "".join(pairs) + "</div>")
+
+
+def _relative(path: str, out_dir: Path) -> str:
+    """A file's link from a page in out_dir, escaped for an attribute."""
+    return html.escape(quote(Path(os.path.relpath(path, out_dir)).as_posix()), quote=True)
+
+
+def _pair(n: int, region: dict[str, Any], region_src: str, good_src: str) -> str:
+    """Region n's crop beside its nearest good example's (both image sources given escaped), captioned."""
+    good = region["nearest_good"]
+    flag = " (map peak, below the pixel threshold)" if region.get("below_pixel_threshold") else ""
+    return (f'<div class="pair"><figure><img loading="lazy" alt="region {n}" src="{region_src}">'
+            f"<figcaption>region {n}{flag}</figcaption></figure>"
+            f'<figure><img loading="lazy" alt="nearest good example of region {n}" src="{good_src}">'
+            f"<figcaption>nearest good: {html.escape(good['image'])} {good['box']} "
+            f"(distance {_fmt(float(good['distance']))})</figcaption></figure></div>")
 
 
 def _page(title: str, parts: list[str]) -> str:
@@ -190,7 +218,11 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
 
 
 def _img(png: bytes, alt: str) -> str:
-    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{base64.b64encode(png).decode("ascii")}">'
+    return f'<img alt="{html.escape(alt)}" src="{_data_uri(png)}">'
+
+
+def _data_uri(png: bytes) -> str:
+    return f"data:image/png;base64,{base64.b64encode(png).decode('ascii')}"
 
 
 def _png(fig: Figure) -> bytes:
@@ -353,9 +385,14 @@ def _outcome(record: dict[str, Any]) -> tuple[str, bool]:
     return "correct", False
 
 
-def _worst_section(records: list[dict[str, Any]], overlays: dict[str, bytes]) -> list[str]:
+def _worst_section(records: list[dict[str, Any]], overlays: dict[str, bytes],
+                   explained: dict[str, list[tuple[dict[str, Any], bytes, bytes]]]) -> list[str]:
     worst_good, worst_defect = worst_cases(records)
     parts = ["<h2>Worst cases</h2>"]
+    if explained:
+        parts.append('<p class="muted">Beside each region: the place in a kept training image that looks most '
+                     "like it (its nearest good example). For an image inspected as OK, the map's peak is "
+                     "shown.</p>")
     for heading, chosen, empty in (
         ("Highest-scoring good images (false positives when above the threshold)", worst_good, "No good images."),
         ("Lowest-scoring defective images (false negatives when not above the threshold)", worst_defect,
@@ -369,11 +406,13 @@ def _worst_section(records: list[dict[str, Any]], overlays: dict[str, bytes]) ->
         for r in chosen:
             outcome, wrong = _outcome(r)
             image = _img(overlays[r["path"]], f"overlay of {r['path']}") if r["path"] in overlays else ""
+            pairs = [_pair(n, region, _data_uri(crop), _data_uri(good))
+                     for n, (region, crop, good) in enumerate(explained.get(r["path"], []), 1)]
             cards.append(
                 f'<div class="card">{image}<div>{html.escape(str(r["path"]))}</div>'
                 f"<div>score {_fmt(float(r['score']))} &middot; verdict {html.escape(str(r['verdict']))}"
                 f" &middot; type {html.escape(str(r['defect_type']))}</div>"
-                f'<div class="{"wrong" if wrong else "muted"}">{outcome}</div></div>'
+                f'<div class="{"wrong" if wrong else "muted"}">{outcome}</div>' + "".join(pairs) + "</div>"
             )
         parts.append('<div class="cards">' + "".join(cards) + "</div>")
     return parts

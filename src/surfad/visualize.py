@@ -19,6 +19,7 @@ if TYPE_CHECKING:
 
 
 ROI_COLOUR = (0, 220, 0)  # the outline of a region of interest on overlays
+PEAK_COLOUR = (255, 220, 0)  # the box of a region below the pixel threshold (the map's peak); others are white
 
 
 def heatmap_scale(pixel_threshold: float, amap: np.ndarray) -> float:
@@ -42,8 +43,8 @@ def to_rgb(image: np.ndarray) -> np.ndarray:
 
 def overlay(image: np.ndarray, amap: np.ndarray, scale: float, regions: Sequence[Region] = (), alpha: float = 0.45,
             roi: np.ndarray | None = None) -> np.ndarray:
-    """The image with its heatmap blended in, each region's box drawn in white with its index, and the
-    outline of the region of interest (if any) in green."""
+    """The image with its heatmap blended in, each region's box drawn with its index (white; yellow for the
+    map's peak below the pixel threshold), and the outline of the region of interest (if any) in green."""
     return _blend(image, heatmap(amap, scale), regions, alpha, roi)
 
 
@@ -65,8 +66,9 @@ def _blend(image: np.ndarray, heat: np.ndarray, regions: Sequence[Region], alpha
         cv2.drawContours(out, contours, -1, ROI_COLOUR, thickness)
     for i, region in enumerate(regions):
         x0, y0, x1, y1 = region.bbox
-        cv2.rectangle(out, (x0, y0), (x1, y1), (255, 255, 255), thickness)
-        cv2.putText(out, str(i + 1), (x0 + 2, max(y0 - 3, 10)), cv2.FONT_HERSHEY_SIMPLEX, 0.4 * thickness, (255, 255, 255), thickness)
+        colour = PEAK_COLOUR if region.below_pixel_threshold else (255, 255, 255)
+        cv2.rectangle(out, (x0, y0), (x1, y1), colour, thickness)
+        cv2.putText(out, str(i + 1), (x0 + 2, max(y0 - 3, 10)), cv2.FONT_HERSHEY_SIMPLEX, 0.4 * thickness, colour, thickness)
     return out
 
 

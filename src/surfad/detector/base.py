@@ -14,10 +14,11 @@ from surfad.calibrate import Calibration
 from surfad.config import RunConfig
 from surfad.data.roi import check_aspect, resize_roi, roi_fingerprint
 from surfad.data.samples import Sample
+from surfad.detector.examples import Explainer, region_crop
 from surfad.errors import SurfadError
 from surfad.scoring import ScoredSet
 from surfad.utils import Stopwatch
-from surfad.verdict import Prediction
+from surfad.verdict import OK, Prediction, Region
 
 RUNTIMES = ("torch", "onnx", "onnx-int8")  # onnx-int8: model.int8.onnx (surfad export --quantize int8)
 
@@ -32,8 +33,8 @@ class Detector:
         detector.predict("board.png").verdict
 
     Subclasses say which folders they hold (`marker`, a file only such folders have) and implement
-    open, predict_batch, score_samples, info and describe_folder; a subclass that sets `marker`
-    registers itself as a kind.
+    open, predict_batch, score_samples, info and describe_folder, and explain when they keep training
+    examples (`explainer`); a subclass that sets `marker` registers itself as a kind.
     """
 
     marker: ClassVar[str]
@@ -53,6 +54,7 @@ class Detector:
         self.min_area = min_area
         self.roi = roi  # the region of interest inspected (bool, any size with the images' aspect), None: all
         self._roi_sizes: dict[tuple[int, int], np.ndarray] = {}
+        self.explainer: Explainer | None = None  # finds nearest good examples (runs that keep training examples)
 
     @staticmethod
     def kind_of(folder: str | Path) -> type[Detector]:
@@ -183,6 +185,23 @@ class Detector:
         """Inspect images in one forward pass; stopwatch: laps "preprocess", "model", "maps" (to the
         images' size) and "regions" (verdicts, masks and regions) are charged to it."""
         raise NotImplementedError  # pragma: no cover - abstract
+
+    def explain(self, images: Sequence[np.ndarray], regions: Sequence[Sequence[Region]]) -> None:
+        """Set each region's nearest_good (regions[i] of uint8 image i), when the detector keeps training
+        examples; nothing otherwise."""
+
+    def explain_judged(self, images: Sequence[np.ndarray], predictions: Sequence[Prediction]) -> None:
+        """explain the regions of the NG and REVIEW predictions (OK ones have none, and cost nothing)."""
+        flagged = [(image, p) for image, p in zip(images, predictions) if p.verdict != OK and p.regions]
+        if flagged:
+            self.explain([image for image, _ in flagged], [p.regions for _, p in flagged])
+
+    def crops(self, image: np.ndarray, region: Region) -> tuple[np.ndarray, np.ndarray] | None:
+        """(the region's crop of the uint8 image, its nearest good example's crop from the kept copy), with
+        the same context around both; None when the region has no nearest good example."""
+        if region.nearest_good is None or self.explainer is None:
+            return None
+        return region_crop(image, region), self.explainer.examples.good_crop(region.nearest_good)
 
     def score_samples(self, samples: list[Sample], batch_size: int = 16, progress: bool = False) -> tuple[ScoredSet, float]:
         """Scores and maps of dataset samples at model resolution, and the rate in images/s."""

@@ -35,7 +35,7 @@ from surfad.detector.run import RunDetector
 from surfad.errors import SurfadError
 from surfad.scoring import ScoredSet
 from surfad.utils import Stopwatch, atomic_write_json, read_json
-from surfad.verdict import Prediction, judge
+from surfad.verdict import Prediction, Region, judge
 
 
 @dataclass
@@ -90,6 +90,9 @@ class FusedDetector(Detector):
         super().__init__(run, members[0].config, calibration, runtime, min_area, members[0].roi)
         self.members = members
         self.stats = stats
+        # nearest good examples come from the first member that keeps training examples
+        self.explaining = next((m for m in members if m.explainer is not None), None)
+        self.explainer = None if self.explaining is None else self.explaining.explainer
 
     @classmethod
     def open(cls, folder: Path, runtime: str = "torch", device: str = "cpu", min_area: int = 16,
@@ -161,9 +164,14 @@ class FusedDetector(Detector):
             amap = np.mean([s.maps(out[i][0]) for s, out in zip(self.stats, per_member)], axis=0)
             results.append(judge(image, amap.astype(np.float32), score, t, self.calibration.pixel_threshold,
                                  self.min_area, self.roi_at(*image.shape[:2]), review))
+        self.explain_judged(arrays, results)
         if stopwatch is not None:
             stopwatch.lap("regions")
         return results
+
+    def explain(self, images: Sequence[np.ndarray], regions: Sequence[Sequence[Region]]) -> None:
+        if self.explaining is not None:
+            self.explaining.explain(images, regions)
 
 
 def check_one_region(members: Sequence[Detector]) -> None:

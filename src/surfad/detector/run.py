@@ -26,6 +26,7 @@ from surfad.data.roi import choose_roi, input_fill
 from surfad.data.samples import Sample
 from surfad.data.transforms import preprocess, resize_map
 from surfad.detector.base import Detector
+from surfad.detector.examples import Explainer, KeptExamples
 from surfad.errors import SurfadError
 from surfad.scoring import (
     ScoredSet,
@@ -37,7 +38,7 @@ from surfad.scoring import (
     torch_score_fn,
 )
 from surfad.utils import Stopwatch, sha256_file
-from surfad.verdict import Prediction, judge
+from surfad.verdict import Prediction, Region, judge
 
 
 @dataclass(frozen=True)
@@ -56,25 +57,30 @@ class RunDetector(Detector):
     marker = bundle.CONFIG
 
     def __init__(self, run: Path, config: RunConfig, score_fn: ScoreFn, calibration: Calibration | None,
-                 runtime: str, min_area: int = 16, roi: np.ndarray | None = None, weights: Weights | None = None) -> None:
+                 runtime: str, min_area: int = 16, roi: np.ndarray | None = None, weights: Weights | None = None,
+                 explainer: Explainer | None = None) -> None:
         """score_fn takes the run's preprocessed images and applies `roi` (see scoring.image_score_fn);
-        `open` builds it, and says which weights it holds (None: unknown, nothing to check)."""
+        `open` builds it, says which weights it holds (None: unknown, nothing to check), and gives the
+        explainer when the run keeps training examples."""
         super().__init__(run, config, calibration, runtime, min_area, roi)
         self.score_fn = score_fn
         self.fill = input_fill(roi, config.data.roi_fill)
         self.weights = weights
+        self.explainer = explainer
 
     @classmethod
     def open(cls, folder: Path, runtime: str = "torch", device: str = "cpu", min_area: int = 16,
              checkpoint: str = "best_detect", roi: str | Path | None = None, threads: int = 0) -> RunDetector:
+        import torch
+
         run = bundle.require_run(folder)
         calibration = cls.read_calibration(run)
         inside = choose_roi(run / bundle.ROI, roi)
+        examples = KeptExamples.load(run)
+        graph = None
+        if threads > 0 and (runtime == "torch" or examples is not None):
+            torch.set_num_threads(threads)
         if runtime == "torch":
-            import torch
-
-            if threads > 0:
-                torch.set_num_threads(threads)
             config, graph, digest = bundle.load_hashed_graph(run, checkpoint)
             graph.to(device)
             score_fn = torch_score_fn(graph, torch.device(device))
@@ -91,8 +97,12 @@ class RunDetector(Detector):
             if calibration is None or calibration.weights_sha256 is None:
                 check_export_is_current(run, weights)  # nothing binds it to the thresholds: to the run's weights
             score_fn = onnx_score_fn(path, threads=threads)
+        explainer = None
+        if examples is not None:  # the lookup runs in torch for every runtime
+            graph = graph or bundle.load_graph(run)[1].to(device)
+            explainer = Explainer(graph.model, examples, config.data.tile_scale)
         return cls(run, config, image_score_fn(score_fn, config, inside), calibration, runtime, min_area, inside,
-                   weights)
+                   weights, explainer)
 
     @classmethod
     def describe_folder(cls, folder: Path) -> dict[str, Any]:
@@ -168,9 +178,16 @@ class RunDetector(Detector):
         outputs = self.outputs(arrays, stopwatch)
         judged = [judge(a, m, s, t, pixel, self.min_area, self.roi_at(*a.shape[:2]), review)
                   for a, (m, s) in zip(arrays, outputs)]
+        self.explain_judged(arrays, judged)
         if stopwatch is not None:
             stopwatch.lap("regions")
         return judged
+
+    def explain(self, images: Sequence[np.ndarray], regions: Sequence[Sequence[Region]]) -> None:
+        """Set each region's nearest good example (see surfad.detector.examples), from the images as the
+        model sees them."""
+        if self.explainer is not None:
+            self.explainer.explain([self.preprocess(a) for a in images], [a.shape[:2] for a in images], regions)
 
 
 def check_export_is_current(run: Path, weights: Weights) -> None:

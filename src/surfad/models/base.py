@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
 from tqdm import tqdm
@@ -33,6 +34,10 @@ from surfad.config import TrainConfig
 # convolutions run about 1.4x faster in training and 1.5x in inference on this CPU, with the same
 # results (benchmarks/RESULTS.md, "Memory layout").
 IMAGE_LAYOUT = torch.channels_last
+
+
+PIXEL_CELL = 8  # the default descriptors: one per 8 x 8 pixel cell of the input,
+PIXEL_DETAIL = 4  # its pixels averaged down to 4 x 4 values per channel
 
 
 class AnomalyModel(nn.Module):
@@ -47,6 +52,23 @@ class AnomalyModel(nn.Module):
     def visuals(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """Images shown in the training grid besides the input and the map (e.g. the reconstruction)."""
         return {}
+
+    def descriptors(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C, S, S) inputs -> (B, d, h, w): what each cell of a grid over the input looks like, compared
+        to find a region's nearest good example (surfad.detector.examples). By default the input's own
+        pixels: each PIXEL_CELL-pixel cell averaged down to PIXEL_DETAIL x PIXEL_DETAIL values per channel;
+        models with features of their own describe cells by those."""
+        side = max(1, -(-x.shape[-1] // PIXEL_CELL))
+        pooled = F.adaptive_avg_pool2d(x, side * PIXEL_DETAIL)
+        b, c = pooled.shape[:2]
+        cells = pooled.reshape(b, c, side, PIXEL_DETAIL, side, PIXEL_DETAIL).permute(0, 1, 3, 5, 2, 4)
+        return cells.reshape(b, c * PIXEL_DETAIL**2, side, side)
+
+    def example_bank(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """Training patches the model keeps anyway, as (descriptors (K, d), origin (K, 2): the fit input each
+        came from and its position in that input's descriptor grid, row-major), searched instead of an
+        index of descriptors when explaining; None (the default) for models that keep none."""
+        return None
 
 
 def available_memory() -> int:

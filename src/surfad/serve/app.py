@@ -11,7 +11,9 @@ Routes:
                     those of the good validation images (surfad.serve.record.LiveStats)
     GET  /metrics   the same for Prometheus (text exposition format)
     POST /predict   multipart/form-data, the image in field "file"; `images=true` (query or form
-                    field) adds base64 PNGs of the heatmap and the overlay with the regions drawn
+                    field) adds base64 PNGs of the heatmap and the overlay with the regions drawn, and
+                    region_crops: each region's crop beside its nearest good example's (null for a
+                    region without one)
 
 Recording (`record`, an InspectionLog): every inspection is appended to inspections.jsonl and NG
 and REVIEW uploads (or all, or none) are kept as they were sent; the answer then carries its "inspection_id".
@@ -292,6 +294,7 @@ def _answer(detector: Detector, image: np.ndarray, pred: Prediction, name: str, 
                                detector.roi_at(height, width))
         result["heatmap_png"] = base64.b64encode(encode_png(heat)).decode()
         result["overlay_png"] = base64.b64encode(encode_png(picture)).decode()
+        result["region_crops"] = [_crop_pngs(detector.crops(image, region)) for region in pred.regions]
         watch.lap("images")
     if record is not None:
         record_inspection(record, data, result, detector.name)
@@ -445,6 +448,14 @@ def _settle(answer: asyncio.Future[Prediction], pred: Prediction | None, err: Ex
         answer.set_exception(err)
     else:
         answer.set_result(pred)
+
+
+def _crop_pngs(pair: tuple[np.ndarray, np.ndarray] | None) -> dict[str, str] | None:
+    """A region's crop and its nearest good example's, as base64 PNGs (None without a nearest good example)."""
+    if pair is None:
+        return None
+    return {"region_png": base64.b64encode(encode_png(pair[0])).decode(),
+            "nearest_good_png": base64.b64encode(encode_png(pair[1])).decode()}
 
 
 @dataclass

@@ -3,7 +3,7 @@
 setup.py: the resolved config and what is built from it; loop.py: one epoch and the weight
 average; gradient.py: epochs, selection and resume; fitting.py: one-pass fitting; validation.py:
 validation and what to ship; checkpoint.py: the atomic `last` checkpoint; run_folder.py: the
-folder's files.
+folder's files; examples.py: the training images kept to explain verdicts (RUN/examples).
 
 Model-independent: a model's registry entry says how it learns (surfad.models.base). Validation
 never looks at the test set. With `ema_decay` > 0 a moving average of the weights is what gets
@@ -29,6 +29,7 @@ from surfad.models import model_spec
 from surfad.scoring import ScoredSet
 from surfad.training.checkpoint import TrainState
 from surfad.training.distributed import World, from_main, join, leave
+from surfad.training.examples import keep_examples
 from surfad.training.fitting import fit_and_validate
 from surfad.training.gradient import resume_state, run_epochs
 from surfad.training.run_folder import (
@@ -51,12 +52,14 @@ __all__ = ["Training", "build_training", "check_settings", "place_train_defects"
            "train"]
 
 
-def prepare(config: RunConfig, out: Path, resume: bool) -> tuple[RunConfig, Splits, bool]:
+def prepare(config: RunConfig, out: Path, resume: bool, splits: Splits | None = None) -> tuple[RunConfig, Splits, bool]:
     """(resolved config, splits, whether to continue a checkpoint) for a run into `out`.
 
     --resume continues a run's checkpoint; a run that never trained (stopped before its first
     checkpoint) is started again from its saved config and splits. A fresh start refuses a folder
-    holding a run that trained, and replaces one that never did.
+    holding a run that trained, and replaces one that never did. A fresh start makes the splits from
+    config.data, or takes `splits` as given (e.g. a subset of the training images with the validation
+    and test of the whole set, as `surfad curve` does).
     """
     saved = (out / bundle.CONFIG).is_file()
     if resume:
@@ -75,7 +78,10 @@ def prepare(config: RunConfig, out: Path, resume: bool) -> tuple[RunConfig, Spli
     if saved:
         print(f"{out} holds a run that never trained (no checkpoint): replacing it")
         clear_untrained(out)
-    splits = make_splits(config.data, check_test=False)  # training never opens a test image
+    if splits is None:
+        splits = make_splits(config.data, check_test=False)  # training never opens a test image
+    elif not splits.train:
+        raise SurfadError(f"{out}: the given splits have no training images")
     return resolve_config(config, splits), place_train_defects(splits, config.model), False
 
 
@@ -97,20 +103,26 @@ def training_roi(out: Path, config: RunConfig) -> np.ndarray | None:
     return optional_roi(config.data.roi)
 
 
-def train(config: RunConfig, out: str | Path, resume: bool = False, progress: bool = True) -> Path:
+def train(config: RunConfig, out: str | Path, resume: bool = False, progress: bool = True,
+          splits: Splits | None = None) -> Path:
     """Train (or fit) a model as `config` says into the run folder `out`; returns the run folder.
-    Under torchrun (WORLD_SIZE > 1) every process calls it: see surfad.training.distributed."""
+    splits: train, validate and test on these instead of the splits config.data makes (a fresh start
+    only; resuming takes the run's own). Under torchrun (WORLD_SIZE > 1) every process calls it: see
+    surfad.training.distributed."""
     out = Path(out)
+    if resume and splits is not None:
+        raise SurfadError(f"{out}: a resumed run keeps its own splits; give splits to a fresh start only")
     world = join(resolve_device(config.train.device))
     try:
-        return train_in(world, config, out, resume, progress)
+        return train_in(world, config, out, resume, progress, splits)
     finally:
         leave(world)
 
 
-def train_in(world: World, config: RunConfig, out: Path, resume: bool, progress: bool) -> Path:
+def train_in(world: World, config: RunConfig, out: Path, resume: bool, progress: bool,
+             splits: Splits | None = None) -> Path:
     """train() as one of the world's processes (process 0 alone writes and reports)."""
-    config, splits, continuing = from_main(world, lambda: prepare(config, out, resume))
+    config, splits, continuing = from_main(world, lambda: prepare(config, out, resume, splits))
     check_settings(config, splits)
     dc = config.data
     roi = training_roi(out, config)
@@ -138,6 +150,7 @@ def train_in(world: World, config: RunConfig, out: Path, resume: bool, progress:
         calibration = calibrate_shipped(scored, splits, out, roi)
         print(f"trained {out}: shipped and calibrated on val ({calibration.strategy}): threshold "
               f"{calibration.threshold:.5g}")
+        keep_examples(out, config, splits, t)
     return out
 
 

@@ -14,6 +14,7 @@ from surfad.calibrate import Calibration, calibrate, default_strategy
 from surfad.config import RunConfig
 from surfad.data.roi import roi_fingerprint, save_roi
 from surfad.data.splits import Splits
+from surfad.detector.examples import FOLDER as EXAMPLES
 from surfad.errors import SurfadError
 from surfad.models import model_spec
 from surfad.report import history_plot
@@ -44,7 +45,7 @@ def clear_untrained(out: Path) -> None:
     """Remove what a run that never reached its first checkpoint wrote, so it can start again."""
     for name in (*UNTRAINED_FILES, bundle.WEIGHTS):
         (out / name).unlink(missing_ok=True)
-    for folder in ("grids", "checkpoints"):
+    for folder in ("grids", "checkpoints", EXAMPLES):
         shutil.rmtree(out / folder, ignore_errors=True)  # train_in then removes stale temporary files
 
 

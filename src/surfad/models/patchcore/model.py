@@ -71,14 +71,22 @@ class PatchCore(FittedModel):
         self.register_buffer("spread", torch.ones(1, self.features.dim, 1, 1))  # and standard deviations
         self.register_buffer("bank", torch.zeros(0, self.dim))
         self.register_buffer("bank_neighbours", torch.zeros(0, config.reweight_neighbours, dtype=torch.long))
+        # where each bank patch comes from: (fit input, position in its grid, row-major); -1 when unknown
+        self.register_buffer("bank_origin", torch.zeros(0, 2, dtype=torch.long))
 
-    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, local_metadata: dict[str, Any],
+                              strict: bool, missing_keys: list[str], *args: Any) -> None:
         # The bank's size is chosen when fitting: take the stored size before loading into it.
-        for name in ("bank", "bank_neighbours"):
+        for name in ("bank", "bank_neighbours", "bank_origin"):
             stored = state_dict.get(prefix + name)
             if stored is not None:
                 setattr(self, name, torch.empty_like(stored, device=getattr(self, name).device))
-        super()._load_from_state_dict(state_dict, prefix, *args)
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, *args)
+        if prefix + "bank_origin" not in state_dict and prefix + "bank" in state_dict:
+            # weights fitted before origins were recorded: the model works, its bank explains nothing
+            if prefix + "bank_origin" in missing_keys:
+                missing_keys.remove(prefix + "bank_origin")
+            self.bank_origin = torch.full((self.bank.shape[0], 2), -1, dtype=torch.long, device=self.bank.device)
 
     def patch_distances(self, feats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(M, D) patch features -> (distance to the bank (M,), index of the nearest bank patch (M,))."""
@@ -142,6 +150,16 @@ class PatchCore(FittedModel):
                                 f"per image) x {dim} features = {bank * dim * 4 / 2**20:.1f} MiB; fitting needs about "
                                 f"{memory / 2**30:.2f} GiB",))
 
+    def descriptors(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C, S, S) -> (B, D, h, w): the patch features the bank holds."""
+        return self.patch_features(x)
+
+    def example_bank(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The bank and where each of its patches comes from (None for weights fitted before that was recorded)."""
+        if self.bank_origin.shape[0] != self.bank.shape[0] or bool((self.bank_origin < 0).any()):
+            return None
+        return self.bank, self.bank_origin
+
     def patch_features(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C, S, S) -> (B, D, h, w): the backbone's patch features, and their place when position_weight > 0."""
         f = self.features(x)
@@ -177,6 +195,8 @@ class PatchCore(FittedModel):
         bar.close()
         del projected
         self.bank = feats[chosen].to(device)
+        per_input = features.shape[1]
+        self.bank_origin = torch.stack([chosen // per_input, chosen % per_input], dim=1).to(device)
         self.bank_neighbours = self.bank_neighbourhoods()
         return {"patches": patches, "bank": bank_size, "dim": dim, "coreset_radius": round(radius, 6),
                 "coreset_seconds": round(time.perf_counter() - started, 2)}
@@ -195,6 +215,7 @@ class PatchCore(FittedModel):
         self.bank = torch.randn(size, self.dim, device=self.bank.device)
         self.bank_neighbours = torch.zeros(size, self.config.reweight_neighbours, dtype=torch.long,
                                            device=self.bank.device)
+        self.bank_origin = torch.zeros(size, 2, dtype=torch.long, device=self.bank.device)
 
     def bank_neighbourhoods(self) -> torch.Tensor:
         """For each bank patch, the indices of its reweight_neighbours nearest bank patches, itself first
