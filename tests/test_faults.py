@@ -554,6 +554,23 @@ def test_a_full_disk_in_other_verbs_names_the_file(tiny_run, tiny_mvtec: Path, t
     assert f"error: {named}" in err and err.strip().endswith(NO_SPACE), err
 
 
+def test_a_full_disk_during_export_names_the_file_and_keeps_the_previous_export(tiny_run, tmp_path: Path, monkeypatch,
+                                                                                capsys):
+    """Before: "ONNX export of model ... failed: [Errno 28]", naming the run folder, not the file."""
+    run = copy_run(tiny_run(), tmp_path)
+    before = (run / bundle.ONNX).read_bytes()
+
+    def full_disk(*args, **kwargs):
+        raise OSError(errno.ENOSPC, NO_SPACE)
+
+    monkeypatch.setattr(torch.onnx, "export", full_disk)
+    assert main(["export", str(run), "--format", "onnx"]) == 2
+    err = capsys.readouterr().err
+    assert f"error: {run / bundle.ONNX}" in err and err.strip().endswith(NO_SPACE), err
+    assert (run / bundle.ONNX).read_bytes() == before
+    assert not list(run.glob(".model.onnx.*"))
+
+
 # --- 10, 11. what the service shows and to whom ---------------------------------------------------
 
 

@@ -123,6 +123,8 @@ def export_onnx(run: str | Path, opset: int = 17, quantize: str | None = None) -
                     graph, (example,), str(tmp), input_names=[INPUT_NAME], output_names=list(OUTPUT_NAMES),
                     dynamic_axes=dims, opset_version=opset, do_constant_folding=True, dynamo=False,
                 )
+            except OSError:  # e.g. a full disk: atomic_write names the file
+                raise
             except Exception as err:  # the exporter raises many types for unsupported operators
                 raise SurfadError(f"{run}: ONNX export of model {config.model!r} at opset {opset} failed: {err}") from err
         drop_empty_pad_values(tmp)
