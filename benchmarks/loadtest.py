@@ -137,7 +137,9 @@ def start_service(args: argparse.Namespace) -> tuple[subprocess.Popen, str]:
                "--port", str(port), "--runtime", args.runtime, "--workers", str(args.workers),
                "--concurrency", str(args.service_concurrency), "--max-batch", str(args.max_batch),
                *(["--threads", str(args.threads)] if args.threads else [])]
-    env = {**os.environ, "SURFAD_API_KEY": args.api_key or ""}  # not on the command line, where ps shows it
+    env = {k: v for k, v in os.environ.items() if k != "SURFAD_API_KEY"}
+    if args.api_key:
+        env["SURFAD_API_KEY"] = args.api_key  # not on the command line, where ps shows it
     log = tempfile.TemporaryFile("w+")  # a file, not a pipe: a full pipe would stall the service
     process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=log, text=True)
     url = f"http://127.0.0.1:{port}/"
