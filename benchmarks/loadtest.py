@@ -5,10 +5,12 @@
 
 With --run it starts `surfad serve` on a free port of 127.0.0.1 and stops it afterwards; with --url it
 targets a running service, which must be on 127.0.0.1 or localhost. The test is bounded: at most
---requests requests and --max-seconds seconds. Reports requests/s, latency p50/p99/max and errors
+--requests requests and --max-seconds seconds, after --warmup requests that are not measured (the
+first answers pay for pools and caches starting). Reports requests/s, latency p50/p99/max and errors
 (transport failures and non-200 answers, by status), and the mean milliseconds of each stage of a
 request from the service's /stats. With --run, also the CPU time the service's processes spent per
-request (which other work on the machine changes far less than requests/s), and with --in-process
+request (which other work on the machine changes far less than requests/s) and the load
+generator's own CPU per request (it shares the machine), and with --in-process
 first what the detector alone does with the same image, runtime and threads (Detector.predict, and
 predict_batch in batches of --concurrency images: images/s and CPU ms per image), so the service's
 share of it is a ratio within one run.
@@ -171,6 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=0, help="with --run: serve --threads (0: its default)")
     parser.add_argument("--image", type=Path, help="image to upload (default: seeded random 256x256 RGB PNG)")
     parser.add_argument("--requests", type=int, default=500)
+    parser.add_argument("--warmup", type=int, default=32, help="requests sent first and not measured")
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--max-seconds", type=float, default=120.0, help="stop sending after this long")
     parser.add_argument("--api-key")
@@ -195,9 +198,15 @@ def main(argv: list[str] | None = None) -> int:
     else:
         url = args.url.rstrip("/") + "/"
     try:
+        if args.warmup:  # the first answers pay for thread pools and caches starting: not the steady state
+            asyncio.run(run_load(url, payload, args.warmup, args.concurrency, args.max_seconds, args.api_key,
+                                 args.images))
         cpu_before = tree_cpu_seconds(process.pid) if process is not None else None
+        client_before = time.process_time()
         result = asyncio.run(run_load(url, payload, args.requests, args.concurrency, args.max_seconds,
                                       args.api_key, args.images))
+        if result["ok"]:  # the load generator shares the machine: what it spends is not the service's to use
+            result["client_cpu_ms_per_request"] = round(1000 * (time.process_time() - client_before) / result["ok"], 2)
         if process is not None and result["ok"]:
             result["service_cpu_ms_per_request"] = round(1000 * (tree_cpu_seconds(process.pid) - cpu_before)
                                                          / result["ok"], 2)
@@ -211,7 +220,8 @@ def main(argv: list[str] | None = None) -> int:
           f"max {result['max_ms']} ms, errors {result['errors']} {result['statuses']}")
     print("mean ms per stage: " + ", ".join(f"{k} {v}" for k, v in result["stage_ms"].items()))
     if "service_cpu_ms_per_request" in result:
-        print(f"service CPU per request: {result['service_cpu_ms_per_request']} ms (all its processes)")
+        print(f"service CPU per request: {result['service_cpu_ms_per_request']} ms (all its processes); "
+              f"the load generator's: {result['client_cpu_ms_per_request']} ms")
     if detector_alone:
         result["detector_alone"] = detector_alone
         result["share_of_batched"] = round(result["requests_per_s"] / detector_alone["predict_batch_per_s"], 3)

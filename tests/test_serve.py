@@ -384,3 +384,27 @@ def test_a_batching_service_answers_as_one_that_does_not(detector: Detector, ima
     _, plain = post(TestClient(create_app(detector)), png(image))
     _, batched = post(TestClient(create_app(detector, max_batch=8)), png(image))
     assert batched["score"] == plain["score"] and batched["verdict"] == plain["verdict"]
+
+
+def test_the_service_s_inference_threads_sleep_between_operators(tiny_run, monkeypatch: pytest.MonkeyPatch) -> None:
+    """onnxruntime's threads spin while they wait by default; in the service that took the CPU decoding and
+    answering needed (benchmarks/RESULTS.md, "Inspections per core"). Batch prediction keeps the default."""
+    import onnxruntime
+
+    from surfad.serve.app import ServiceOptions, build_app
+
+    run = tiny_run()  # exported before the count starts
+    spinning: list[str] = []
+    real = onnxruntime.InferenceSession
+
+    def session(path, options, *args, **kwargs):
+        try:
+            spinning.append(options.get_session_config_entry("session.intra_op.allow_spinning"))
+        except Exception:  # onnxruntime raises when the entry was never set
+            spinning.append("default")
+        return real(path, options, *args, **kwargs)
+
+    monkeypatch.setattr(onnxruntime, "InferenceSession", session)
+    Detector.load(run, runtime="onnx")
+    build_app(ServiceOptions(run=str(run), runtime="onnx"))
+    assert spinning == ["default", "0"]

@@ -68,7 +68,7 @@ class Detector:
     @staticmethod
     def load(folder: str | Path, runtime: str = "torch", device: str = "cpu", min_area: int = 16,
              checkpoint: str = "best_detect", calibrated: bool = True, roi: str | Path | None = None,
-             threads: int = 0) -> Detector:
+             threads: int = 0, busy_wait: bool = True) -> Detector:
         """Load a run or a fused folder as the right detector; checkpoint (torch runtime, runs only):
         best_detect (shipped), best_seg, last or a .safetensors path. calibrated=False also loads a
         folder without calibration.json (to calibrate it), or one calibrated in another region of
@@ -76,12 +76,14 @@ class Detector:
         images but not judge them.
         roi: a region-of-interest mask file to inspect within instead of the run's own (roi.png, if
         it was trained with one), or "none" for the whole image. threads: CPU threads for inference
-        (0: the runtime's default, every core); torch's setting is process-wide."""
+        (0: the runtime's default, every core); torch's setting is process-wide. busy_wait=False:
+        onnxruntime's threads sleep between operators instead of spinning (see onnx_score_fn)."""
         if runtime not in RUNTIMES:
             raise SurfadError(f"runtime must be one of {', '.join(RUNTIMES)}, got {runtime!r}")
         if threads < 0:
             raise SurfadError(f"threads must be 0 (every core) or more, got {threads}")
-        detector = Detector.kind_of(folder).open(Path(folder), runtime, device, min_area, checkpoint, roi, threads)
+        detector = Detector.kind_of(folder).open(Path(folder), runtime, device, min_area, checkpoint, roi, threads,
+                                                  busy_wait)
         if calibrated and detector.calibration is None:
             raise SurfadError(f"{folder}: no {bundle.CALIBRATION}; run `surfad calibrate {folder}`")
         if calibrated:
@@ -101,7 +103,7 @@ class Detector:
 
     @classmethod
     def open(cls, folder: Path, runtime: str, device: str, min_area: int, checkpoint: str,
-             roi: str | Path | None, threads: int) -> Detector:
+             roi: str | Path | None, threads: int, busy_wait: bool = True) -> Detector:
         raise NotImplementedError  # pragma: no cover - abstract
 
     @classmethod

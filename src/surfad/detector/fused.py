@@ -96,12 +96,14 @@ class FusedDetector(Detector):
 
     @classmethod
     def open(cls, folder: Path, runtime: str = "torch", device: str = "cpu", min_area: int = 16,
-             checkpoint: str = "best_detect", roi: str | Path | None = None, threads: int = 0) -> FusedDetector:
+             checkpoint: str = "best_detect", roi: str | Path | None = None, threads: int = 0,
+             busy_wait: bool = True) -> FusedDetector:
         """Each member inspects within its own region of interest, or within `roi` for all of them."""
         if checkpoint != "best_detect":
             raise SurfadError(f"{folder}: a fused detector uses its members' shipped weights (best_detect) only")
         calibration = cls.read_calibration(folder)
-        members = [RunDetector.open(member, runtime, device, min_area, roi=roi, threads=threads) for member in model_runs(folder)]
+        members = [RunDetector.open(member, runtime, device, min_area, roi=roi, threads=threads,
+                                    busy_wait=busy_wait) for member in model_runs(folder)]
         return cls(folder, members, read_stats(folder), calibration, runtime, min_area)
 
     @classmethod

@@ -70,7 +70,8 @@ class RunDetector(Detector):
 
     @classmethod
     def open(cls, folder: Path, runtime: str = "torch", device: str = "cpu", min_area: int = 16,
-             checkpoint: str = "best_detect", roi: str | Path | None = None, threads: int = 0) -> RunDetector:
+             checkpoint: str = "best_detect", roi: str | Path | None = None, threads: int = 0,
+             busy_wait: bool = True) -> RunDetector:
         import torch
 
         run = bundle.require_run(folder)
@@ -96,7 +97,7 @@ class RunDetector(Detector):
             weights = Weights(path, exported_weights(path))
             if calibration is None or calibration.weights_sha256 is None:
                 check_export_is_current(run, weights)  # nothing binds it to the thresholds: to the run's weights
-            score_fn = onnx_score_fn(path, threads=threads)
+            score_fn = onnx_score_fn(path, threads=threads, busy_wait=busy_wait)
         explainer = None
         if examples is not None:  # the lookup runs in torch for every runtime
             graph = graph or bundle.load_graph(run)[1].to(device)

@@ -25,8 +25,10 @@ RUNTIME_FILES = {"onnx": bundle.ONNX, "onnx-int8": bundle.ONNX_INT8}  # the file
 INT8 = "int8"  # export.json's entry for model.int8.onnx
 
 
-def onnx_score_fn(path: str | Path, threads: int = 0) -> ScoreFn:
+def onnx_score_fn(path: str | Path, threads: int = 0, busy_wait: bool = True) -> ScoreFn:
     """A ScoreFn running an ONNX model with onnxruntime on CPU (threads 0 = onnxruntime's default).
+    busy_wait=False: the inference threads sleep between operators instead of spinning, which leaves
+    the cores to the other work of a process that does more than inference (the service).
 
     The session is shared; onnxruntime allows concurrent `run` calls on it. Nothing is checked
     against the run here: loading a run does that first (exported_weights).
@@ -39,6 +41,8 @@ def onnx_score_fn(path: str | Path, threads: int = 0) -> ScoreFn:
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = max(0, int(threads))
     options.log_severity_level = 3
+    if not busy_wait:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     try:
         session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     except Exception as err:  # onnxruntime raises its own exception types for invalid files

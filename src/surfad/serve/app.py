@@ -482,7 +482,8 @@ def build_app(options: ServiceOptions, detector: Detector | None = None) -> Fast
     """The service as `options` say, with `detector` or the one they name loaded here (in each worker
     process)."""
     if detector is None:
-        detector = Detector.load(options.run, runtime=options.runtime, roi=options.roi, threads=options.threads)
+        detector = Detector.load(options.run, runtime=options.runtime, roi=options.roi, threads=options.threads,
+                                 busy_wait=False)  # its threads leave the cores to decoding and answering
     stats = None
     if options.stats_db is not None:
         stats = SharedStats(options.stats_db, detector.threshold, detector.calibration.normal_stats,
@@ -543,7 +544,7 @@ def serve(run: str | Path, host: str = "127.0.0.1", port: int = 8000, runtime: s
                              record=None if record is None else str(record), keep_images=keep_images,
                              allowed_hosts=None if hosts is None else sorted(hosts),
                              roi=None if roi is None else str(roi), threads=threads)
-    detector = Detector.load(run, runtime=runtime, roi=roi, threads=threads)
+    detector = Detector.load(run, runtime=runtime, roi=roi, threads=threads, busy_wait=False)
     app = build_app(options, detector)  # a bad run, ROI or recording folder fails now, not in a worker
     if host not in LOCAL_NAMES and not api_key:
         print(f"warning: serving on {host} without --api-key: anyone who can reach it can use the model; "
