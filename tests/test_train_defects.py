@@ -79,6 +79,20 @@ def test_the_cli_refuses_a_foreign_path_with_exit_2(tiny_mvtec: Path, tmp_path: 
     assert not (tmp_path / "run" / bundle.CONFIG).exists()
 
 
+def test_a_learning_model_refuses_a_listed_defect_without_a_mask(tmp_path: Path, capsys) -> None:
+    """Broken: an empty mask, which would teach simplenet that the listed defect is good."""
+    root = make_folder(tmp_path / "data")  # read without --mask-dir: its defects have no masks
+    (tmp_path / "list.txt").write_text("defect/y.png\n")
+    args = ["train", "--data", str(root), "--layout", "folder", "--model", "simplenet",
+            "--preset", "tiny", "--image-size", "32", "--quiet", "--train-defects", str(tmp_path / "list.txt")]
+    assert main([*args, "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert "learns where a defect is from its mask" in err and str(root / "defect" / "y.png") in err
+    assert not (tmp_path / "run" / bundle.WEIGHTS).exists()
+    args[args.index("simplenet")] = "padim"  # a fitted model takes it into validation, where no mask is needed
+    assert main([*args, "--out", str(tmp_path / "fitted")]) == 0
+
+
 def listed_defects(data: Path, out: Path, n: int = 2) -> tuple[Path, list[Path]]:
     """A list file naming the first defective test image of each of the first n defect types."""
     types = sorted(d for d in (data / "test").iterdir() if d.is_dir() and d.name != "good")[:n]

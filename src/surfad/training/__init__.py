@@ -89,7 +89,14 @@ def place_train_defects(splits: Splits, model: str) -> Splits:
     """The splits a model trains with: the listed training defects stay apart for a model that learns
     from them; any other model takes them into validation, where real defects choose the threshold
     (and the epoch), since it cannot learn from them."""
-    if not splits.train_defects or model_spec(model).learns_from_defects:
+    if not splits.train_defects:
+        return splits
+    if model_spec(model).learns_from_defects:
+        unmasked = [str(s.path) for s in splits.train_defects if s.mask_path is None]
+        if unmasked:  # an empty mask would teach the model that the defect is good
+            raise SurfadError(f"data.train_defects: model {model} learns where a defect is from its mask, and "
+                              f"{len(unmasked)} listed image(s) have none: {', '.join(unmasked[:3])}; give their masks "
+                              "(e.g. --mask-dir for the folder layout) or list only images that have one")
         return splits
     print(f"model {model} does not learn from defects: the {len(splits.train_defects)} images of data.train_defects "
           "join validation, where they choose the threshold" + ("" if model_spec(model).fitted else " and the epoch"))
