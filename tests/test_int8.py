@@ -79,7 +79,8 @@ def test_an_int8_model_that_changes_verdicts_is_refused(run: Path, monkeypatch: 
     """Calibrated on black images, the activation ranges are wrong and verdicts change: no model.int8.onnx,
     the figures in the message, and the float model still usable."""
     real = int8.graph_inputs
-    monkeypatch.setattr(int8, "graph_inputs", lambda samples, config: [np.zeros_like(x) for x in real(samples, config)])
+    monkeypatch.setattr(int8, "graph_inputs",
+                        lambda samples, config, fill=None: [np.zeros_like(x) for x in real(samples, config, fill)])
     with pytest.raises(SurfadError, match=r"the INT8 model changes [1-9]\d* of \d+ validation verdicts \(at most 0 "
                                           r"allowed.*score rank correlation .*largest map difference .*not written"):
         export_onnx(run, quantize="int8")

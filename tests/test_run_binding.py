@@ -75,7 +75,6 @@ def test_weights_from_another_run_are_refused_by_the_torch_runtime(run: Path, ot
     assert main(["predict", str(run), str(run / "history.png"), "--out", str(run / "p"), "--quiet"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "model.safetensors: not the weights" in err
-    assert Detector.load(run, runtime="onnx").predict(IMAGE).verdict  # model.onnx is still this run's own
 
 
 def test_another_checkpoint_needs_its_own_calibration(run: Path, other: Path) -> None:
@@ -94,6 +93,17 @@ def test_an_onnx_model_from_another_run_is_refused(run: Path, other: Path) -> No
                                           r"re-export"):
         Detector.load(run, runtime="onnx")
     assert Detector.load(run).predict(IMAGE).verdict  # the torch runtime reads model.safetensors, still its own
+
+
+def test_weights_from_another_run_are_refused_by_the_onnx_runtime_when_it_explains(run: Path, other: Path) -> None:
+    """The nearest-good lookup runs in torch beside model.onnx: it must use the weights that were exported."""
+    assert (run / "examples").is_dir()  # the run keeps training examples (the default)
+    shutil.copyfile(other / bundle.WEIGHTS, run / bundle.WEIGHTS)
+    with pytest.raises(SurfadError, match=rf"{run / bundle.ONNX}: exported from other weights than "
+                                          rf"{run / bundle.WEIGHTS}"):
+        Detector.load(run, runtime="onnx")
+    shutil.rmtree(run / "examples")  # without the lookup, ONNX reads model.onnx alone, which is still its own
+    assert Detector.load(run, runtime="onnx").predict(IMAGE).verdict
 
 
 def test_all_three_files_from_another_run_are_refused(run: Path, other: Path) -> None:

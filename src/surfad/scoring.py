@@ -166,7 +166,7 @@ def masked_scores(maps: np.ndarray, inside: np.ndarray, score: ScoreConfig) -> n
 
 def roi_score_fn(inner: ScoreFn, score: ScoreConfig, roi: np.ndarray) -> ScoreFn:
     """A ScoreFn that ignores everything outside a region of interest (bool, any size with the images'
-    aspect ratio), applied around the graph the same way for both runtimes: maps are set to zero
+    aspect ratio), applied around the graph the same way for every runtime: maps are set to zero
     outside the ROI (resized to the maps, nearest neighbour) and the image score is masked_scores of
     what is inside. The graph's own smoothing runs before the mask, so a value just outside can reach
     at most 3 sigma pixels in. What lies outside the ROI in the image never gets this far: the image

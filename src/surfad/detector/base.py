@@ -33,8 +33,9 @@ class Detector:
         detector.predict("board.png").verdict
 
     Subclasses say which folders they hold (`marker`, a file only such folders have) and implement
-    open, predict_batch, score_samples, info and describe_folder, and explain when they keep training
-    examples (`explainer`); a subclass that sets `marker` registers itself as a kind.
+    open, predict_batch, score_samples, info, describe_folder, weights_sha256 and check_weights (which
+    weights they hold, and the check that the calibration was made with them), and explain when they
+    keep training examples (`explainer`); a subclass that sets `marker` registers itself as a kind.
     """
 
     marker: ClassVar[str]
@@ -185,18 +186,23 @@ class Detector:
     def predict_batch(self, images: Sequence[np.ndarray | str | Path], threshold: float | None = None,
                       stopwatch: Stopwatch | None = None) -> list[Prediction]:
         """Inspect images in one forward pass; stopwatch: laps "preprocess", "model", "maps" (to the
-        images' size) and "regions" (verdicts, masks and regions) are charged to it."""
+        images' size), "regions" (verdicts, masks and regions) and "explain" (the nearest good examples of
+        NG and REVIEW regions) are charged to it."""
         raise NotImplementedError  # pragma: no cover - abstract
 
     def explain(self, images: Sequence[np.ndarray], regions: Sequence[Sequence[Region]]) -> None:
         """Set each region's nearest_good (regions[i] of uint8 image i), when the detector keeps training
         examples; nothing otherwise."""
 
-    def explain_judged(self, images: Sequence[np.ndarray], predictions: Sequence[Prediction]) -> None:
-        """explain the regions of the NG and REVIEW predictions (OK ones have none, and cost nothing)."""
+    def explain_judged(self, images: Sequence[np.ndarray], predictions: Sequence[Prediction],
+                       stopwatch: Stopwatch | None = None) -> None:
+        """explain the regions of the NG and REVIEW predictions (OK ones have none, and cost nothing);
+        the time goes to the stopwatch's "explain" lap."""
         flagged = [(image, p) for image, p in zip(images, predictions) if p.verdict != OK and p.regions]
         if flagged:
             self.explain([image for image, _ in flagged], [p.regions for _, p in flagged])
+        if stopwatch is not None:
+            stopwatch.lap("explain")
 
     def crops(self, image: np.ndarray, region: Region) -> tuple[np.ndarray, np.ndarray] | None:
         """(the region's crop of the uint8 image, its nearest good example's crop from the kept copy), with

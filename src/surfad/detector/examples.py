@@ -25,7 +25,7 @@ cells:
   within a tile means nothing.
 The nearest good box is the region's box moved by the offset between the two cells, in the kept
 image's original pixels; the distance is between the two cells' descriptors. The lookup runs in
-torch around the graph, the same for both runtimes, and only for the images it is asked about (NG
+torch around the graph, the same for every runtime, and only for the images it is asked about (NG
 and REVIEW ones).
 """
 

@@ -166,9 +166,9 @@ class FusedDetector(Detector):
             amap = np.mean([s.maps(out[i][0]) for s, out in zip(self.stats, per_member)], axis=0)
             results.append(judge(image, amap.astype(np.float32), score, t, self.calibration.pixel_threshold,
                                  self.min_area, self.roi_at(*image.shape[:2]), review))
-        self.explain_judged(arrays, results)
         if stopwatch is not None:
             stopwatch.lap("regions")
+        self.explain_judged(arrays, results, stopwatch)
         return results
 
     def explain(self, images: Sequence[np.ndarray], regions: Sequence[Sequence[Region]]) -> None:

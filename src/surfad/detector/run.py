@@ -5,8 +5,9 @@
     result = detector.predict("board.png")           # a path or a uint8 HxW(xC) array
     result.verdict, result.score, result.regions
 
-Loading hashes the one file the runtime reads (the torch weights, or model.onnx against export.json)
-and refuses weights that calibration.json was not calibrated with.
+Loading hashes the files the runtime reads (the torch weights; model.onnx against export.json, and
+the torch weights too when the run keeps training examples, whose lookup runs in torch) and refuses
+weights that calibration.json was not calibrated with, or that the ONNX model was not exported from.
 """
 
 from __future__ import annotations
@@ -95,12 +96,15 @@ class RunDetector(Detector):
             config = bundle.load_config(run)
             path = run / RUNTIME_FILES[runtime]
             weights = Weights(path, exported_weights(path))
-            if calibration is None or calibration.weights_sha256 is None:
+            if examples is not None:  # the lookup runs in torch: with the weights the model was exported from
+                _, graph, digest = bundle.load_hashed_graph(run)
+                graph.to(device)
+                check_export_is_current(run, weights, digest)
+            elif calibration is None or calibration.weights_sha256 is None:
                 check_export_is_current(run, weights)  # nothing binds it to the thresholds: to the run's weights
             score_fn = onnx_score_fn(path, threads=threads, busy_wait=busy_wait)
         explainer = None
-        if examples is not None:  # the lookup runs in torch for every runtime
-            graph = graph or bundle.load_graph(run)[1].to(device)
+        if examples is not None:
             explainer = Explainer(graph.model, examples, config.data.tile_scale)
         return cls(run, config, image_score_fn(score_fn, config, inside), calibration, runtime, min_area, inside,
                    weights, explainer)
@@ -179,9 +183,9 @@ class RunDetector(Detector):
         outputs = self.outputs(arrays, stopwatch)
         judged = [judge(a, m, s, t, pixel, self.min_area, self.roi_at(*a.shape[:2]), review)
                   for a, (m, s) in zip(arrays, outputs)]
-        self.explain_judged(arrays, judged)
         if stopwatch is not None:
             stopwatch.lap("regions")
+        self.explain_judged(arrays, judged, stopwatch)
         return judged
 
     def explain(self, images: Sequence[np.ndarray], regions: Sequence[Sequence[Region]]) -> None:
@@ -191,11 +195,14 @@ class RunDetector(Detector):
             self.explainer.explain([self.preprocess(a) for a in images], [a.shape[:2] for a in images], regions)
 
 
-def check_export_is_current(run: Path, weights: Weights) -> None:
+def check_export_is_current(run: Path, weights: Weights, shipped_sha256: str | None = None) -> None:
     """SurfadError when an ONNX model was exported from other weights than the run's model.safetensors
-    (the run was retrained after the export); for calibrations that record no weights."""
+    (the run was retrained after the export, or the file replaced); shipped_sha256: that file's hash,
+    when it was already read (else it is hashed here)."""
     shipped = run / bundle.WEIGHTS
-    if shipped.is_file() and weights.sha256 != sha256_file(shipped):
+    if shipped_sha256 is None and shipped.is_file():
+        shipped_sha256 = sha256_file(shipped)
+    if shipped_sha256 is not None and weights.sha256 != shipped_sha256:
         raise SurfadError(f"{weights.path}: exported from other weights than {shipped} (the run changed after "
                           f"export); re-run `surfad export {run} --format onnx`")
 

@@ -31,7 +31,7 @@ from surfad import bundle
 from surfad.calibrate import Calibration
 from surfad.config import RunConfig
 from surfad.data.io import read_image
-from surfad.data.roi import choose_roi
+from surfad.data.roi import InputFill, choose_roi, input_fill
 from surfad.data.samples import Sample
 from surfad.data.splits import Splits
 from surfad.data.tiles import pad_to_tile
@@ -74,7 +74,8 @@ def quantize_int8(run: Path, config: RunConfig) -> dict[str, Any]:
 
     check_quantizable(run, config)
     splits = Splits.load(run / bundle.SPLITS)
-    calibration_images = graph_inputs(_sample(splits.train, INT8_CALIBRATION_IMAGES), config)
+    fill = input_fill(choose_roi(run / bundle.ROI, None), config.data.roi_fill)  # the inputs the model will see
+    calibration_images = graph_inputs(_sample(splits.train, INT8_CALIBRATION_IMAGES), config, fill)
     if not calibration_images:
         raise SurfadError(f"{run}: none of the training images could be read to calibrate the INT8 model")
     entry: dict[str, Any] = {}
@@ -154,13 +155,15 @@ def spearman(a: np.ndarray, b: np.ndarray) -> float:
     return float(spearmanr(a, b).statistic)
 
 
-def graph_inputs(samples: list[Sample], config: RunConfig) -> list[np.ndarray]:
-    """The readable samples as graph inputs (C, S, S): preprocessed, the first tile when tiling."""
+def graph_inputs(samples: list[Sample], config: RunConfig, fill: InputFill | None = None) -> list[np.ndarray]:
+    """The readable samples as graph inputs (C, S, S): filled outside the region of interest as the
+    detector fills them (fill), preprocessed, the first tile when tiling."""
     data, inputs = config.data, []
     size = data.image_size
     for sample in samples:
         try:
-            image = preprocess(read_image(sample.path), size, data.input_channels, data.tile_scale)
+            image = read_image(sample.path)
+            image = preprocess(fill(image) if fill else image, size, data.input_channels, data.tile_scale)
         except BadInputError:
             continue  # the dataset moved or changed since training
         inputs.append(pad_to_tile(image, size)[:, :size, :size] if data.tile_scale > 0 else image)

@@ -99,7 +99,7 @@ from surfad.visualize import encode_png, render
 STATIC = Path(__file__).parent / "static"
 FORM_OVERHEAD = 64 * 1024  # multipart boundaries, part headers and small fields beside the file
 TRUE, FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off", "")
-DETECTOR_STAGES = ("preprocess", "model", "maps", "regions")  # Detector.predict's laps: "inference" in timing_ms
+DETECTOR_STAGES = ("preprocess", "model", "maps", "regions", "explain")  # Detector.predict's laps: "inference" in timing_ms
 PAGE_CSP = ("default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "
             "img-src 'self' data: blob:; connect-src 'self'; base-uri 'none'; form-action 'none'")
 

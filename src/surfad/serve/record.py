@@ -39,9 +39,10 @@ IMAGES = "images"
 KEEP_IMAGES = ("ng", "all", "none")  # which uploads InspectionLog keeps
 RECENT = 1000  # scores LiveStats keeps for its quantiles
 # Where a /predict request's time goes, in order (surfad.serve.app): reading the multipart upload, waiting for
-# an inference slot, decoding, the detector's own stages (surfad.detector: preprocess, model, maps, regions),
+# an inference slot, decoding, the detector's own stages (surfad.detector: preprocess, model, maps, regions, explain),
 # the heatmap and overlay PNGs (only when asked), the inspection log (only with --record), the JSON answer.
-STAGES = ("upload", "queue", "decode", "preprocess", "model", "maps", "regions", "images", "record", "respond")
+STAGES = ("upload", "queue", "decode", "preprocess", "model", "maps", "regions", "explain", "images", "record",
+          "respond")
 BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)  # seconds (le), then +Inf
 
 
@@ -259,7 +260,7 @@ def prometheus_text(summary: dict[str, Any]) -> str:
                       f"surfad_recent_above_validation_p95 {recent['above_validation_p95']}"]
     if summary["stage_histograms"]:
         lines += ["# HELP surfad_stage_seconds Time of each stage of a /predict request (upload, queue, decode, "
-                  "preprocess, model, maps, regions, images, record, respond).",
+                  "preprocess, model, maps, regions, explain, images, record, respond).",
                   "# TYPE surfad_stage_seconds histogram"]
         for stage, values in summary["stage_histograms"].items():
             cumulative = np.cumsum(values[:-1])
