@@ -5,7 +5,9 @@
 The defects listed in the dataset's splits/fewshot_defects_5.txt (5 per type on magnetic tile, 5 on
 wood) may be trained on; the first k of each type give the k-shot list. Every run, whatever its k, is
 evaluated on the same reduced test set: the test split without any of the listed defects (magnetic
-tile: 191 good + 367 defective). k = 0 is the unsupervised model. Thresholds as training sets them
+tile: 191 good + 367 defective). k = 0 is the unsupervised model; a model that cannot learn from
+defects (padim, patchcore) is measured at k = 0 and at the largest k, where the listed defects join
+its validation and choose its threshold. Thresholds as training sets them
 (fpr:0.01 on the good validation images when validation has no real defects); recall at that
 threshold is reported beside AUROC. Records: benchmarks/results/fewshot_defects/<dataset>_<model>_k<k>.json.
 """
@@ -23,6 +25,7 @@ from surfad import bundle
 from surfad.config import DataConfig, RunConfig, TrainConfig
 from surfad.data.splits import Splits
 from surfad.evaluate import evaluate_run
+from surfad.models import model_spec
 from surfad.training import train
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -60,10 +63,11 @@ def main() -> None:
     out_dir = RESULTS / "fewshot_defects"
     out_dir.mkdir(parents=True, exist_ok=True)
     args.work.mkdir(parents=True, exist_ok=True)
+    shots = [int(s) for s in args.shots.split(",")]
     for model in args.models.split(","):
-        for k in [int(s) for s in args.shots.split(",")]:
-            if k > 0 and model != "simplenet":
-                continue  # the fitted models take listed defects into validation: measured by simplenet only
+        for k in shots:
+            if 0 < k < max(shots) and not model_spec(model).learns_from_defects:
+                continue  # a fitted model takes listed defects into validation (its threshold): k = 0 and the most
             name = f"{args.dataset}_{model}_k{k}"
             record_path = out_dir / f"{name}.json"
             if record_path.is_file():

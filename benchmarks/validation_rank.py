@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -78,6 +79,7 @@ def run_setting(dataset: str, name: str, work: Path) -> dict:
     spec = DATASETS[dataset]
     run = work / f"{dataset}_{name}"
     if not (run / bundle.CALIBRATION).is_file():
+        shutil.rmtree(run, ignore_errors=True)  # what an interrupted fit left
         config = RunConfig(model=model, model_params=params,
                            data=DataConfig(path=str(spec["path"]), layout=spec["layout"], image_size=size,
                                            train_list=str(spec["train_list"]) if spec["train_list"] else None),
