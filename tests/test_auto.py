@@ -121,3 +121,16 @@ def test_auto_refuses_model_settings_and_an_occupied_folder(tiny_mvtec: Path, tm
     (tmp_path / "a" / "x").write_text("")
     assert main(args) == 2
     assert "use --resume" in capsys.readouterr().err
+
+
+def test_a_tiled_candidate_lists_the_tile_scale_training_chose(tmp_path: Path) -> None:
+    """Before: the leaderboard said "tile_scale=0.0" (the 'choose it' placeholder) for a tiled candidate."""
+    tiled = auto.Candidate("padim-224-tile", "padim", data={"image_size": 224, "geometry": "tile", "tile_scale": 0.0})
+    squashed = auto.Candidate("padim-224-squash", "padim", data={"geometry": "squash", "tile_scale": 0.0})
+    assert tiled.settings == "image_size=224 geometry=tile" and squashed.settings == "geometry=squash tile_scale=0.0"
+    run = tmp_path / "run"
+    run.mkdir()
+    config = RunConfig(model="padim", data=DataConfig(path=str(tmp_path), geometry="tile", tile_scale=0.8733))
+    config.save(run / bundle.CONFIG)
+    assert tiled.trained_settings(run) == "image_size=224 geometry=tile tile_scale=0.8733"
+    assert squashed.trained_settings(run) == squashed.settings

@@ -76,8 +76,15 @@ class Candidate:
 
     @property
     def settings(self) -> str:
-        parts = [f"{k}={v}" for k, v in {**self.params, **self.data, **self.train}.items()]
+        parts = [f"{k}={v}" for k, v in {**self.params, **self.data, **self.train}.items()
+                 if not (k == "tile_scale" and v == 0.0 and self.data.get("geometry") == "tile")]  # chosen in training
         return " ".join(parts) or "defaults"
+
+    def trained_settings(self, run: Path) -> str:
+        """settings, with the tile scale that training chose for a tiled candidate."""
+        if self.data.get("geometry") != "tile":
+            return self.settings
+        return f"{self.settings} tile_scale={bundle.load_config(run).data.tile_scale:g}"
 
 
 def candidates(base: RunConfig, splits: Splits, models: list[str] | None = None) -> list[Candidate]:
@@ -242,7 +249,8 @@ def train_auto(base: RunConfig, out: str | Path, budget_min: float = DEFAULT_BUD
             print(f"[{k}/{len(plan)}] {candidate.name}: already trained")
         atomic_write_json(run / bundle.META, {**bundle.read_meta(run), "auto_seconds": round(seconds, 1)})
         scored[candidate.name] = validation_scores(run)
-        entries.append(Entry(candidate.name, candidate.model, candidate.settings, **figures(scored[candidate.name]),
+        entries.append(Entry(candidate.name, candidate.model, candidate.trained_settings(run),
+                             **figures(scored[candidate.name]),
                              seconds=round(seconds, 1), inference_ms=round(inference_ms(run), 2)))
         print(f"    validation AUROC {entries[-1].val_auroc:.4f}, AP {entries[-1].val_ap:.4f}", flush=True)
     if not entries:
