@@ -3,9 +3,11 @@ shipped as an ordinary run (or fused detector) with its leaderboard."""
 
 from __future__ import annotations
 
+import shutil
 import sys
 from pathlib import Path
 
+import cv2
 import pytest
 from fastapi.testclient import TestClient
 
@@ -64,7 +66,7 @@ def test_selection_follows_validation_and_never_reads_test(tiny_mvtec: Path, tmp
     auto.train_auto(base(tiny_mvtec), out, budget_min=5, progress=False, models=["padim", "patchcore"])
     assert not opened, opened[:3]
     rows = auto.read_leaderboard(out)
-    assert {r["name"] for r in rows} >= {"padim-32", "patchcore-32", "padim-46", "padim-32-tile"}
+    assert {r["name"] for r in rows} >= {"padim-32", "patchcore-32", "padim-46"}
     assert [r["name"] for r in rows if r["shipped"] == "True"] == ["patchcore-32"]
     assert bundle.load_config(out).model == "patchcore"  # out is the shipped run itself
     # the other way round: the same runs, another validation verdict, another detector shipped
@@ -134,3 +136,17 @@ def test_a_tiled_candidate_lists_the_tile_scale_training_chose(tmp_path: Path) -
     config.save(run / bundle.CONFIG)
     assert tiled.trained_settings(run) == "image_size=224 geometry=tile tile_scale=0.8733"
     assert squashed.trained_settings(run) == squashed.settings
+
+
+def test_images_of_one_square_size_get_no_tiled_candidate(tiny_mvtec: Path, tmp_path: Path) -> None:
+    """A tile of a square image fitted to the input is the squashed image: the same candidate twice."""
+    config = RunConfig(model="padim", data=DataConfig(path=str(tiny_mvtec), image_size=32))
+    names = [c.name for c in auto.candidates(config, auto.make_splits(config.data))]
+    assert "padim-32" in names and not any(name.endswith("-tile") for name in names)
+    varied = tmp_path / "varied"
+    shutil.copytree(tiny_mvtec, varied)
+    for i, path in enumerate(sorted((varied / "train" / "good").glob("*.png"))):
+        image = cv2.imread(str(path))
+        cv2.imwrite(str(path), cv2.resize(image, (64 + 8 * (i % 3), 64)))  # near square, of several sizes
+    config = RunConfig(model="padim", data=DataConfig(path=str(varied), image_size=32))
+    assert "padim-32-tile" in [c.name for c in auto.candidates(config, auto.make_splits(config.data))]

@@ -35,6 +35,7 @@ import torch
 from surfad import bundle
 from surfad.config import RunConfig
 from surfad.data.dataset import ImageDataset
+from surfad.data.geometry import training_sizes
 from surfad.data.roi import optional_roi
 from surfad.data.splits import Splits, make_splits
 from surfad.detector import RunDetector
@@ -87,6 +88,13 @@ class Candidate:
         return f"{self.settings} tile_scale={bundle.load_config(run).data.tile_scale:g}"
 
 
+def one_square_size(splits: Splits) -> bool:
+    """Whether the training images (as far as their headers' sample tells) are all one square size: then
+    tiling at the scale that fits them to the input gives one tile per image, the squashed image."""
+    sizes = set(training_sizes(splits.train))
+    return len(sizes) == 1 and len({*next(iter(sizes))}) == 1
+
+
 def candidates(base: RunConfig, splits: Splits, models: list[str] | None = None) -> list[Candidate]:
     """The candidates for this data, in the order they are tried (the most promising per second first).
 
@@ -107,7 +115,7 @@ def candidates(base: RunConfig, splits: Splits, models: list[str] | None = None)
     if geometry.mode == "tile":
         out.append(Candidate(f"padim-{pretrained_size}-squash", "padim",
                              data={"image_size": pretrained_size, "geometry": "squash", "tile_scale": 0.0}))
-    elif base.data.geometry == "auto":
+    elif base.data.geometry == "auto" and not one_square_size(splits):  # else a tile is the squashed image
         out.append(Candidate(f"padim-{pretrained_size}-tile", "padim",
                              data={"image_size": pretrained_size, "geometry": "tile", "tile_scale": 0.0}))
     out.append(Candidate(f"simplenet-{pretrained_size}", "simplenet", data={"image_size": pretrained_size},
