@@ -144,7 +144,7 @@ def test_a_calibration_without_hashes_is_trusted(run: Path, other: Path) -> None
         assert Detector.load(run, runtime=runtime).predict(IMAGE).verdict
     shutil.copyfile(other / bundle.WEIGHTS, run / bundle.WEIGHTS)  # retrained after the export
     with pytest.raises(SurfadError, match=rf"{run / bundle.ONNX}: exported from other weights than "
-                                          rf"{run / bundle.WEIGHTS}.*re-run `surfad export"):
+                                          rf"{run / bundle.WEIGHTS}.*re-export with `surfad export"):
         Detector.load(run, runtime="onnx")
 
 

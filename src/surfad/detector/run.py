@@ -204,7 +204,7 @@ def check_export_is_current(run: Path, weights: Weights, shipped_sha256: str | N
         shipped_sha256 = sha256_file(shipped)
     if shipped_sha256 is not None and weights.sha256 != shipped_sha256:
         raise SurfadError(f"{weights.path}: exported from other weights than {shipped} (the run changed after "
-                          f"export); re-run `surfad export {run} --format onnx`")
+                          f"export); re-export with `surfad export {run} --format onnx`")
 
 
 def run_info(run: Path, config: RunConfig, calibration: Calibration | None) -> dict[str, Any]:
