@@ -47,7 +47,6 @@ SETTINGS = {  # name -> (model, model_params, image_size)
         "pc_224": ("patchcore", {}, 224), "pc_c0.1": ("patchcore", {"coreset_ratio": 0.001}, 224),
         "pc_c0.1_full": ("patchcore", {"coreset_ratio": 0.001, "projection_dim": 0}, 224),
         "pc_nb1": ("patchcore", {"neighbourhood": 1}, 224), "pc_nostd": ("patchcore", {"standardise": False}, 224),
-        "pc_p128": ("patchcore", {"projection_dim": 128}, 224), "pc_full": ("patchcore", {"projection_dim": 0}, 224),
     },
     "wood": {
         "pd_224": ("padim", {}, 224), "pd_160": ("padim", {}, 160), "pd_256": ("padim", {}, 256),
