@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import subprocess
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import cv2
 import pytest
 import torch
+
+import httpx
 
 from surfad.config import RunConfig
 from surfad.data.synthetic_wood import write_synthetic_dataset
@@ -66,3 +70,16 @@ def one_torch_thread() -> Iterator[None]:
     torch.manual_seed(0)
     yield
     torch.set_num_threads(threads)
+
+
+def wait_until_serving(url: str, process: subprocess.Popen, deadline: float, pause: float = 0.2) -> None:
+    """Poll url/health until a `surfad serve` subprocess answers 200; fail with its output if it exits or
+    time.monotonic() passes `deadline` first."""
+    while True:
+        try:
+            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        assert time.monotonic() < deadline and process.poll() is None, process.stdout.read().decode()
+        time.sleep(pause)

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from conftest import wait_until_serving
 
 KEY = "guard-key-123"
 ALLOWED = "inspect.plant.local"
@@ -79,14 +80,7 @@ def start_servers(run: Path, names: list[str]) -> dict[str, Server]:
     deadline = time.monotonic() + 120
     try:
         for server in started.values():
-            while True:
-                try:
-                    if httpx.get(f"{server.url}/health", timeout=2).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                assert time.monotonic() < deadline and server.process.poll() is None, server.process.stdout.read().decode()
-                time.sleep(0.2)
+            wait_until_serving(server.url, server.process, deadline)
     except BaseException:
         stop_servers(started)
         raise

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from conftest import wait_until_serving
 
 
 def free_port() -> int:
@@ -31,15 +32,7 @@ def test_two_workers_share_statistics_and_the_recording(tiny_run, tiny_mvtec: Pa
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env={**os.environ, "OMP_NUM_THREADS": "1"})
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline and server.poll() is None, server.stdout.read().decode()
-            time.sleep(0.3)
+        wait_until_serving(url, server, time.monotonic() + 60, pause=0.3)
         images = sorted((tiny_mvtec / "test").rglob("*.png"))
         uploads = [images[i % len(images)] for i in range(24)]
 
