@@ -21,10 +21,12 @@ from surfad.batch_predict import CSV, JSONL, predict_files
 from surfad.config import RunConfig
 from surfad.data.layouts import folder_samples
 from surfad.data.splits import make_splits
-from surfad.detector import Detector
+from surfad.detector import Detector, fuse_runs
 from surfad.detector.examples import FOLDER, INDEX_LIMIT_BYTES, MIN_DIMS, bound_index
 from surfad.evaluate import evaluate_run
+from surfad.export.onnx import export_onnx
 from surfad.models import build_model
+from surfad.models.padim.model import PaDiM
 from surfad.serve.app import create_app
 from surfad.training import train
 from surfad.verdict import NearestGood, Region, judge
@@ -196,7 +198,50 @@ def test_service_answers_and_page(tiny_run, tiny_mvtec: Path) -> None:
     assert body["verdict"] == "OK" and body["regions"] == [] and body["region_crops"] == []
 
 
-@pytest.mark.parametrize("model", ["unet_vae", "patchcore"])
+@pytest.mark.parametrize("model", ["padim", "patchcore"])
+@pytest.mark.parametrize("runtime", ["torch", "onnx"])
+def test_feature_models_explain_from_the_inspection_pass(tiny_run, tiny_mvtec: Path, model: str, runtime: str,
+                                                         tmp_path: Path) -> None:
+    """padim and patchcore describe regions with the features their scoring pass computed (the ONNX
+    graph outputs them), so an explained image costs no pass of the explainer's own, alone or fused;
+    the answer is the one its own pass gives."""
+    images = [read_rgb(p) for p in sorted((tiny_mvtec / "test").rglob("*.png"))]
+    fused = Detector.load(fuse_runs([tiny_run(model), tiny_run("unet_vae")], tmp_path / "fused"), runtime=runtime)
+    detector = Detector.load(tiny_run(model), runtime=runtime)
+    passes = []
+    for explainer in (detector.explainer, fused.explainer):
+        own_pass = explainer.queries
+        explainer.queries = lambda *args, own_pass=own_pass: passes.append(len(args[0])) or own_pass(*args)
+    shared = detector.predict_batch(images, threshold=-1e9)
+    assert all(r.nearest_good for p in fused.predict_batch(images, threshold=-1e9) for r in p.regions)
+    assert passes == [] and all(p.regions and all(r.nearest_good for r in p.regions) for p in shared)
+    separate = [[dataclasses.replace(r, nearest_good=None) for r in p.regions] for p in shared]
+    detector.explain(images, separate)  # the explainer's own pass
+    assert passes == [len(images)]
+    for p, regions in zip(shared, separate):
+        assert [r.nearest_good.image for r in p.regions] == [r.nearest_good.image for r in regions]
+        assert [r.nearest_good.box for r in p.regions] == [r.nearest_good.box for r in regions]
+        assert [r.nearest_good.distance for r in p.regions] == pytest.approx(
+            [r.nearest_good.distance for r in regions], rel=1e-4, abs=1e-4)
+
+
+def test_an_export_without_descriptors_still_explains(tiny_run, tiny_mvtec: Path, tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """A model.onnx exported before the graph gave the descriptors: the explainer makes its own pass."""
+    run = Path(shutil.copytree(tiny_run("padim"), tmp_path / "run"))
+    with monkeypatch.context() as patched:
+        patched.setattr(PaDiM, "descriptors_from_features", False)
+        export_onnx(run)
+    detector = Detector.load(run, runtime="onnx")
+    assert detector.describe_fn is None
+    images = [read_rgb(p) for p in sorted((tiny_mvtec / "test").rglob("*.png"))[:4]]
+    expected = Detector.load(tiny_run("padim"), runtime="onnx").predict_batch(images, threshold=-1e9)
+    for got, want in zip(detector.predict_batch(images, threshold=-1e9), expected):
+        assert [r.nearest_good.image for r in got.regions] == [r.nearest_good.image for r in want.regions]
+        assert [r.nearest_good.box for r in got.regions] == [r.nearest_good.box for r in want.regions]
+
+
+@pytest.mark.parametrize("model", ["unet_vae", "padim", "patchcore"])
 def test_both_runtimes_give_the_same_nearest_good(tiny_run, tiny_mvtec: Path, model: str) -> None:
     images = sorted((tiny_mvtec / "test").rglob("*.png"))
     answers = [[[r.to_dict() for r in p.regions] for p in Detector.load(tiny_run(model), runtime=runtime)

@@ -20,6 +20,7 @@ from surfad.errors import SurfadError
 from surfad.evaluate import calibrate_run
 from surfad.export import onnx as onnx_export
 from surfad.export.onnx import EXPORT_JSON, export_onnx, onnx_score_fn, parity_bound
+from surfad.export.runtime import onnx_score_fns
 from surfad.models import available_models
 
 REAL_DATA = Path(__file__).parents[1] / ".." / "shared" / "data"
@@ -79,7 +80,10 @@ def test_export_writes_model_and_parity_record(run: Path) -> None:
     config = RunConfig.load(run / bundle.CONFIG)
     assert inp.name == "image" and isinstance(inp.shape[0], str)  # dynamic batch
     assert inp.shape[1:] == [config.data.channels, 32, 32]
-    assert [o.name for o in session.get_outputs()] == ["anomaly_map", "score"]
+    described = config.model in ("padim", "patchcore")  # their descriptors are their features
+    assert [o.name for o in session.get_outputs()] == ["anomaly_map", "score"] + ["descriptors"] * described
+    if described:
+        assert parity["max_abs_diff_descriptors"] <= allowed(parity["descriptor_scale"])
     assert not [p for p in run.iterdir() if p.name.endswith(".tmp")]
 
 
@@ -93,6 +97,21 @@ def test_score_fn_matches_torch_on_raw_batches(run: Path) -> None:
     bound = allowed(ref_map.numpy(), ref_score.numpy())
     assert np.abs(amap - ref_map[:, 0].numpy()).max() <= bound
     assert np.abs(score - ref_score.numpy()).max() <= bound
+
+
+def test_exported_descriptors_match_torch(run: Path) -> None:
+    """The descriptors output (what a region's nearest good example is searched with) is the model's own."""
+    config, graph = bundle.load_graph(run)
+    _, describe = onnx_score_fns(run / bundle.ONNX, threads=1)
+    if not graph.model.descriptors_from_features:
+        assert describe is None
+        return
+    batch = np.random.default_rng(2).random((3, config.data.channels, 32, 32), dtype=np.float32)
+    with torch.inference_mode():
+        expected = graph.model.descriptors(torch.from_numpy(batch)).numpy()
+    amap, score, got = describe(batch)
+    assert amap.shape == (3, 32, 32) and score.shape == (3,) and got.shape == expected.shape
+    assert np.abs(got - expected).max() <= allowed(expected)
 
 
 def test_runtimes_agree_on_synthetic_images(run: Path, tmp_path: Path) -> None:

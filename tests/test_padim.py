@@ -26,7 +26,7 @@ def test_mahalanobis_map_matches_numpy_and_finds_the_defect() -> None:
     test = images(4, 5, defect=True)
     with torch.inference_mode():
         feats, grid = model.selected(train).double().numpy(), model.selected(test).double().numpy()  # (P, N, D)
-        distances = model.grid_distances(test).flatten(1).numpy()  # (B, P)
+        distances = model.grid_distances(model.descriptors(test)).flatten(1).numpy()  # (B, P)
         amap, good = model(test), model(images(4, 6))
     for position in (0, 10, 37):
         sample = feats[position]
@@ -57,7 +57,7 @@ def test_ledoit_wolf_covariances_match_sklearn_and_are_what_the_map_measures() -
     test = images(2, 5, defect=True)
     with torch.inference_mode():
         feats, grid = model.selected(train).double().numpy(), model.selected(test).double().numpy()
-        distances = model.grid_distances(test).flatten(1).numpy()
+        distances = model.grid_distances(model.descriptors(test)).flatten(1).numpy()
     for position in (0, 21, 63):
         sample = feats[position]
         shrunk, _ = reference(sample)  # centres the samples itself

@@ -4,7 +4,9 @@ ImageScorer turns a model's anomaly map into (smoothed map, image score); Infere
 scorer, the graph that is validated, calibrated and exported. A ScoreFn takes a float32 batch
 (B, C, H, W) and returns (maps (B, H, W), scores (B,)). The graph's own ScoreFn (torch or ONNX)
 takes model-sized inputs (H = W = image_size); `image_score_fn` wraps it for tiling (whole images
-of any size, surfad.data.tiles) and for a region of interest (roi_score_fn).
+of any size, surfad.data.tiles) and for a region of interest (roi_score_fn). A DescribedFn also
+returns the model's descriptors from the same pass (InferenceGraph.described), which an inspection
+that explains its regions reuses (surfad.detector.examples).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -91,12 +94,32 @@ class InferenceGraph(nn.Module):
         self.scorer = scorer
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        out = self.model(x)
+        return self.scored(self.model(x))
+
+    def scored(self, out: Any) -> tuple[torch.Tensor, torch.Tensor]:
         amap, own = out if isinstance(out, tuple) else (out, None)
         return self.scorer(amap, own)
 
+    def described(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(anomaly map, score, the model's descriptors (B, d, h, w)) from one pass (see
+        AnomalyModel.forward_and_descriptors): what an inspection that explains its regions needs."""
+        out, descriptors = self.model.forward_and_descriptors(x)
+        return (*self.scored(out), descriptors)
+
+
+class DescribedGraph(InferenceGraph):
+    """The same model and scorer with `described` as forward: the graph exported for models whose
+    descriptors are their features, so explaining a region costs no second pass."""
+
+    def __init__(self, graph: InferenceGraph) -> None:
+        super().__init__(graph.model, graph.scorer)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # type: ignore[override]
+        return self.described(x)
+
 
 ScoreFn = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
+DescribedFn = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray, np.ndarray]]  # ScoreFn + descriptors (B, d, h, w)
 MAX_TILES = 64  # tiles per forward pass when tiling
 ROI_SHAPES_KEPT = 8  # map shapes whose resized region of interest roi_score_fn keeps
 
@@ -122,6 +145,17 @@ def torch_score_fn(graph: torch.nn.Module, device: torch.device) -> ScoreFn:
         return amap[:, 0].float().cpu().numpy(), scores.float().cpu().numpy()
 
     return score
+
+
+def torch_described_fn(graph: InferenceGraph, device: torch.device) -> DescribedFn:
+    """A DescribedFn that runs an InferenceGraph's `described` with torch (no gradients)."""
+
+    def describe(batch: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        with torch.inference_mode():
+            amap, scores, descriptors = graph.described(torch.from_numpy(batch).to(device, memory_format=IMAGE_LAYOUT))
+        return amap[:, 0].float().cpu().numpy(), scores.float().cpu().numpy(), descriptors.float().cpu().numpy()
+
+    return describe
 
 
 def tiled_score_fn(tile_score: ScoreFn, score: ScoreConfig, tile: int, stride: int) -> ScoreFn:
@@ -171,10 +205,16 @@ def roi_score_fn(inner: ScoreFn, score: ScoreConfig, roi: np.ndarray) -> ScoreFn
     what is inside. The graph's own smoothing runs before the mask, so a value just outside can reach
     at most 3 sigma pixels in. What lies outside the ROI in the image never gets this far: the image
     is filled outside it before preprocessing (surfad.data.roi.InputFill, data.roi_fill)."""
+    mask = roi_mask(score, roi)
+    return lambda batch: mask(inner(batch)[0])
+
+
+def roi_mask(score: ScoreConfig, roi: np.ndarray) -> Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]:
+    """maps (B, H, W) -> (maps set to zero outside the region of interest, masked_scores inside): the
+    rule roi_score_fn applies, keeping the ROI resized to the last few map shapes."""
     resized: dict[tuple[int, int], np.ndarray] = {}
 
-    def score_images(batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        maps, _ = inner(batch)
+    def mask(maps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         shape = maps.shape[1:]
         if shape not in resized:
             if len(resized) >= ROI_SHAPES_KEPT:  # tiled inputs of ever new sizes must not grow it
@@ -184,7 +224,25 @@ def roi_score_fn(inner: ScoreFn, score: ScoreConfig, roi: np.ndarray) -> ScoreFn
         maps = maps * inside
         return maps, masked_scores(maps, inside, score)
 
-    return score_images
+    return mask
+
+
+def image_described_fn(graph_described: DescribedFn, config: RunConfig,
+                       roi: np.ndarray | None = None) -> DescribedFn | None:
+    """image_score_fn's counterpart that keeps the graph's descriptors: for squashed runs (None when
+    tiling, where each region is described on a tile of its own), within a region of interest when given."""
+    assert config.score is not None, "config must be resolved"
+    if config.data.tile_scale > 0:
+        return None
+    if roi is None:
+        return graph_described
+    mask = roi_mask(config.score, roi)
+
+    def describe(batch: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        maps, _, descriptors = graph_described(batch)
+        return (*mask(maps), descriptors)
+
+    return describe
 
 
 def image_score_fn(graph_score: ScoreFn, config: RunConfig, roi: np.ndarray | None = None) -> ScoreFn:

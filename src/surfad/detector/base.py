@@ -190,17 +190,20 @@ class Detector:
         NG and REVIEW regions) are charged to it."""
         raise NotImplementedError  # pragma: no cover - abstract
 
-    def explain(self, images: Sequence[np.ndarray], regions: Sequence[Sequence[Region]]) -> None:
+    def explain(self, images: Sequence[np.ndarray], regions: Sequence[Sequence[Region]],
+                descriptors: np.ndarray | None = None) -> None:
         """Set each region's nearest_good (regions[i] of uint8 image i), when the detector keeps training
-        examples; nothing otherwise."""
+        examples; nothing otherwise. descriptors: the model's of these images (B, d, h, w), when the
+        inspection's pass gave them, so none is computed again."""
 
     def explain_judged(self, images: Sequence[np.ndarray], predictions: Sequence[Prediction],
-                       stopwatch: Stopwatch | None = None) -> None:
-        """explain the regions of the NG and REVIEW predictions (OK ones have none, and cost nothing);
-        the time goes to the stopwatch's "explain" lap."""
-        flagged = [(image, p) for image, p in zip(images, predictions) if p.verdict != OK and p.regions]
+                       stopwatch: Stopwatch | None = None, descriptors: np.ndarray | None = None) -> None:
+        """explain the regions of the NG and REVIEW predictions (OK ones have none, and cost nothing),
+        with their rows of `descriptors` when given; the time goes to the stopwatch's "explain" lap."""
+        flagged = [i for i, p in enumerate(predictions) if p.verdict != OK and p.regions]
         if flagged:
-            self.explain([image for image, _ in flagged], [p.regions for _, p in flagged])
+            self.explain([images[i] for i in flagged], [predictions[i].regions for i in flagged],
+                         None if descriptors is None else descriptors[flagged])
         if stopwatch is not None:
             stopwatch.lap("explain")
 

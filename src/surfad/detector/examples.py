@@ -262,7 +262,21 @@ class Explainer:
                 regions: Sequence[Sequence[Region]]) -> None:
         """Set nearest_good on every region of each image: inputs are the preprocessed images (C, H, W)
         the model saw, sizes their original (height, width)."""
-        queries = self.queries(inputs, sizes, regions)
+        self.set_nearest(regions, self.queries(inputs, sizes, regions))
+
+    def explain_described(self, descriptors: np.ndarray, sizes: Sequence[tuple[int, int]],
+                          regions: Sequence[Sequence[Region]]) -> None:
+        """explain() for squashed inputs from the model's descriptors of them (B, d, h, w), as the
+        inspection's own pass gave them: no pass here."""
+        if self.tiled:
+            raise ValueError("tiled inputs are described on a tile centred on each region: use explain()")
+        described = torch.from_numpy(np.ascontiguousarray(descriptors, dtype=np.float32)).to(self.device)
+        windows = [(i, j, 0, 0) for i, image_regions in enumerate(regions) for j in range(len(image_regions))]
+        rows = [i for i, *_ in windows]
+        inputs = [(self.tile, self.tile)] * len(regions)
+        self.set_nearest(regions, self.cell_queries(described, windows, rows, inputs, sizes, regions))
+
+    def set_nearest(self, regions: Sequence[Sequence[Region]], queries: list[list[Query]]) -> None:
         for image_regions, image_queries in zip(regions, queries):
             for region, query in zip(image_regions, image_queries):
                 region.nearest_good = self.nearest(region, query)
@@ -288,24 +302,35 @@ class Explainer:
                 x = int(np.clip(round(px - self.tile / 2), 0, padded.shape[2] - self.tile))
                 batch.append(padded[:, y : y + self.tile, x : x + self.tile])
                 windows.append((i, j, y, x))
-        out: list[list[Query]] = [[] for _ in inputs]
         if not batch:
-            return out
+            return [[] for _ in inputs]
         x_in = torch.from_numpy(np.ascontiguousarray(np.stack(batch), dtype=np.float32))
         with torch.inference_mode():
             described = self.model.descriptors(x_in.to(self.device, memory_format=IMAGE_LAYOUT)).float()
+        if self.tiled:
+            rows = list(range(len(windows)))
+        else:
+            row_of_image = {i: k for k, i in enumerate(sorted({i for i, *_ in windows}))}
+            rows = [row_of_image[i] for i, *_ in windows]
+        return self.cell_queries(described, windows, rows, [a.shape[1:] for a in inputs], sizes, regions)
+
+    def cell_queries(self, described: torch.Tensor, windows: Sequence[tuple[int, int, int, int]],
+                     rows: Sequence[int], inputs: Sequence[tuple[int, ...]], sizes: Sequence[tuple[int, int]],
+                     regions: Sequence[Sequence[Region]]) -> list[list[Query]]:
+        """The query of each window (image, region, y, x: where the described input starts in the image's
+        input) from the descriptors (N, d, h, w) of the described inputs, rows[n] being window n's;
+        inputs: each image's input (height, width), sizes: its original (height, width)."""
         if self.projection is not None:
             described = torch.einsum("bdhw,de->behw", described, self.projection)
         h, w = described.shape[-2:]
-        row_of_image = {i: k for k, i in enumerate(sorted({i for i, *_ in windows}))}
-        for n, (i, j, y, x) in enumerate(windows):
-            (height, width), (_, in_h, in_w) = sizes[i], inputs[i].shape
+        out: list[list[Query]] = [[] for _ in inputs]
+        for (i, j, y, x), k in zip(windows, rows):
+            (height, width), (in_h, in_w) = sizes[i], inputs[i]
             region = regions[i][j]
             scale = (in_w / width, in_h / height)
             py, px = (region.peak[1] + 0.5) * scale[1] - y, (region.peak[0] + 0.5) * scale[0] - x
             cell_h, cell_w = self.tile / h, self.tile / w
             cell = (min(h - 1, max(0, int(py / cell_h))), min(w - 1, max(0, int(px / cell_w))))
-            k = n if self.tiled else row_of_image[i]
             out[i].append(Query(described[k, :, cell[0], cell[1]], cell, (y + cell[0] * cell_h, x + cell[1] * cell_w),
                                 scale))
         return out

@@ -162,18 +162,20 @@ class FusedDetector(Detector):
         t, review = self.decision(threshold)
         results = []
         for i, image in enumerate(arrays):
-            score = float(np.mean([s.scores(np.float64(out[i][1])) for s, out in zip(self.stats, per_member)]))
-            amap = np.mean([s.maps(out[i][0]) for s, out in zip(self.stats, per_member)], axis=0)
+            score = float(np.mean([s.scores(np.float64(scores[i])) for s, (_, scores, _) in zip(self.stats, per_member)]))
+            amap = np.mean([s.maps(maps[i]) for s, (maps, _, _) in zip(self.stats, per_member)], axis=0)
             results.append(judge(image, amap.astype(np.float32), score, t, self.calibration.pixel_threshold,
                                  self.min_area, self.roi_at(*image.shape[:2]), review))
         if stopwatch is not None:
             stopwatch.lap("regions")
-        self.explain_judged(arrays, results, stopwatch)
+        descriptors = None if self.explaining is None else per_member[self.members.index(self.explaining)][2]
+        self.explain_judged(arrays, results, stopwatch, descriptors)
         return results
 
-    def explain(self, images: Sequence[np.ndarray], regions: Sequence[Sequence[Region]]) -> None:
+    def explain(self, images: Sequence[np.ndarray], regions: Sequence[Sequence[Region]],
+                descriptors: np.ndarray | None = None) -> None:
         if self.explaining is not None:
-            self.explaining.explain(images, regions)
+            self.explaining.explain(images, regions, descriptors)
 
 
 def check_one_region(members: Sequence[Detector]) -> None:

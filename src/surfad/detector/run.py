@@ -6,7 +6,8 @@
     result.verdict, result.score, result.regions
 
 Loading hashes the files the runtime reads (the torch weights; model.onnx against export.json, and
-the torch weights too when the run keeps training examples, whose lookup runs in torch) and refuses
+the torch weights too when the run keeps training examples, whose lookup runs in torch: with the
+descriptors of the inspection's own pass where the runtime gives them, see explain) and refuses
 weights that calibration.json was not calibrated with, or that the ONNX model was not exported from.
 """
 
@@ -30,12 +31,15 @@ from surfad.detector.base import Detector
 from surfad.detector.examples import Explainer, KeptExamples
 from surfad.errors import SurfadError
 from surfad.scoring import (
+    DescribedFn,
     ScoredSet,
     ScoreFn,
+    image_described_fn,
     image_score_fn,
     run_bar,
     score_images,
     score_samples,
+    torch_described_fn,
     torch_score_fn,
 )
 from surfad.utils import Stopwatch, sha256_file
@@ -59,12 +63,14 @@ class RunDetector(Detector):
 
     def __init__(self, run: Path, config: RunConfig, score_fn: ScoreFn, calibration: Calibration | None,
                  runtime: str, min_area: int = 16, roi: np.ndarray | None = None, weights: Weights | None = None,
-                 explainer: Explainer | None = None) -> None:
+                 explainer: Explainer | None = None, describe_fn: DescribedFn | None = None) -> None:
         """score_fn takes the run's preprocessed images and applies `roi` (see scoring.image_score_fn);
         `open` builds it, says which weights it holds (None: unknown, nothing to check), and gives the
-        explainer when the run keeps training examples."""
+        explainer when the run keeps training examples, with describe_fn (scoring.image_described_fn)
+        when the runtime's pass also gives the descriptors the explainer searches with."""
         super().__init__(run, config, calibration, runtime, min_area, roi)
         self.score_fn = score_fn
+        self.describe_fn = describe_fn
         self.fill = input_fill(roi, config.data.roi_fill)
         self.weights = weights
         self.explainer = explainer
@@ -82,13 +88,16 @@ class RunDetector(Detector):
         graph = None
         if threads > 0 and (runtime == "torch" or examples is not None):
             torch.set_num_threads(threads)
+        graph_described: DescribedFn | None = None  # the runtime's pass with the descriptors, where it has one
         if runtime == "torch":
             config, graph, digest = bundle.load_hashed_graph(run, checkpoint)
             graph.to(device)
             score_fn = torch_score_fn(graph, torch.device(device))
+            if graph.model.descriptors_from_features:
+                graph_described = torch_described_fn(graph, torch.device(device))
             weights = Weights(bundle.checkpoint_path(run, checkpoint), digest, checkpoint)
         else:
-            from surfad.export.runtime import RUNTIME_FILES, exported_weights, onnx_score_fn
+            from surfad.export.runtime import RUNTIME_FILES, exported_weights, onnx_score_fns
 
             if checkpoint != "best_detect":
                 raise SurfadError(f"checkpoint {checkpoint!r}: model.onnx holds the shipped weights (best_detect) only; "
@@ -102,12 +111,16 @@ class RunDetector(Detector):
                 check_export_is_current(run, weights, digest)
             elif calibration is None or calibration.weights_sha256 is None:
                 check_export_is_current(run, weights)  # nothing binds it to the thresholds: to the run's weights
-            score_fn = onnx_score_fn(path, threads=threads, busy_wait=busy_wait)
-        explainer = None
+            score_fn, onnx_described = onnx_score_fns(path, threads=threads, busy_wait=busy_wait)
+            if runtime == "onnx":  # INT8 descriptors are not the float ones the examples were indexed with
+                graph_described = onnx_described
+        explainer = describe_fn = None
         if examples is not None:
             explainer = Explainer(graph.model, examples, config.data.tile_scale)
+            if graph_described is not None:
+                describe_fn = image_described_fn(graph_described, config, inside)
         return cls(run, config, image_score_fn(score_fn, config, inside), calibration, runtime, min_area, inside,
-                   weights, explainer)
+                   weights, explainer, describe_fn)
 
     @classmethod
     def describe_folder(cls, folder: Path) -> dict[str, Any]:
@@ -158,21 +171,28 @@ class RunDetector(Detector):
         return score_samples(self.score_batch, self.config, samples, batch_size, progress=run_bar(self.run, progress),
                              roi=self.roi)
 
-    def outputs(self, images: Sequence[np.ndarray], stopwatch: Stopwatch | None = None) -> list[tuple[np.ndarray, float]]:
-        """(anomaly map at the image's size, zero outside the region of interest; image score) of uint8
-        HxWxC images, in one forward pass; stopwatch: laps preprocess, model, maps."""
+    def outputs(self, images: Sequence[np.ndarray], stopwatch: Stopwatch | None = None
+                ) -> tuple[list[np.ndarray], list[float], np.ndarray | None]:
+        """(anomaly maps at the images' size, zero outside the region of interest; image scores) of uint8
+        HxWxC images, in one forward pass, and the model's descriptors of each image (B, d, h, w) from
+        that pass when the run explains its regions and the runtime gives them (describe_fn), else None;
+        stopwatch: laps preprocess, model, maps."""
         watch = stopwatch or Stopwatch()
         for i, a in enumerate(images):
             self.check_image(a, f"image {i}")
         inputs = [self.preprocess(a) for a in images]
         watch.lap("preprocess")
-        maps, scores = score_images(self.score_batch, inputs, batch_size=len(images))
+        descriptors = None
+        if self.describe_fn is not None and images:  # squashed: every input has the model's size
+            maps, scores, descriptors = self.describe_fn(np.stack(inputs).astype(np.float32, copy=False))
+        else:
+            maps, scores = score_images(self.score_batch, inputs, batch_size=len(images))
         watch.lap("model")
         full = [resize_map(m, *a.shape[:2]) for a, m in zip(images, maps)]
         if self.roi is not None:
             full = [m * self.roi_at(*m.shape) for m in full]
         watch.lap("maps")
-        return [(m, float(s)) for m, s in zip(full, scores)]
+        return full, [float(s) for s in scores], descriptors
 
     def predict_batch(self, images: Sequence[np.ndarray | str | Path], threshold: float | None = None,
                       stopwatch: Stopwatch | None = None) -> list[Prediction]:
@@ -180,19 +200,26 @@ class RunDetector(Detector):
         arrays = [as_image(im) for im in images]
         t, review = self.decision(threshold)
         pixel = self.calibration.pixel_threshold
-        outputs = self.outputs(arrays, stopwatch)
+        maps, scores, descriptors = self.outputs(arrays, stopwatch)
         judged = [judge(a, m, s, t, pixel, self.min_area, self.roi_at(*a.shape[:2]), review)
-                  for a, (m, s) in zip(arrays, outputs)]
+                  for a, m, s in zip(arrays, maps, scores)]
         if stopwatch is not None:
             stopwatch.lap("regions")
-        self.explain_judged(arrays, judged, stopwatch)
+        self.explain_judged(arrays, judged, stopwatch, descriptors)
         return judged
 
-    def explain(self, images: Sequence[np.ndarray], regions: Sequence[Sequence[Region]]) -> None:
+    def explain(self, images: Sequence[np.ndarray], regions: Sequence[Sequence[Region]],
+                descriptors: np.ndarray | None = None) -> None:
         """Set each region's nearest good example (see surfad.detector.examples), from the images as the
-        model sees them."""
-        if self.explainer is not None:
-            self.explainer.explain([self.preprocess(a) for a in images], [a.shape[:2] for a in images], regions)
+        model sees them; descriptors: the model's of these images from the inspection's own pass, which
+        spares the explainer its own."""
+        if self.explainer is None:
+            return
+        sizes = [a.shape[:2] for a in images]
+        if descriptors is not None:
+            self.explainer.explain_described(descriptors, sizes, regions)
+        else:
+            self.explainer.explain([self.preprocess(a) for a in images], sizes, regions)
 
 
 def check_export_is_current(run: Path, weights: Weights, shipped_sha256: str | None = None) -> None:

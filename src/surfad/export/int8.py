@@ -46,7 +46,9 @@ from surfad.verdict import verdict
 INT8_CALIBRATION_IMAGES = 64  # good training images (a seeded sample) that set the activation ranges
 INT8_MAX_VERDICT_CHANGES = 0.01  # share of the validation images whose verdict may change (rounded down)
 QUANTISED_OPS = ("Conv", "Add", "Clip")
-BACKBONE_NODES = "/model/features/backbone/"  # the exporter names nodes after the module path
+# the exporter names nodes after the module calls they are in: /model/... inside the model's forward, and
+# /features/... in a graph with descriptors (its model is run through forward_and_descriptors, not called)
+BACKBONE_NODES = ("/model/features/backbone/", "/features/backbone/")
 CALIBRATION_BATCH = 8
 
 
@@ -118,7 +120,8 @@ def backbone_nodes(path: Path) -> list[str]:
     nodes = [n.name for n in onnx.load(str(path)).graph.node
              if n.op_type in QUANTISED_OPS and n.name.startswith(BACKBONE_NODES)]
     if not nodes:
-        raise SurfadError(f"{path}: no backbone convolutions found to quantise (nodes named {BACKBONE_NODES}...)")
+        raise SurfadError(f"{path}: no backbone convolutions found to quantise (nodes named "
+                          f"{' or '.join(BACKBONE_NODES)}...)")
     return nodes
 
 

@@ -9,7 +9,10 @@ What the ONNX file computes (RUN/model.onnx):
 - input ``image``: float32 (B, C, S, S), values in [0, 1], B dynamic; C and S are the run's
   ``data.channels`` and ``data.image_size`` (config.yaml, also in export.json).
 - outputs ``anomaly_map`` (B, 1, S, S), higher = more anomalous, and ``score`` (B,): the model and
-  its scoring head (smoothing, pooling, reduction) are both inside the graph.
+  its scoring head (smoothing, pooling, reduction) are both inside the graph. Models whose
+  descriptors are their features (padim, patchcore: AnomalyModel.descriptors_from_features) also
+  output ``descriptors`` (B, d, h, w), which the nearest good example of a region is looked up with
+  (surfad.detector.examples), so an inspection that explains its regions needs no second pass.
 
 Preprocessing is NOT in the graph; it is `surfad.data.transforms.preprocess`, the same function
 training used: decode to uint8 RGB (or grayscale), convert to C channels (RGB -> gray with OpenCV's
@@ -69,8 +72,8 @@ from surfad.data.splits import Splits
 from surfad.data.tiles import default_stride, pad_to_tile
 from surfad.data.transforms import preprocess
 from surfad.errors import BadInputError, SurfadError
-from surfad.export.runtime import INPUT_NAME, INT8, OUTPUT_NAMES, onnx_score_fn
-from surfad.scoring import ScoreFn, torch_score_fn
+from surfad.export.runtime import DESCRIPTORS_NAME, INPUT_NAME, INT8, OUTPUT_NAMES, onnx_score_fn, onnx_score_fns
+from surfad.scoring import DescribedFn, DescribedGraph, InferenceGraph, ScoreFn, torch_described_fn, torch_score_fn
 from surfad.utils import atomic_write, atomic_write_json, remove_stale_temp_files, sha256_file
 
 __all__ = ["EXPORT_JSON", "QUANTIZE", "check_parity", "export_onnx", "onnx_score_fn", "parity_bound"]
@@ -109,7 +112,9 @@ def export_onnx(run: str | Path, opset: int = 17, quantize: str | None = None) -
     random_batch = np.random.default_rng(0).random((N_RANDOM, channels, size, size), dtype=np.float32)
     val_batches = _val_batches(run, channels, size, config.data.tile_scale)
     example = torch.rand(2, channels, size, size, generator=torch.Generator().manual_seed(0))
-    dims = {INPUT_NAME: {0: "batch"}, **{name: {0: "batch"} for name in OUTPUT_NAMES}}
+    described = graph.model.descriptors_from_features  # then the graph also outputs them: see the module docstring
+    outputs = [*OUTPUT_NAMES, DESCRIPTORS_NAME] if described else list(OUTPUT_NAMES)
+    dims = {INPUT_NAME: {0: "batch"}, **{name: {0: "batch"} for name in outputs}}
     parity: dict[str, Any] = {}
     hashes: dict[str, str] = {}
 
@@ -120,7 +125,8 @@ def export_onnx(run: str | Path, opset: int = 17, quantize: str | None = None) -
             warnings.simplefilter("ignore")
             try:
                 torch.onnx.export(
-                    graph, (example,), str(tmp), input_names=[INPUT_NAME], output_names=list(OUTPUT_NAMES),
+                    DescribedGraph(graph) if described else graph, (example,), str(tmp), input_names=[INPUT_NAME],
+                    output_names=outputs,
                     dynamic_axes=dims, opset_version=opset, do_constant_folding=True, dynamo=False,
                 )
             except OSError:  # e.g. a full disk: atomic_write names the file
@@ -129,7 +135,7 @@ def export_onnx(run: str | Path, opset: int = 17, quantize: str | None = None) -
                 raise SurfadError(f"{run}: ONNX export of model {config.model!r} at opset {opset} failed: {err}") from err
         drop_empty_pad_values(tmp)
         onnx.checker.check_model(str(tmp))
-        parity.update(check_parity(graph, onnx_score_fn(tmp), [random_batch, *val_batches]))
+        parity.update(check_parity(graph, *onnx_score_fns(tmp), [random_batch, *val_batches]))
         allowed = parity_bound(parity["output_scale"])
         if not max(parity["max_abs_diff_map"], parity["max_abs_diff_score"]) <= allowed:  # NaN fails too
             raise SurfadError(
@@ -137,13 +143,19 @@ def export_onnx(run: str | Path, opset: int = 17, quantize: str | None = None) -
                 f"score {parity['max_abs_diff_score']:.3g} > {allowed:.3g}, i.e. {PARITY_TOLERANCE} x max(1, output "
                 f"scale {parity['output_scale']:.3g})); {bundle.ONNX} not written"
             )
+        if described and not parity["max_abs_diff_descriptors"] <= parity_bound(parity["descriptor_scale"]):
+            raise SurfadError(
+                f"{run}: exported model's descriptors disagree with torch (max abs diff "
+                f"{parity['max_abs_diff_descriptors']:.3g} > {parity_bound(parity['descriptor_scale']):.3g}, i.e. "
+                f"{PARITY_TOLERANCE} x max(1, their scale {parity['descriptor_scale']:.3g})); {bundle.ONNX} not written"
+            )
         hashes["onnx"] = sha256_file(tmp)
 
     atomic_write(run / bundle.ONNX, write)
     (run / bundle.ONNX_INT8).unlink(missing_ok=True)  # made from an earlier model.onnx
     record = export_record(config, opset, {
         "random_inputs": N_RANDOM, "val_images": len(val_batches), **parity, "tolerance": PARITY_TOLERANCE},
-        weights_sha256, hashes["onnx"])
+        weights_sha256, hashes["onnx"], descriptors=described)
     if quantize is None:
         atomic_write_json(run / EXPORT_JSON, record)
         return run / bundle.ONNX
@@ -172,7 +184,7 @@ def drop_empty_pad_values(path: Path) -> None:
 
 
 def export_record(config: RunConfig, opset: int, parity: dict[str, Any], weights_sha256: str,
-                  onnx_sha256: str) -> dict[str, Any]:
+                  onnx_sha256: str, descriptors: bool = False) -> dict[str, Any]:
     """export.json: what model.onnx computes, how images become its input, what it was made for
     (checked at load), the hashes that bind it to its weights, its parity with torch and the versions
     that made it."""
@@ -187,7 +199,8 @@ def export_record(config: RunConfig, opset: int, parity: dict[str, Any], weights
         "exporter": "torch.onnx.export (TorchScript, dynamo=False)",
         "model": config.model,
         "input": {"name": INPUT_NAME, "dtype": "float32", "shape": ["batch", channels, size, size], "range": [0.0, 1.0]},
-        "outputs": {"anomaly_map": ["batch", 1, size, size], "score": ["batch"]},
+        "outputs": {"anomaly_map": ["batch", 1, size, size], "score": ["batch"],
+                    **({DESCRIPTORS_NAME: ["batch", "d", "h", "w"]} if descriptors else {})},
         "preprocessing": "surfad.data.transforms.preprocess: convert to channels, " + (
             "then see tiling" if config.data.tile_scale > 0 else
             "resize to image_size (INTER_AREA when smaller than both sides, else INTER_LINEAR), /255, CHW float32"),
@@ -209,11 +222,22 @@ def export_record(config: RunConfig, opset: int, parity: dict[str, Any], weights
     }
 
 
-def check_parity(graph: torch.nn.Module, score: ScoreFn, batches: list[np.ndarray]) -> dict[str, Any]:
+def check_parity(graph: InferenceGraph, score: ScoreFn, describe: DescribedFn | None,
+                 batches: list[np.ndarray]) -> dict[str, Any]:
     """Max abs differences of maps and scores between the torch graph and `score` over `batches`, and
-    the largest magnitude of the torch outputs (which the tolerance is relative to)."""
+    the largest magnitude of the torch outputs (which the tolerance is relative to); with `describe`,
+    the same for the descriptors the graph outputs (max_abs_diff_descriptors, descriptor_scale)."""
     reference = torch_score_fn(graph, torch.device("cpu"))
     diff_map = diff_score = scale = 0.0
+    described: dict[str, float] = {}
+    if describe is not None:
+        diff, reach, reference_described = 0.0, 0.0, torch_described_fn(graph, torch.device("cpu"))
+        for batch in batches:
+            ref, got = reference_described(batch)[2], describe(batch)[2]
+            if got.shape != ref.shape:
+                raise SurfadError(f"ONNX descriptors' shape {got.shape} differs from torch's {ref.shape}")
+            diff, reach = max(diff, float(np.abs(got - ref).max())), max(reach, float(np.abs(ref).max()))
+        described = {"max_abs_diff_descriptors": diff, "descriptor_scale": reach}
     for batch in batches:
         ref_map, ref_score = reference(batch)
         scale = max(scale, float(np.abs(ref_map).max()), float(np.abs(ref_score).max()))
@@ -223,7 +247,7 @@ def check_parity(graph: torch.nn.Module, score: ScoreFn, batches: list[np.ndarra
                               f"{ref_map.shape}, {ref_score.shape} for a batch of {len(batch)}")
         diff_map = max(diff_map, float(np.abs(got_map - ref_map).max()))
         diff_score = max(diff_score, float(np.abs(got_score - ref_score).max()))
-    return {"max_abs_diff_map": diff_map, "max_abs_diff_score": diff_score, "output_scale": scale}
+    return {"max_abs_diff_map": diff_map, "max_abs_diff_score": diff_score, "output_scale": scale, **described}
 
 
 def _tiling(config: RunConfig) -> dict[str, Any] | None:

@@ -16,11 +16,12 @@ import numpy as np
 from surfad import bundle
 from surfad.config import RunConfig
 from surfad.errors import SurfadError
-from surfad.scoring import ScoreFn
+from surfad.scoring import DescribedFn, ScoreFn
 from surfad.utils import sha256_file
 
 INPUT_NAME = "image"
 OUTPUT_NAMES = ("anomaly_map", "score")
+DESCRIPTORS_NAME = "descriptors"  # the third output of graphs exported with the model's descriptors
 RUNTIME_FILES = {"onnx": bundle.ONNX, "onnx-int8": bundle.ONNX_INT8}  # the file each ONNX runtime reads
 INT8 = "int8"  # export.json's entry for model.int8.onnx
 
@@ -33,6 +34,13 @@ def onnx_score_fn(path: str | Path, threads: int = 0, busy_wait: bool = True) ->
     The session is shared; onnxruntime allows concurrent `run` calls on it. Nothing is checked
     against the run here: loading a run does that first (exported_weights).
     """
+    return onnx_score_fns(path, threads, busy_wait)[0]
+
+
+def onnx_score_fns(path: str | Path, threads: int = 0,
+                   busy_wait: bool = True) -> tuple[ScoreFn, DescribedFn | None]:
+    """onnx_score_fn, and a DescribedFn on the same session when the graph also outputs the model's
+    descriptors (DESCRIPTORS_NAME: exported for models whose descriptors are their features), else None."""
     import onnxruntime
 
     path = Path(path)
@@ -55,7 +63,13 @@ def onnx_score_fn(path: str | Path, threads: int = 0, busy_wait: bool = True) ->
         amap, scores = session.run(list(OUTPUT_NAMES), {INPUT_NAME: np.ascontiguousarray(batch, dtype=np.float32)})
         return amap[:, 0], scores
 
-    return score
+    def describe(batch: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        amap, scores, descriptors = session.run([*OUTPUT_NAMES, DESCRIPTORS_NAME],
+                                                {INPUT_NAME: np.ascontiguousarray(batch, dtype=np.float32)})
+        return amap[:, 0], scores, descriptors
+
+    described = DESCRIPTORS_NAME in {o.name for o in session.get_outputs()}
+    return score, describe if described else None
 
 
 def exported_weights(path: Path) -> str:

@@ -43,6 +43,8 @@ PIXEL_DETAIL = 4  # its pixels averaged down to 4 x 4 values per channel
 class AnomalyModel(nn.Module):
     """Base of every model: keeps its config and input geometry."""
 
+    descriptors_from_features = False  # True where descriptors() costs a pass over the model's features
+
     def __init__(self, config: Any, in_channels: int, image_size: int) -> None:
         super().__init__()
         self.config = config
@@ -63,6 +65,11 @@ class AnomalyModel(nn.Module):
         b, c = pooled.shape[:2]
         cells = pooled.reshape(b, c, side, PIXEL_DETAIL, side, PIXEL_DETAIL).permute(0, 1, 3, 5, 2, 4)
         return cells.reshape(b, c * PIXEL_DETAIL**2, side, side)
+
+    def forward_and_descriptors(self, x: torch.Tensor) -> tuple[Any, torch.Tensor]:
+        """(forward(x), descriptors(x)); models whose descriptors are their features (descriptors_from_features)
+        compute both from one pass over them, which lets inspection explain a region without a second pass."""
+        return self(x), self.descriptors(x)
 
     def example_bank(self) -> tuple[torch.Tensor, torch.Tensor] | None:
         """Training patches the model keeps anyway, as (descriptors (K, d), origin (K, 2): the fit input each

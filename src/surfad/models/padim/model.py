@@ -47,6 +47,8 @@ class PaDiMConfig(FeatureSettings):
 class PaDiM(FittedModel):
     """forward(x (B, C, S, S)) -> Mahalanobis anomaly map (B, 1, S, S)."""
 
+    descriptors_from_features = True
+
     def __init__(self, config: PaDiMConfig, in_channels: int, image_size: int, pretrained: bool = True) -> None:
         super().__init__(config, in_channels, image_size)
         self.features = PatchFeatures(config.backbone, config.layers, 1, in_channels, pretrained)
@@ -68,15 +70,20 @@ class PaDiM(FittedModel):
         """(B, C, S, S) images -> the kept features at every position of the grid, (B, dim, side, side)."""
         return self.features(x)[:, self.keep]
 
-    def grid_distances(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, C, S, S) images -> Mahalanobis distance of each position's features (B, 1, side, side)."""
-        diff = self.selected(x) - self.mean[:, None]  # (P, B, D)
+    def grid_distances(self, descriptors: torch.Tensor) -> torch.Tensor:
+        """descriptors (B, dim, side, side) -> Mahalanobis distance of each position's features (B, 1, side, side)."""
+        diff = descriptors.flatten(2).permute(2, 0, 1) - self.mean[:, None]  # (P, B, D)
         squared = (torch.bmm(diff, self.precision) * diff).sum(-1).clamp_min(0.0)  # (P, B)
         side = self.features.grid(self.image_size)
-        return squared.sqrt().T.reshape(x.shape[0], 1, side, side)
+        return squared.sqrt().T.reshape(descriptors.shape[0], 1, side, side)
+
+    def forward_and_descriptors(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        described = self.descriptors(x)
+        amap = F.interpolate(self.grid_distances(described), size=x.shape[-2:], mode="bilinear", align_corners=False)
+        return amap, described
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.interpolate(self.grid_distances(x), size=x.shape[-2:], mode="bilinear", align_corners=False)
+        return self.forward_and_descriptors(x)[0]
 
     def plan(self, n_images: int) -> FitPlan:
         """Peak memory of the fit: every image's features, then the float64 covariances and the inverses."""

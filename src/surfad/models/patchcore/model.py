@@ -59,6 +59,8 @@ class PatchCoreConfig(FeatureSettings):
 class PatchCore(FittedModel):
     """forward(x (B, C, S, S)) -> (anomaly map (B, 1, S, S), image score (B,))."""
 
+    descriptors_from_features = True
+
     def __init__(self, config: PatchCoreConfig, in_channels: int, image_size: int, pretrained: bool = True) -> None:
         super().__init__(config, in_channels, image_size)
         self.features = PatchFeatures(config.backbone, config.layers, config.neighbourhood, in_channels, pretrained)
@@ -98,6 +100,9 @@ class PatchCore(FittedModel):
         return dist.mean(1), idx[:, 0]
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.forward_and_descriptors(x)[0]
+
+    def forward_and_descriptors(self, x: torch.Tensor) -> tuple[tuple[torch.Tensor, torch.Tensor], torch.Tensor]:
         if self.bank.shape[0] == 0:
             raise RuntimeError("PatchCore has no memory bank: fit it first")
         feats = self.patch_features(x)  # (B, D, h, w)
@@ -109,7 +114,7 @@ class PatchCore(FittedModel):
         if self.config.reweight:
             score = score * self.reweight(flat.view(b, h * w, d), nearest_bank.view(b, h * w), where)
         amap = F.interpolate(patch_map.view(b, 1, h, w), size=x.shape[-2:], mode="bilinear", align_corners=False)
-        return amap, score
+        return (amap, score), feats
 
     def reweight(self, feats: torch.Tensor, nearest_bank: torch.Tensor, where: torch.Tensor) -> torch.Tensor:
         """The paper's weight of each image's most anomalous patch q: with m* its nearest bank patch and
