@@ -38,24 +38,30 @@ OUT = RESULTS / "validation_rank"
 VALIDATIONS = {"old (self x1)": ("self", 1), "graded x2": ("graded", 2), "graded x8": ("graded", 8)}
 SCORED = {"mt": ("old (self x1)", "graded x2"), "wood": tuple(VALIDATIONS)}  # x8 where validation is small
 
+P = {"coreset": "projected"}  # patchcore's coreset before "exact" became its default
 SETTINGS = {  # name -> (model, model_params, image_size)
     "mt": {
         "pd_224": ("padim", {}, 224), "pd_160": ("padim", {}, 160), "pd_256": ("padim", {}, 256),
         "pd_320": ("padim", {}, 320), "pd_l23": ("padim", {"layers": ["stage2", "stage3"], "feature_dim": 0}, 224),
         "pd_l34": ("padim", {"layers": ["stage3", "stage4"]}, 224), "pd_fd50": ("padim", {"feature_dim": 50}, 224),
         "pd_lite1": ("padim", {"backbone": "efficientnet_lite1"}, 224),
-        "pc_224": ("patchcore", {}, 224), "pc_c0.1": ("patchcore", {"coreset_ratio": 0.001}, 224),
+        "pc_224": ("patchcore", P, 224), "pc_c0.1": ("patchcore", {**P, "coreset_ratio": 0.001}, 224),
         "pc_c0.1_full": ("patchcore", {"coreset_ratio": 0.001, "projection_dim": 0}, 224),
-        "pc_nb1": ("patchcore", {"neighbourhood": 1}, 224), "pc_nostd": ("patchcore", {"standardise": False}, 224),
+        "pc_c0.1_exact": ("patchcore", {"coreset_ratio": 0.001}, 224),
+        "pc_p128": ("patchcore", {**P, "projection_dim": 128}, 224), "pc_full": ("patchcore", {"projection_dim": 0}, 224),
+        "pc_exact": ("patchcore", {}, 224),
+        "pc_nb1": ("patchcore", {**P, "neighbourhood": 1}, 224), "pc_nostd": ("patchcore", {**P, "standardise": False}, 224),
     },
     "wood": {
         "pd_224": ("padim", {}, 224), "pd_160": ("padim", {}, 160), "pd_256": ("padim", {}, 256),
         "pd_320": ("padim", {}, 320), "pd_384": ("padim", {}, 384), "pd_l23": ("padim", {"layers": ["stage2", "stage3"], "feature_dim": 0}, 320),
         "pd_l34": ("padim", {"layers": ["stage3", "stage4"]}, 320), "pd_fd50": ("padim", {"feature_dim": 50}, 320),
-        "pc_224": ("patchcore", {"coreset_ratio": 0.1}, 224), "pc_320": ("patchcore", {"coreset_ratio": 0.1}, 320),
-        "pc_c1": ("patchcore", {}, 320), "pc_c25": ("patchcore", {"coreset_ratio": 0.25}, 320),
-        "pc_nb1": ("patchcore", {"coreset_ratio": 0.1, "neighbourhood": 1}, 320),
-        "pc_nostd": ("patchcore", {"coreset_ratio": 0.1, "standardise": False}, 320),
+        "pc_224": ("patchcore", {**P, "coreset_ratio": 0.1}, 224), "pc_320": ("patchcore", {**P, "coreset_ratio": 0.1}, 320),
+        "pc_c1": ("patchcore", P, 320), "pc_c1_exact": ("patchcore", {}, 320),
+        "pc_320_exact": ("patchcore", {"coreset_ratio": 0.1}, 320),
+        "pc_c25": ("patchcore", {**P, "coreset_ratio": 0.25}, 320),
+        "pc_nb1": ("patchcore", {**P, "coreset_ratio": 0.1, "neighbourhood": 1}, 320),
+        "pc_nostd": ("patchcore", {**P, "coreset_ratio": 0.1, "standardise": False}, 320),
     },
 }
 

@@ -16,6 +16,7 @@ from surfad.models.patchcore.coreset import (
     greedy_coreset,
     nearest,
     nearest_neighbours,
+    principal_axes,
 )
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -37,6 +38,23 @@ def test_every_point_lies_within_the_reported_radius_of_the_bank() -> None:
     assert float(nearest_centre.max()) == pytest.approx(radius, rel=1e-5)
     fewer = greedy_coreset(points, 10)[1]
     assert fewer > radius  # more centres cover tighter
+
+
+@pytest.mark.parametrize("size", [1, 7, 400])
+def test_bounds_in_principal_components_choose_the_same_coreset(size: int) -> None:
+    """coreset "exact": skipping the points the bounds rule out changes nothing but the work."""
+    gen = torch.Generator().manual_seed(2)
+    points = torch.randn(5000, 48, generator=gen) * torch.logspace(0, -1.5, 48)  # a spectrum that decays, like features
+    full, bounded = greedy_coreset(points, size), greedy_coreset(points, size, bound_dim=6)
+    assert torch.equal(full[0], bounded[0]) and bounded[1] == pytest.approx(full[1], rel=1e-6)
+
+
+def test_principal_axes_are_orthonormal_and_never_lengthen_a_distance() -> None:
+    gen = torch.Generator().manual_seed(3)
+    points = torch.randn(3000, 20, generator=gen) @ torch.randn(20, 20, generator=gen)
+    axes = principal_axes(points, 5)
+    torch.testing.assert_close(axes.T @ axes, torch.eye(5), atol=1e-5, rtol=0)
+    assert bool((torch.pdist(points[:200] @ axes) <= torch.pdist(points[:200]) * (1 + 1e-5)).all())
 
 
 def test_coreset_progress_counts_every_centre() -> None:

@@ -2,7 +2,8 @@
 
 Fitting is one pass over the good training images: every image gives a grid of locally aware
 patch features (surfad.models.backbones.PatchFeatures); a greedy k-centre coreset of all of them,
-chosen in a random projection, is kept as the memory bank. A test patch's anomaly is its distance
+chosen in the full features (coreset "exact", with principal-component bounds that skip most of
+the work) or in a random projection ("projected"), is kept as the memory bank. A test patch's anomaly is its distance
 to the nearest bank patch (the mean over the `neighbours` nearest); the anomaly map is the grid of
 those distances, upsampled to the input; the image score is the largest patch distance, optionally
 re-weighted as in the paper (eq. 7: lowered when the nearest bank patch sits in a dense part of the
@@ -33,6 +34,9 @@ from surfad.models.patchcore.coreset import (
     random_projection,
 )
 
+CORESETS = ("exact", "projected")
+BOUNDED_COST = 2.0  # an exact coreset bounded in k dims takes about twice the greedy coreset of k dims (measured on
+# magnetic tile: 36 to 43 s against 19 to 21 s at 1%, benchmarks/RESULTS.md "Coreset quality")
 EAGER_CHUNK = 8192  # query patches per distance matrix outside export (bounds memory at 8192 x bank)
 
 
@@ -42,9 +46,13 @@ class PatchCoreConfig(FeatureSettings):
     coreset_ratio: float = setting(0.01, "share of the training patches kept in the memory bank", low=1e-6, high=1)
     max_bank_size: int = setting(20000, "at most this many bank patches (inference time grows with the bank); "
                                         "0 = no cap", low=0)
-    # projection 32 and standardise chosen on validation (benchmarks/RESULTS.md, "Pretrained features"):
-    # 32 dims choose as good a coreset as 64 or 128 (validation AUROC 0.951, 0.944, 0.947) in a third of the time
-    projection_dim: int = setting(32, "random projection the coreset is chosen in (0 = the full features)", low=0)
+    # exact and standardise chosen on validation (benchmarks/RESULTS.md, "Coreset quality", "Pretrained features")
+    coreset: str = setting("exact", "exact: the greedy coreset of the full features, sped up by bounds in "
+                                    "projection_dim principal components (the same bank as without them); projected: "
+                                    "the greedy coreset of a random projection to projection_dim dims (about 2x "
+                                    "faster, a looser bank)", choices=CORESETS)
+    projection_dim: int = setting(32, "dims of the coreset's bounds (exact) or projection (projected); 0 = none, "
+                                      "the full features throughout", low=0)
     neighbours: int = setting(1, "a patch's distance: the mean over its k nearest bank patches", low=1)
     reweight: bool = setting(False, "the paper's re-weighting of the image score (eq. 7)")
     reweight_neighbours: int = setting(9, "its b: the bank neighbourhood of the nearest bank patch", low=2)
@@ -53,7 +61,7 @@ class PatchCoreConfig(FeatureSettings):
     position_weight: float = setting(0.0, "> 0: each patch also carries its (row, column) in [0, 1] times this, so it is "
                                           "compared with normal patches from about the same place (aligned parts)",
                                      low=0)
-    seed: int = setting(0, "seed of the projection")
+    seed: int = setting(0, "seed of the random projection (coreset projected)")
 
 
 class PatchCore(FittedModel):
@@ -143,8 +151,10 @@ class PatchCore(FittedModel):
         if bank < c.neighbours:
             raise SurfadError(f"patchcore: {patches} training patches are fewer than model_params.neighbours="
                               f"{c.neighbours}")
-        projected = c.projection_dim if 0 < c.projection_dim < dim else 0
-        memory = 4 * (patches * (dim + 2 * projected + 2) + bank * dim + min(EAGER_CHUNK, bank) * bank)
+        k = c.projection_dim if 0 < c.projection_dim < dim else 0
+        # the features, then a dimension-major copy of what the greedy passes read and a few vectors over the patches
+        per_patch = dim + (2 * k + 2 if c.coreset == "projected" and k else dim + 2 * k + 5)
+        memory = 4 * (patches * per_patch + bank * dim + min(EAGER_CHUNK, bank) * bank)
         limit = memory_limit(c.memory_limit_gb)
         if memory > limit:
             raise SurfadError(
@@ -192,13 +202,15 @@ class PatchCore(FittedModel):
         patches, dim = feats.shape
         bank_size = self.bank_size(patches)
         device = self.bank.device
-        projected = feats
-        if 0 < c.projection_dim < dim:  # computed dimension-major, as greedy_coreset reads it
-            projected = (random_projection(dim, c.projection_dim, c.seed).T @ feats.T).T
         bar = tqdm(total=bank_size, desc="coreset", unit="patch", disable=not progress, dynamic_ncols=True)
-        chosen, radius = greedy_coreset(projected.to(device), bank_size, bar.update)
+        if c.coreset == "projected" and 0 < c.projection_dim < dim:  # computed dimension-major, as greedy_coreset reads it
+            projected = (random_projection(dim, c.projection_dim, c.seed).T @ feats.T).T
+            chosen, radius = greedy_coreset(projected.to(device), bank_size, bar.update)
+            del projected
+        else:
+            bound = c.projection_dim if c.coreset == "exact" else 0
+            chosen, radius = greedy_coreset(feats.to(device), bank_size, bar.update, bound_dim=bound)
         bar.close()
-        del projected
         self.bank = feats[chosen].to(device)
         per_input = features.shape[1]
         self.bank_origin = torch.stack([chosen // per_input, chosen % per_input], dim=1).to(device)
@@ -210,9 +222,11 @@ class PatchCore(FittedModel):
         """Feature extraction timed on `batch`, plus the coreset timed on random points of the fit's size."""
         c, dim = self.config, self.dim
         patches = n_images * self.grid * self.grid
-        projected = c.projection_dim if 0 < c.projection_dim < dim else dim
-        return seconds_per_image(self.features, batch) * n_images + coreset_seconds(patches, projected,
-                                                                                     self.bank_size(patches))
+        k = c.projection_dim if 0 < c.projection_dim < dim else 0
+        coreset = coreset_seconds(patches, k or dim, self.bank_size(patches))
+        if c.coreset == "exact" and k:
+            coreset *= BOUNDED_COST
+        return seconds_per_image(self.features, batch) * n_images + coreset
 
     def fill_placeholder(self, n_images: int) -> None:
         """A bank of random features of the size a fit on n_images would keep."""
