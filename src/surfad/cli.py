@@ -442,8 +442,9 @@ def cmd_export(args: argparse.Namespace) -> None:
         record = json.loads((run / EXPORT_JSON).read_text())
         parity = record["parity"]
         print(f"exported {path} (opset {args.opset}); torch vs onnxruntime max abs diff: map "
-              f"{parity['max_abs_diff_map']:.2g}, score {parity['max_abs_diff_score']:.2g} "
-              f"({parity['random_inputs']} random + {parity['val_images']} val images)")
+              f"{parity['max_abs_diff_map']:.2g}, score {parity['max_abs_diff_score']:.2g}"
+              + (f", descriptors {parity['max_abs_diff_descriptors']:.2g}" if "max_abs_diff_descriptors" in parity else "")
+              + f" ({parity['random_inputs']} random + {parity['val_images']} val images)")
         if "int8" in record:
             agree = record["int8"]["agreement"]
             print(f"exported {run / record['int8']['file']}: {agree['verdicts_changed']} of {agree['val_images']} "
