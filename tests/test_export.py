@@ -182,6 +182,22 @@ def test_failed_parity_keeps_the_old_model(tiny_run, tmp_path: Path, monkeypatch
     assert not [p for p in run.iterdir() if p.name.endswith(".tmp")]
 
 
+def test_descriptors_that_disagree_keep_the_old_model(tiny_run, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The descriptors a region's nearest good example is searched with are held to the map's parity."""
+    run = copy_run(tiny_run("padim"), tmp_path)
+    before = (run / bundle.ONNX).read_bytes()
+    exact = onnx_export.torch_described_fn
+
+    def shifted(graph, device):  # torch's descriptors moved, as a wrong export's would be against them
+        describe = exact(graph, device)
+        return lambda batch: (*describe(batch)[:2], describe(batch)[2] + 0.5)
+
+    monkeypatch.setattr(onnx_export, "torch_described_fn", shifted)
+    with pytest.raises(SurfadError, match="descriptors disagree with torch"):
+        export_onnx(run)
+    assert (run / bundle.ONNX).read_bytes() == before
+
+
 def test_errors_name_the_problem(tmp_path: Path) -> None:
     with pytest.raises(SurfadError, match="not a (trained )?run folder"):
         export_onnx(tmp_path)
