@@ -67,6 +67,8 @@ def main() -> int:
     run = Path(args.run)
     torch.set_num_threads(args.threads)
     detector = Detector.load(run, runtime=args.runtime, threads=args.threads)
+    if not hasattr(detector, "describe_fn"):
+        sys.exit(f"{run}: a fused detector; measure its member that keeps training examples")
     if detector.explainer is None:
         sys.exit(f"{run}: keeps no training examples (train.keep_train_examples 0)")
     samples = Splits.load(run / bundle.SPLITS).test

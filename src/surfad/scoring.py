@@ -113,6 +113,7 @@ class DescribedGraph(InferenceGraph):
 
     def __init__(self, graph: InferenceGraph) -> None:
         super().__init__(graph.model, graph.scorer)
+        self.train(graph.training)  # a new module trains; the exporter restores this mode on the shared modules
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # type: ignore[override]
         return self.described(x)
@@ -216,11 +217,11 @@ def roi_mask(score: ScoreConfig, roi: np.ndarray) -> Callable[[np.ndarray], tupl
 
     def mask(maps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         shape = maps.shape[1:]
-        if shape not in resized:
+        inside = resized.get(shape)
+        if inside is None:  # read once: another thread may clear the cache meanwhile
             if len(resized) >= ROI_SHAPES_KEPT:  # tiled inputs of ever new sizes must not grow it
                 resized.clear()
-            resized[shape] = resize_roi(roi, *shape)
-        inside = resized[shape]
+            inside = resized[shape] = resize_roi(roi, *shape)
         maps = maps * inside
         return maps, masked_scores(maps, inside, score)
 

@@ -15,6 +15,7 @@ from collections.abc import Callable
 import torch
 
 BOUND_MARGIN = 0.999  # a point is compared in full unless 0.999 x its bound reaches its nearest distance so far
+AXES_CHUNK = 65536  # points per float64 chunk of the covariance of principal_axes
 DENSE_SHARE = 8  # when more than 1 / 8 of the points are compared, one pass over all is faster than gathering them
 
 def random_projection(dim_in: int, dim_out: int, seed: int = 0) -> torch.Tensor:
@@ -62,7 +63,7 @@ def greedy_coreset(points: torch.Tensor, size: int, progress: Callable[[int], No
     farthest from the centres chosen so far (the lowest index among ties). Each step compares the new
     centre with every point (a matrix-vector product on the points stored dimension-major, which this
     CPU reads 2 to 3 times faster; no N x N matrix). bound_dim > 0 (below d) chooses the same centres
-    with less work: distances within the first bound_dim principal components never exceed the full
+    (up to float rounding at near ties) with less work: distances within the first bound_dim principal components never exceed the full
     ones, so one pass over those skips every point the new centre cannot bring nearer, and only the
     rest (a few percent after the first steps) is compared in full. progress(n) is called with the
     number of centres added since the last call.
@@ -81,7 +82,8 @@ def greedy_coreset(points: torch.Tensor, size: int, progress: Callable[[int], No
     nearest.fill_(math.inf)
     bounded = 0 < bound_dim < dim
     if bounded:
-        low = (rows @ principal_axes(rows, bound_dim)).T.contiguous().T
+        axes = principal_axes(rows, bound_dim)
+        low = (rows @ axes - mean @ axes).T.contiguous().T  # centred: the bound's rounding does not grow with an offset
         low_norms, bound = (low * low).sum(1), torch.empty(n, device=rows.device)
         skip = torch.empty(n, dtype=torch.bool, device=rows.device)
     for step in range(size):
@@ -109,8 +111,8 @@ def principal_axes(points: torch.Tensor, k: int) -> torch.Tensor:
     them keeps most of the distances' spread and never lengthens one."""
     mean = points.mean(0)
     covariance = torch.zeros(points.shape[1], points.shape[1], dtype=torch.float64, device=points.device)
-    for start in range(0, points.shape[0], 65536):  # float64 sums, a chunk at a time
-        chunk = (points[start : start + 65536] - mean).double()
+    for start in range(0, points.shape[0], AXES_CHUNK):  # float64 sums, a chunk at a time
+        chunk = (points[start : start + AXES_CHUNK] - mean).double()
         covariance += chunk.T @ chunk
     _, vectors = torch.linalg.eigh(covariance)
     return vectors[:, -k:].float()

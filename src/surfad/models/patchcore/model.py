@@ -27,6 +27,7 @@ from surfad.errors import SurfadError
 from surfad.models.backbones import FeatureSettings, PatchFeatures
 from surfad.models.base import FitPlan, FittedModel, memory_limit, seconds_per_image
 from surfad.models.patchcore.coreset import (
+    AXES_CHUNK,
     coreset_seconds,
     greedy_coreset,
     nearest,
@@ -48,7 +49,8 @@ class PatchCoreConfig(FeatureSettings):
                                         "0 = no cap", low=0)
     # exact and standardise chosen on validation (benchmarks/RESULTS.md, "Coreset quality", "Pretrained features")
     coreset: str = setting("exact", "exact: the greedy coreset of the full features, sped up by bounds in "
-                                    "projection_dim principal components (the same bank as without them); projected: "
+                                    "projection_dim principal components (the same bank as without them, up to float "
+                                    "rounding at ties); projected: "
                                     "the greedy coreset of a random projection to projection_dim dims (about 2x "
                                     "faster, a looser bank)", choices=CORESETS)
     projection_dim: int = setting(32, "dims of the coreset's bounds (exact) or projection (projected); 0 = none, "
@@ -153,8 +155,10 @@ class PatchCore(FittedModel):
                               f"{c.neighbours}")
         k = c.projection_dim if 0 < c.projection_dim < dim else 0
         # the features, then a dimension-major copy of what the greedy passes read and a few vectors over the patches
-        per_patch = dim + (2 * k + 2 if c.coreset == "projected" and k else dim + 2 * k + 5)
-        memory = 4 * (patches * per_patch + bank * dim + min(EAGER_CHUNK, bank) * bank)
+        # (exact: with the compared points' indices, and the float64 chunks its principal axes are summed from)
+        per_patch = dim + (2 * k + 2 if c.coreset == "projected" and k else dim + 2 * k + 7)
+        axes = 3 * AXES_CHUNK * dim if c.coreset == "exact" and k else 0
+        memory = 4 * (patches * per_patch + bank * dim + min(EAGER_CHUNK, bank) * bank + axes)
         limit = memory_limit(c.memory_limit_gb)
         if memory > limit:
             raise SurfadError(
