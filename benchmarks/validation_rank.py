@@ -48,6 +48,7 @@ SETTINGS = {  # name -> (model, model_params, image_size)
         "pc_224": ("patchcore", P, 224), "pc_c0.1": ("patchcore", {**P, "coreset_ratio": 0.001}, 224),
         "pc_c0.1_full": ("patchcore", {"coreset_ratio": 0.001, "projection_dim": 0}, 224),
         "pc_c0.1_exact": ("patchcore", {"coreset_ratio": 0.001}, 224),
+        "pc_c0.1_256": ("patchcore", {"coreset_ratio": 0.001}, 256),
         "pc_p128": ("patchcore", {**P, "projection_dim": 128}, 224), "pc_full": ("patchcore", {"projection_dim": 0}, 224),
         "pc_exact": ("patchcore", {}, 224),
         "pc_nb1": ("patchcore", {**P, "neighbourhood": 1}, 224), "pc_nostd": ("patchcore", {**P, "standardise": False}, 224),
