@@ -13,7 +13,8 @@ import torch
 from surfad.config import ScoreConfig
 from surfad.detector import Detector
 from surfad.metrics import band_rates, rates_at
-from surfad.scoring import ImageScorer, masked_scores, pool_and_reduce, tiled_score_fn
+from surfad import scoring
+from surfad.scoring import ImageScorer, masked_scores, pool_and_reduce, roi_mask, tiled_score_fn
 from surfad.verdict import find_regions, flagged, judge, verdict
 
 
@@ -140,6 +141,36 @@ def reduce_by_hand(values: np.ndarray, rule: ScoreConfig) -> float:
     return float(values.max())
 
 
+@pytest.mark.parametrize("reduce", ["max", "mean"])
+def test_the_roi_mask_scores_the_inside_only_even_below_zero(reduce: str) -> None:
+    """A map below zero everywhere (a discriminator's logits): zero outside must not become the
+    score, nor dilute a mean. Broken: the score taken over the whole masked map."""
+    rule = ScoreConfig(smoothing_sigma=0.0, pool=1, reduce=reduce)
+    roi = np.zeros((8, 8), bool)
+    roi[:, :4] = True
+    maps = -1.0 - np.random.default_rng(0).random((2, 8, 8), dtype=np.float32)
+    masked, scores = roi_mask(rule, roi)(maps)
+    assert not masked[:, :, 4:].any()
+    expected = [getattr(np, reduce)(m[:, :4]) for m in maps]
+    assert scores == pytest.approx(expected, rel=1e-6)
+
+
+def test_the_roi_mask_resizes_once_per_shape_and_keeps_few(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Resized once per map shape, and at most ROI_SHAPES_KEPT shapes kept (tiled images of ever new
+    sizes). Broken: resized per call, or the cache never emptied."""
+    made = []
+    resize = scoring.resize_roi
+    monkeypatch.setattr(scoring, "resize_roi", lambda roi, h, w: made.append((h, w)) or resize(roi, h, w))
+    mask = roi_mask(ScoreConfig(smoothing_sigma=0.0, pool=1, reduce="max"), np.ones((8, 8), bool))
+    mask(np.ones((1, 8, 8), np.float32))
+    mask(np.ones((1, 8, 8), np.float32))
+    assert made == [(8, 8)]
+    for side in range(9, 9 + scoring.ROI_SHAPES_KEPT):
+        mask(np.ones((1, side, side), np.float32))
+    mask(np.ones((1, 8, 8), np.float32))
+    assert made.count((8, 8)) == 2  # dropped with the others once ROI_SHAPES_KEPT more shapes came
+
+
 @pytest.mark.parametrize("model", ["unet_vae", "padim"])
 def test_with_a_roi_the_map_is_zero_outside_and_the_score_sees_the_inside_only(model: str, tiny_run, tiny_mvtec,
                                                                                tmp_path) -> None:
@@ -156,11 +187,15 @@ def test_with_a_roi_the_map_is_zero_outside_and_the_score_sees_the_inside_only(m
     cv2.imwrite(str(roi_path), half)
     detector = Detector.load(tiny_run(model), roi=roi_path, calibrated=False)
     image = cv2.cvtColor(cv2.imread(str(sorted((tiny_mvtec / "test").glob("[!g]*/*.png"))[0])), cv2.COLOR_BGR2RGB)
-    maps, scores = detector.score_batch(detector.preprocess(image)[None])
-    inside = resize_roi(load_roi(roi_path), *maps.shape[1:])
-    assert inside.any() and not inside.all()
-    assert not maps[0][~inside].any()  # zero outside, at the model's resolution
-    rule = detector.config.score
-    pooled = average_pool_by_hand(maps[0].astype(np.float64), rule.pool)
-    assert scores[0] == pytest.approx(reduce_by_hand(pooled[inside], rule), rel=1e-5)
-    assert maps[0][inside].any()  # something to score: the check is not vacuous
+    batch = detector.preprocess(image)[None]
+    passes = [detector.score_batch(batch)]
+    if model == "padim":  # it explains from the scoring pass: that pass's map and score follow the same rule
+        passes.append(detector.describe_fn(batch)[:2])
+    for maps, scores in passes:
+        inside = resize_roi(load_roi(roi_path), *maps.shape[1:])
+        assert inside.any() and not inside.all()
+        assert not maps[0][~inside].any()  # zero outside, at the model's resolution
+        rule = detector.config.score
+        pooled = average_pool_by_hand(maps[0].astype(np.float64), rule.pool)
+        assert scores[0] == pytest.approx(reduce_by_hand(pooled[inside], rule), rel=1e-5)
+        assert maps[0][inside].any()  # something to score: the check is not vacuous
