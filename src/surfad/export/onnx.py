@@ -225,28 +225,28 @@ def export_record(config: RunConfig, opset: int, parity: dict[str, Any], weights
 def check_parity(graph: InferenceGraph, score: ScoreFn, describe: DescribedFn | None,
                  batches: list[np.ndarray]) -> dict[str, Any]:
     """Max abs differences of maps and scores between the torch graph and `score` over `batches`, and
-    the largest magnitude of the torch outputs (which the tolerance is relative to); with `describe`,
-    the same for the descriptors the graph outputs (max_abs_diff_descriptors, descriptor_scale)."""
-    reference = torch_score_fn(graph, torch.device("cpu"))
-    diff_map = diff_score = scale = 0.0
-    described: dict[str, float] = {}
-    if describe is not None:
-        diff, reach, reference_described = 0.0, 0.0, torch_described_fn(graph, torch.device("cpu"))
-        for batch in batches:
-            ref, got = reference_described(batch)[2], describe(batch)[2]
-            if got.shape != ref.shape:
-                raise SurfadError(f"ONNX descriptors' shape {got.shape} differs from torch's {ref.shape}")
-            diff, reach = max(diff, float(np.abs(got - ref).max())), max(reach, float(np.abs(ref).max()))
-        described = {"max_abs_diff_descriptors": diff, "descriptor_scale": reach}
+    the largest magnitude of the torch outputs (which the tolerance is relative to); with `describe`
+    (the same ONNX session's pass that also gives the descriptors), one pass of each side gives all
+    three, and the descriptors' differences too (max_abs_diff_descriptors, descriptor_scale)."""
+    cpu = torch.device("cpu")
+    reference = torch_score_fn(graph, cpu) if describe is None else torch_described_fn(graph, cpu)
+    exported = score if describe is None else describe
+    diff_map = diff_score = scale = diff_described = described_scale = 0.0
     for batch in batches:
-        ref_map, ref_score = reference(batch)
+        (ref_map, ref_score, *ref_described), (got_map, got_score, *got_described) = reference(batch), exported(batch)
         scale = max(scale, float(np.abs(ref_map).max()), float(np.abs(ref_score).max()))
-        got_map, got_score = score(batch)
         if got_map.shape != ref_map.shape or got_score.shape != ref_score.shape:
             raise SurfadError(f"ONNX output shapes {got_map.shape}, {got_score.shape} differ from torch's "
                               f"{ref_map.shape}, {ref_score.shape} for a batch of {len(batch)}")
         diff_map = max(diff_map, float(np.abs(got_map - ref_map).max()))
         diff_score = max(diff_score, float(np.abs(got_score - ref_score).max()))
+        for ref, got in zip(ref_described, got_described):
+            if got.shape != ref.shape:
+                raise SurfadError(f"ONNX descriptors' shape {got.shape} differs from torch's {ref.shape}")
+            diff_described = max(diff_described, float(np.abs(got - ref).max()))
+            described_scale = max(described_scale, float(np.abs(ref).max()))
+    described = {} if describe is None else {"max_abs_diff_descriptors": diff_described,
+                                              "descriptor_scale": described_scale}
     return {"max_abs_diff_map": diff_map, "max_abs_diff_score": diff_score, "output_scale": scale, **described}
 
 

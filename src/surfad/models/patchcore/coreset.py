@@ -18,6 +18,7 @@ BOUND_MARGIN = 0.999  # a point is compared in full unless 0.999 x its bound rea
 AXES_CHUNK = 65536  # points per float64 chunk of the covariance of principal_axes
 DENSE_SHARE = 8  # when more than 1 / 8 of the points are compared, one pass over all is faster than gathering them
 
+
 def random_projection(dim_in: int, dim_out: int, seed: int = 0) -> torch.Tensor:
     """A (dim_in, dim_out) Gaussian projection scaled by 1 / sqrt(dim_out): it keeps distances
     within a small factor (Johnson-Lindenstrauss), which is all the selection needs."""
@@ -63,9 +64,10 @@ def greedy_coreset(points: torch.Tensor, size: int, progress: Callable[[int], No
     farthest from the centres chosen so far (the lowest index among ties). Each step compares the new
     centre with every point (a matrix-vector product on the points stored dimension-major, which this
     CPU reads 2 to 3 times faster; no N x N matrix). bound_dim > 0 (below d) chooses the same centres
-    (up to float rounding at near ties) with less work: distances within the first bound_dim principal components never exceed the full
-    ones, so one pass over those skips every point the new centre cannot bring nearer, and only the
-    rest (a few percent after the first steps) is compared in full. progress(n) is called with the
+    (up to float rounding at near ties) with less work: distances within the first bound_dim
+    principal components never exceed the full ones, so one pass over those skips every point the
+    new centre cannot bring nearer, and only the rest (a few percent after the first steps) is
+    compared in full. progress(n) is called with the
     number of centres added since the last call.
     """
     n, dim = points.shape

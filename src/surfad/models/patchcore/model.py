@@ -3,8 +3,8 @@
 Fitting is one pass over the good training images: every image gives a grid of locally aware
 patch features (surfad.models.backbones.PatchFeatures); a greedy k-centre coreset of all of them,
 chosen in the full features (coreset "exact", with principal-component bounds that skip most of
-the work) or in a random projection ("projected"), is kept as the memory bank. A test patch's anomaly is its distance
-to the nearest bank patch (the mean over the `neighbours` nearest); the anomaly map is the grid of
+the work) or in a random projection ("projected"), is kept as the memory bank. A test patch's
+anomaly is its distance to the nearest bank patch (the mean over the `neighbours` nearest); the anomaly map is the grid of
 those distances, upsampled to the input; the image score is the largest patch distance, optionally
 re-weighted as in the paper (eq. 7: lowered when the nearest bank patch sits in a dense part of the
 bank, kept when it is isolated). The bank and the search are buffers and plain tensor operations,
@@ -144,6 +144,13 @@ class PatchCore(FittedModel):
         bank = max(c.neighbours, math.ceil(c.coreset_ratio * patches))
         return min(patches, bank, c.max_bank_size or bank)
 
+    def selection(self) -> tuple[str, int]:
+        """How the coreset is chosen, and in how many dims: ("exact", bounds in k), ("projected", k) or
+        ("full", 0) when projection_dim is 0 or not below the features' dimension."""
+        c = self.config
+        k = c.projection_dim if 0 < c.projection_dim < self.dim else 0
+        return (c.coreset, k) if k else ("full", 0)
+
     def plan(self, n_images: int) -> FitPlan:
         """Bank size and peak memory of fitting on n_images (nothing is computed); refuses a fit over
         the memory limit (model_params.memory_limit_gb, default 80% of the RAM available)."""
@@ -153,11 +160,11 @@ class PatchCore(FittedModel):
         if bank < c.neighbours:
             raise SurfadError(f"patchcore: {patches} training patches are fewer than model_params.neighbours="
                               f"{c.neighbours}")
-        k = c.projection_dim if 0 < c.projection_dim < dim else 0
+        kind, k = self.selection()
         # the features, then a dimension-major copy of what the greedy passes read and a few vectors over the patches
         # (exact: with the compared points' indices, and the float64 chunks its principal axes are summed from)
-        per_patch = dim + (2 * k + 2 if c.coreset == "projected" and k else dim + 2 * k + 7)
-        axes = 3 * AXES_CHUNK * dim if c.coreset == "exact" and k else 0
+        per_patch = dim + (2 * k + 2 if kind == "projected" else dim + 2 * k + 7)
+        axes = 3 * AXES_CHUNK * dim if kind == "exact" else 0
         memory = 4 * (patches * per_patch + bank * dim + min(EAGER_CHUNK, bank) * bank + axes)
         limit = memory_limit(c.memory_limit_gb)
         if memory > limit:
@@ -207,13 +214,13 @@ class PatchCore(FittedModel):
         bank_size = self.bank_size(patches)
         device = self.bank.device
         bar = tqdm(total=bank_size, desc="coreset", unit="patch", disable=not progress, dynamic_ncols=True)
-        if c.coreset == "projected" and 0 < c.projection_dim < dim:  # computed dimension-major, as greedy_coreset reads it
-            projected = (random_projection(dim, c.projection_dim, c.seed).T @ feats.T).T
+        kind, k = self.selection()
+        if kind == "projected":  # computed dimension-major, as greedy_coreset reads it
+            projected = (random_projection(dim, k, c.seed).T @ feats.T).T
             chosen, radius = greedy_coreset(projected.to(device), bank_size, bar.update)
             del projected
-        else:
-            bound = c.projection_dim if c.coreset == "exact" else 0
-            chosen, radius = greedy_coreset(feats.to(device), bank_size, bar.update, bound_dim=bound)
+        else:  # exact: bounded in k dims; full: k = 0
+            chosen, radius = greedy_coreset(feats.to(device), bank_size, bar.update, bound_dim=k)
         bar.close()
         self.bank = feats[chosen].to(device)
         per_input = features.shape[1]
@@ -224,13 +231,10 @@ class PatchCore(FittedModel):
 
     def estimate_seconds(self, batch: torch.Tensor, n_images: int) -> float:
         """Feature extraction timed on `batch`, plus the coreset timed on random points of the fit's size."""
-        c, dim = self.config, self.dim
         patches = n_images * self.grid * self.grid
-        k = c.projection_dim if 0 < c.projection_dim < dim else 0
-        coreset = coreset_seconds(patches, k or dim, self.bank_size(patches))
-        if c.coreset == "exact" and k:
-            coreset *= BOUNDED_COST
-        return seconds_per_image(self.features, batch) * n_images + coreset
+        kind, k = self.selection()
+        coreset = coreset_seconds(patches, k or self.dim, self.bank_size(patches))
+        return seconds_per_image(self.features, batch) * n_images + coreset * (BOUNDED_COST if kind == "exact" else 1)
 
     def fill_placeholder(self, n_images: int) -> None:
         """A bank of random features of the size a fit on n_images would keep."""
