@@ -182,6 +182,29 @@ def test_failed_parity_keeps_the_old_model(tiny_run, tmp_path: Path, monkeypatch
     assert not [p for p in run.iterdir() if p.name.endswith(".tmp")]
 
 
+def test_an_export_that_outputs_nan_is_refused(tiny_run, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A NaN difference must fail the parity check, not vanish in a running maximum."""
+    run = copy_run(tiny_run(), tmp_path)
+    before = (run / bundle.ONNX).read_bytes()
+    exact = onnx_export.onnx_score_fns
+
+    def nan_on_the_second_batch(path):
+        score, describe = exact(path)
+        calls = []
+
+        def broken(batch):
+            calls.append(1)
+            amap, scores = score(batch)
+            return (amap * np.nan if len(calls) == 2 else amap), scores
+
+        return broken, describe
+
+    monkeypatch.setattr(onnx_export, "onnx_score_fns", nan_on_the_second_batch)
+    with pytest.raises(SurfadError, match="disagrees with torch"):
+        export_onnx(run)
+    assert (run / bundle.ONNX).read_bytes() == before
+
+
 def test_descriptors_that_disagree_keep_the_old_model(tiny_run, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The descriptors a region's nearest good example is searched with are held to the map's parity."""
     run = copy_run(tiny_run("padim"), tmp_path)

@@ -238,16 +238,22 @@ def check_parity(graph: InferenceGraph, score: ScoreFn, describe: DescribedFn | 
         if got_map.shape != ref_map.shape or got_score.shape != ref_score.shape:
             raise SurfadError(f"ONNX output shapes {got_map.shape}, {got_score.shape} differ from torch's "
                               f"{ref_map.shape}, {ref_score.shape} for a batch of {len(batch)}")
-        diff_map = max(diff_map, float(np.abs(got_map - ref_map).max()))
-        diff_score = max(diff_score, float(np.abs(got_score - ref_score).max()))
+        diff_map = worst(diff_map, np.abs(got_map - ref_map).max())
+        diff_score = worst(diff_score, np.abs(got_score - ref_score).max())
         for ref, got in zip(ref_described, got_described):
             if got.shape != ref.shape:
                 raise SurfadError(f"ONNX descriptors' shape {got.shape} differs from torch's {ref.shape}")
-            diff_described = max(diff_described, float(np.abs(got - ref).max()))
+            diff_described = worst(diff_described, np.abs(got - ref).max())
             described_scale = max(described_scale, float(np.abs(ref).max()))
     described = {} if describe is None else {"max_abs_diff_descriptors": diff_described,
                                               "descriptor_scale": described_scale}
     return {"max_abs_diff_map": diff_map, "max_abs_diff_score": diff_score, "output_scale": scale, **described}
+
+
+def worst(so_far: float, difference: float) -> float:
+    """The larger of two differences, NaN if either is (Python's max would drop a NaN second argument,
+    and a NaN output must fail the parity check)."""
+    return float(np.maximum(so_far, difference))
 
 
 def _tiling(config: RunConfig) -> dict[str, Any] | None:
